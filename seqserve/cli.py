@@ -1,0 +1,179 @@
+"""The one `seqserve` command. Each subcommand parses flags and hands off to its stage.
+
+Implementations are imported inside each command: the serving image has no torch, so `seqserve serve`
+must never import the training stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from seqserve.contract import DEFAULT_OPSET
+
+app = typer.Typer(
+    name="seqserve",
+    help="Train, export and serve recurrent sequence classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+experiment_app = typer.Typer(help="Experiments that reproduce known results.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and a non-zero exit: how every bad input ends a command."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder to write (checkpoint.pt, metrics.json, plots).")],
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
+    ] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Your own data: a .ts, .npz or .csv file.")] = None,
+    task: Annotated[
+        Optional[str], typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
+    ] = None,
+    cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
+    layers: Annotated[int, typer.Option(min=1)] = 1,
+    hidden: Annotated[int, typer.Option(min=1)] = 64,
+    bidirectional: Annotated[bool, typer.Option("--bidirectional/--unidirectional")] = False,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
+    layer_norm: Annotated[bool, typer.Option("--layer-norm/--no-layer-norm")] = False,
+    clip: Annotated[float, typer.Option(help="Gradient clipping max norm; 0 disables.", min=0.0)] = 1.0,
+    epochs: Annotated[int, typer.Option(min=1)] = 60,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.", min=1)] = 10,
+    chrono: Annotated[
+        int, typer.Option(help="Chrono gate-bias initialisation for dependencies of ~N steps; 0 disables.")
+    ] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a sequence classifier and write a run folder."""
+    from seqserve.training.commands import train_command
+
+    train_command(**locals())
+
+
+@experiment_app.command()
+def vanishing(
+    out: Annotated[Path, typer.Option(help="Folder for results.json and plots.")],
+    lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths T.")] = "50,100,200",
+    seed: Annotated[int, typer.Option()] = 0,
+    quick: Annotated[bool, typer.Option(help="Tiny budget, for smoke tests.")] = False,
+) -> None:
+    """RNN vs GRU vs LSTM on a long-range task: accuracy against T and the gradient norm through time."""
+    from seqserve.training.commands import vanishing_command
+
+    vanishing_command(**locals())
+
+
+@app.command()
+def export(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders written by `seqserve train`.")],
+    repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<model>/<version>/.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: the run folder's name).")] = None,
+    version: Annotated[
+        Optional[int], typer.Option(help="Version (default: one above the highest present).", min=1)
+    ] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 version: 'int8'.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
+    force: Annotated[bool, typer.Option(help="Overwrite a version that exists.")] = False,
+) -> None:
+    """Export run folders to ONNX under the model contract, check parity, write them into a repository."""
+    from seqserve.export.commands import export_command
+
+    export_command(**locals())
+
+
+@app.command()
+def models(
+    repository: Annotated[Path, typer.Option(help="Model repository to list.")],
+) -> None:
+    """List the models in a repository: versions, task, cell, precision, accuracy, parity."""
+    from seqserve.export.commands import models_command
+
+    models_command(**locals())
+
+
+@app.command()
+def serve(
+    repository: Annotated[Path, typer.Option(help="Model repository to serve.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port; 0 picks a free one.")] = 50051,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 9090,
+    device: Annotated[str, typer.Option(help="cpu or cuda (falls back to cpu with a warning).")] = "cpu",
+    max_batch: Annotated[int, typer.Option(help="Most rows in one onnxruntime call.", min=1)] = 64,
+    max_delay_ms: Annotated[float, typer.Option(help="Longest a chunk waits for a batch to fill.")] = 2.0,
+    max_streams: Annotated[int, typer.Option(help="Most open streams at once.", min=1)] = 20000,
+    max_chunk_steps: Annotated[int, typer.Option(help="Most time steps in one chunk.", min=1)] = 4096,
+    max_message_bytes: Annotated[int, typer.Option(help="Largest request message.", min=1024)] = 4 << 20,
+    idle_timeout_s: Annotated[float, typer.Option(help="Default idle timeout of a stream.")] = 30.0,
+    max_idle_timeout_s: Annotated[float, typer.Option(help="Largest idle timeout a client may ask.")] = 300.0,
+    grace_s: Annotated[float, typer.Option(help="On SIGTERM, how long open streams may finish.")] = 10.0,
+    inference_threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per session.")] = 1,
+) -> None:
+    """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
+    from seqserve.service.commands import serve_command
+
+    serve_command(**locals())
+
+
+@app.command()
+def stream(
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="Model name.")] = ...,
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
+    dataset: Annotated[Optional[str], typer.Option(help="Shipped data set to stream.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
+    chunk: Annotated[int, typer.Option(help="Time steps per chunk.", min=1)] = 8,
+    concurrency: Annotated[int, typer.Option(help="Concurrent streams.", min=1)] = 8,
+    limit: Annotated[Optional[int], typer.Option(help="Stream at most this many sequences.")] = None,
+) -> None:
+    """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
+    from seqserve.service.commands import stream_command
+
+    stream_command(**locals())
+
+
+@app.command()
+def classify(
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="Model name.")] = ...,
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
+    dataset: Annotated[Optional[str], typer.Option(help="Shipped data set to classify.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
+    batch: Annotated[int, typer.Option(help="Sequences per Classify call.", min=1)] = 32,
+) -> None:
+    """Classify whole sequences with the unary Classify RPC and report accuracy."""
+    from seqserve.service.commands import classify_command
+
+    classify_command(**locals())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

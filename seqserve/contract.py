@@ -1,0 +1,197 @@
+"""The model contract, defined once: tensor names and shapes, `model.json`, the repository layout.
+
+Exporter, service, tests and benchmarks import these names; nothing else spells them.
+See DESIGN.md section 1. This module imports only the standard library so the serving image can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+# Tensor names of an exported graph.
+INPUT_X = "x"  # float32 [batch, time, features], raw (normalisation is inside the graph)
+INPUT_H0 = "h0"  # float32 [layers * directions, batch, hidden]
+INPUT_C0 = "c0"  # LSTM only, as h0
+INPUT_LENGTHS = "lengths"  # int32 [batch], valid steps per row
+OUTPUT_LOGITS = "logits"  # many_to_many [batch, time, classes]; many_to_one [batch, classes]
+OUTPUT_HN = "hn"  # state at each row's last valid step, feed back as h0
+OUTPUT_CN = "cn"  # LSTM only, feed back as c0
+
+Cell = Literal["rnn", "gru", "lstm"]
+Task = Literal["many_to_one", "many_to_many"]
+Precision = Literal["fp32", "int8"]
+CELLS: tuple[str, ...] = ("rnn", "gru", "lstm")
+TASKS: tuple[str, ...] = ("many_to_one", "many_to_many")
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+
+# Parity tolerance between PyTorch and ONNX (and between chunked and whole runs), float32.
+PARITY_TOLERANCE = 1e-5
+# LayerNormalization needs opset 17; ORT's CPU and CUDA EPs both run the RNN ops at this opset.
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "model.json"
+METADATA_PREFIX = "seqserve."  # ONNX metadata_props keys are METADATA_PREFIX + ModelInfo field
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ContractError(ValueError):
+    """A model or repository does not follow the contract; the message says what and where."""
+
+
+def state_inputs(cell: str) -> tuple[str, ...]:
+    """Recurrent state inputs, in the order the graph declares them."""
+    return (INPUT_H0, INPUT_C0) if cell == "lstm" else (INPUT_H0,)
+
+
+def state_outputs(cell: str) -> tuple[str, ...]:
+    """Recurrent state outputs, paired index by index with `state_inputs`."""
+    return (OUTPUT_HN, OUTPUT_CN) if cell == "lstm" else (OUTPUT_HN,)
+
+
+def input_names(cell: str) -> tuple[str, ...]:
+    return (INPUT_X, *state_inputs(cell), INPUT_LENGTHS)
+
+
+def output_names(cell: str) -> tuple[str, ...]:
+    return (OUTPUT_LOGITS, *state_outputs(cell))
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.match(name):
+        raise ContractError(
+            f"model name {name!r} is not valid: expected letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit, at most 128 characters)"
+        )
+    return name
+
+
+@dataclass
+class ModelInfo:
+    """Everything `model.json` holds; the same facts (less sha256) go into the ONNX metadata_props."""
+
+    name: str
+    version: int
+    task: str
+    cell: str
+    layers: int
+    hidden: int
+    bidirectional: bool
+    features: int
+    labels: list[str]
+    opset: int = DEFAULT_OPSET
+    precision: str = "fp32"
+    # sha256 of model.onnx; kept out of metadata_props since the file cannot hold its own hash.
+    sha256: str = ""
+    parity: dict[str, Any] = field(default_factory=dict)
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+        if self.task not in TASKS:
+            raise ContractError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.cell not in CELLS:
+            raise ContractError(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
+        if self.precision not in PRECISIONS:
+            raise ContractError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.layers < 1 or self.hidden < 1 or self.features < 1 or self.version < 1:
+            raise ContractError(
+                f"layers, hidden, features and version must be >= 1, got "
+                f"{self.layers}, {self.hidden}, {self.features}, {self.version}"
+            )
+        if len(self.labels) < 2:
+            raise ContractError(f"a classifier needs at least 2 labels, got {self.labels!r}")
+
+    @property
+    def streamable(self) -> bool:
+        """A bidirectional model needs the whole sequence, so it answers only at end of stream."""
+        return not self.bidirectional
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)
+
+    def state_shape(self, batch: int) -> tuple[int, int, int]:
+        """Shape of each state tensor (h0, and c0 for LSTM) for `batch` rows."""
+        return (self.layers * self.directions, batch, self.hidden)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "streamable": self.streamable}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> ModelInfo:
+        known = {f.name for f in fields(cls)}
+        required = {"name", "version", "task", "cell", "layers", "hidden", "bidirectional", "features", "labels"}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise ContractError(f"{source}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ContractError(f"{source}: {exc}") from exc
+
+    def metadata_props(self) -> dict[str, str]:
+        """ONNX metadata_props: one key per field, JSON-encoded values, sha256 left out."""
+        return {
+            METADATA_PREFIX + key: json.dumps(value, sort_keys=True)
+            for key, value in self.to_dict().items()
+            if key != "sha256"
+        }
+
+    @classmethod
+    def from_metadata_props(cls, props: dict[str, str], source: str = "model.onnx") -> ModelInfo:
+        data = {
+            key[len(METADATA_PREFIX) :]: json.loads(value)
+            for key, value in props.items()
+            if key.startswith(METADATA_PREFIX)
+        }
+        return cls.from_dict(data, source=source)
+
+
+# --- Repository layout (Triton's): <repo>/<model>/<version>/model.onnx + model.json -----------------
+
+
+def version_dir(repository: Path, name: str, version: int) -> Path:
+    return Path(repository) / check_model_name(name) / str(version)
+
+
+def list_versions(repository: Path, name: str) -> list[int]:
+    """Numeric versions of a model that hold a model file, ascending. Half-written ones are skipped."""
+    model_dir = Path(repository) / name
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in model_dir.iterdir()
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / MODEL_FILE).is_file()
+    )
+
+
+def list_models(repository: Path) -> list[str]:
+    repository = Path(repository)
+    if not repository.is_dir():
+        return []
+    return sorted(child.name for child in repository.iterdir() if child.is_dir() and list_versions(repository, child.name))
+
+
+def read_model_info(version_path: Path) -> ModelInfo:
+    path = Path(version_path) / METADATA_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ContractError(f"{path}: missing; every model version needs {METADATA_FILE}") from exc
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: not valid JSON ({exc})") from exc
+    return ModelInfo.from_dict(data, source=str(path))
