@@ -23,9 +23,16 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+DOCKERFILES := $(filter-out %.dockerignore,$(wildcard docker/Dockerfile*))
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint $(DOCKERFILES)
+	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
+	@if command -v promtool >/dev/null 2>&1; then \
+		promtool check config docker/prometheus.yml; \
+	else echo "promtool not installed: docker/prometheus.yml and its rules not checked (apt-get install prometheus)"; fi
 
 clean:
 	rm -rf $(VENV) runs model_repository .pytest_cache

@@ -20,6 +20,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Every option also reads SEQSERVE_<COMMAND>_<OPTION> (e.g. SEQSERVE_SERVE_MAX_STREAMS): how the
+    # container images and Kubernetes ConfigMap set flags without rewriting the command line.
+    context_settings={"auto_envvar_prefix": "SEQSERVE"},
 )
 experiment_app = typer.Typer(help="Experiments that reproduce known results.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
@@ -97,9 +100,10 @@ def export(
     force: Annotated[bool, typer.Option(help="Overwrite a version that exists.")] = False,
 ) -> None:
     """Export run folders to ONNX under the model contract, check parity, write them into a repository."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.export.commands import export_command
 
-    export_command(**locals())
+    export_command(**options)
 
 
 @app.command()
@@ -107,9 +111,10 @@ def models(
     repository: Annotated[Path, typer.Option(help="Model repository to list.")],
 ) -> None:
     """List the models in a repository: versions, task, cell, precision, accuracy, parity."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.export.commands import models_command
 
-    models_command(**locals())
+    models_command(**options)
 
 
 @app.command()
@@ -130,9 +135,10 @@ def serve(
     inference_threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per session.")] = 1,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import serve_command
 
-    serve_command(**locals())
+    serve_command(**options)
 
 
 @app.command()
@@ -149,9 +155,10 @@ def stream(
     limit: Annotated[Optional[int], typer.Option(help="Stream at most this many sequences.")] = None,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import stream_command
 
-    stream_command(**locals())
+    stream_command(**options)
 
 
 @app.command()
@@ -166,9 +173,23 @@ def classify(
     batch: Annotated[int, typer.Option(help="Sequences per Classify call.", min=1)] = 32,
 ) -> None:
     """Classify whole sequences with the unary Classify RPC and report accuracy."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import classify_command
 
-    classify_command(**locals())
+    classify_command(**options)
+
+
+@app.command()
+def health(
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    service: Annotated[str, typer.Option(help="Health service name; empty is the whole server.")] = "",
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 3.0,
+) -> None:
+    """gRPC health check: exit 0 when the service is SERVING, 1 otherwise (Docker HEALTHCHECK)."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.health_probe import health_command
+
+    health_command(**options)
 
 
 def main() -> None:

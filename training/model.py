@@ -165,4 +165,3 @@ def load_checkpoint(path: str) -> tuple[SequenceClassifier, dict]:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
-

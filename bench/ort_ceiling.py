@@ -1,0 +1,40 @@
+"""Ceiling (a): onnxruntime in-process, no network; the recurrent state is carried from call to call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqserve.contract import INPUT_LENGTHS, INPUT_X, OUTPUT_LOGITS, ModelInfo, state_inputs, state_outputs
+
+
+@dataclass
+class OrtResult:
+    batch: int
+    chunk: int
+    calls: int
+    steps: int  # batch * chunk * calls
+    seconds: float
+    steps_per_s: float
+
+
+def measure_ort(
+    session, info: ModelInfo, batch: int, chunk: int, duration_s: float, seed: int = 0
+) -> OrtResult:
+    """Call the session back to back for `duration_s` on [batch, chunk, features] inputs."""
+    x = np.random.default_rng(seed).standard_normal((batch, chunk, info.features)).astype(np.float32)
+    feeds = {INPUT_X: x, INPUT_LENGTHS: np.full(batch, chunk, np.int32)}
+    names_in, names_out = state_inputs(info.cell), [OUTPUT_LOGITS, *state_outputs(info.cell)]
+    state = [np.zeros(info.state_shape(batch), np.float32) for _ in names_in]
+    feeds.update(zip(names_in, state, strict=True))
+    session.run(names_out, feeds)  # first call allocates; keep it out of the figure
+    calls = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < duration_s:
+        _, *state = session.run(names_out, feeds)
+        feeds.update(zip(names_in, state, strict=True))
+        calls += 1
+    steps = batch * chunk * calls
+    return OrtResult(batch, chunk, calls, steps, elapsed, steps / elapsed)

@@ -1,0 +1,101 @@
+"""`python -m bench.run` (what `make bench` runs): every scenario in one run, then the table, JSON and PNG.
+
+Writes `<out>/latest.json` and `<out>/streams.png`; server logs go to `<out>/tmp/` (ignored by git).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.bench_model import BENCH_MODEL, HIDDEN, LAYERS, write_bench_model
+from bench.load_pool import LoadPool
+from bench.plot import plot_streams
+from bench.report import BenchResults
+from bench.scenarios import INFERENCE_THREADS, QUICK, BenchConfig, BenchRun
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _default_processes() -> int:
+    return max(2, min(4, os.cpu_count() or 2))
+
+
+@app.command()
+def main(
+    device: Annotated[
+        str, typer.Option(help="cpu or cuda, for seqserve, the naive server and the ceiling.")
+    ] = "cpu",
+    quick: Annotated[bool, typer.Option(help="Tiny sizes and short windows (the smoke test).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for latest.json and streams.png.")] = Path(
+        "bench/results"
+    ),
+    processes: Annotated[
+        int, typer.Option(help="Load-generator processes (default: CPU cores, 2 to 4).", min=1)
+    ] = _default_processes(),
+) -> None:
+    """Benchmark seqserve against its ceilings and against what a user would run instead."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Piped output (make bench > log) would otherwise wrap the tables at 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    config = QUICK if quick else BenchConfig()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    meta = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "quick": quick,
+        "client_processes": processes,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.platform(),
+        "model": f"{BENCH_MODEL} (GRU, hidden {HIDDEN}, {LAYERS} layers, seeded weights)",
+        "inference_threads": INFERENCE_THREADS,
+        "versions": {name: version(name) for name in ("onnxruntime", "grpcio", "protobuf", "numpy")},
+    }
+    columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with (
+        tempfile.TemporaryDirectory(prefix="seqserve-bench-") as work,
+        Progress(*columns, console=console) as bar,
+    ):
+        task = bar.add_task("exporting the bench model", total=config.scenario_count())
+        repository = Path(work) / "repository"
+        info = write_bench_model(repository, Path(work))
+        started_scenarios = 0
+
+        def advance(name: str) -> None:
+            nonlocal started_scenarios
+            bar.update(task, description=name, completed=started_scenarios)
+            started_scenarios += 1
+
+        with contextlib.closing(LoadPool(processes)) as pool:
+            run = BenchRun(config, pool, repository, info, device, out / "tmp", advance)
+            meta["seqserve_command"] = " ".join(run.seqserve_command()[2:]).replace(str(repository), "REPO")
+            ort = run.ort_ceiling()
+            echo = run.baseline("echo")
+            naive = run.baseline("naive")
+            grid, resend = run.seqserve()
+            idle = run.idle_scale()
+        bar.update(task, description="done", completed=config.scenario_count())
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    results = BenchResults(meta, config, ort, echo, naive, grid, resend, idle)
+    results.print_tables(console)
+    results.write_json(out / "latest.json")
+    plot_streams(results, out / "streams.png")
+    console.print(f"wrote {out / 'latest.json'} and {out / 'streams.png'} in {meta['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,138 @@
+"""Writing model versions into a Triton-layout repository, atomically: a version is whole or absent.
+
+Each version is written into a hidden temp folder inside the model's folder (same file system, so the
+rename is atomic), its files fsynced, then renamed to `<repo>/<model>/<version>`. Readers
+(`contract.list_versions`) skip anything that is not a numeric folder holding a model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+
+from seqserve import contract
+from seqserve.contract import ModelInfo
+from seqserve.export.errors import ExportInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VersionFiles:
+    """One version to write: the serialized graph and its model.json record (sha256 is filled in here)."""
+
+    model: onnx.ModelProto
+    info: ModelInfo
+
+
+def check_repository(repository: Path) -> Path:
+    repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise ExportInputError(f"repository {repository} is a file, expected a folder (or a path to create)")
+    return repository
+
+
+def next_version(repository: Path, name: str) -> int:
+    """One above the highest numeric folder, counting folders without a model file so none is reused."""
+    model_dir = Path(repository) / contract.check_model_name(name)
+    taken = (
+        [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        if model_dir.is_dir()
+        else []
+    )
+    return max(taken, default=0) + 1
+
+
+def check_version_free(repository: Path, name: str, version: int, force: bool) -> None:
+    target = contract.version_dir(repository, name, version)
+    if target.exists() and not force:
+        raise ExportInputError(
+            f"version {version} of model {name} already exists at {target}; pass --force to replace"
+        )
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(staging: Path, files: VersionFiles) -> ModelInfo:
+    """Write one version into the empty folder `staging`; returns the info with its sha256 filled in."""
+    data = files.model.SerializeToString()
+    info = replace(files.info, sha256=hashlib.sha256(data).hexdigest())
+    _write_synced(staging / contract.MODEL_FILE, data)
+    _write_synced(staging / contract.METADATA_FILE, (info.to_json() + "\n").encode())
+    _fsync_dir(staging)
+    return info
+
+
+def _move_into_place(staging: Path, target: Path, force: bool) -> Path | None:
+    """Rename `staging` to `target`; an existing target (force) steps aside and its new path is returned."""
+    retired = None
+    if target.exists():
+        if not force:
+            raise ExportInputError(f"{target} appeared while exporting; pass --force to replace it")
+        # A folder cannot be renamed over a non-empty one, so the old version steps aside first.
+        retired = target.with_name(f".old-{target.name}-{uuid.uuid4().hex}")
+        target.rename(retired)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if retired is not None:
+            retired.rename(target)
+        raise
+    return retired
+
+
+def write_versions(
+    repository: Path, versions: list[VersionFiles], force: bool = False
+) -> list[tuple[Path, ModelInfo]]:
+    """Write every version of one model (all staged, then renamed); on failure the repository is as before."""
+    repository = check_repository(repository)
+    model_dir = repository / contract.check_model_name(versions[0].info.name)
+    created = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    stagings: list[Path] = []
+    staged: list[tuple[Path, ModelInfo]] = []
+    written: list[tuple[Path, Path | None]] = []
+    try:
+        for files in versions:
+            stagings.append(model_dir / f".tmp-{files.info.version}-{uuid.uuid4().hex}")
+            stagings[-1].mkdir()
+            staged.append((stagings[-1], _stage(stagings[-1], files)))
+        for staging, info in staged:
+            target = model_dir / str(info.version)
+            written.append((target, _move_into_place(staging, target, force)))
+        _fsync_dir(model_dir)
+    except BaseException:
+        for target, retired in reversed(written):
+            shutil.rmtree(target, ignore_errors=True)
+            if retired is not None:
+                retired.rename(target)
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(model_dir, ignore_errors=True)
+        raise
+    for (target, retired), (_, info) in zip(written, staged, strict=True):
+        if retired is not None:
+            shutil.rmtree(retired)
+        log.info("wrote %s (%s, sha256 %s)", target, info.precision, info.sha256[:12])
+    return [(target, info) for (target, _), (_, info) in zip(written, staged, strict=True)]

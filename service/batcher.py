@@ -1,0 +1,170 @@
+"""Cross-stream batching for one model version: rows waiting from many streams -> one onnxruntime call.
+
+Policy (decided here, documented in docs/operations.md by ops):
+- One call in flight per model version. While it runs, rows that arrive wait and go together in the next.
+- With no call in flight, the waiting rows go at once when any of these holds: `max_batch` rows wait;
+  every open stream of this version has a row waiting (nobody else can join, so waiting gains nothing);
+  the oldest row has waited `max_delay_s`. So one client never waits (it is every open stream), and 64
+  clients in step share one call instead of 64.
+- Each stream awaits its row before it sends the next, so a call holds at most one chunk per stream and
+  each stream's chunks run in order.
+- Rows of very different lengths are split into separate calls (padding at most doubles the work), since
+  the RNN kernels step through the longest row for every row.
+Padding, the onnxruntime call, softmax and argmax run on the executor thread, vectorised per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqserve.service.metrics import ModelMetrics
+from seqserve.service.runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RowResult:
+    """One row's answer: labels and softmax scores per output step, and the state after its last step."""
+
+    labels: np.ndarray  # int64 [steps] (many-to-many) or [1] (many-to-one)
+    scores: np.ndarray  # float32 [len(labels), classes]
+    states: tuple[np.ndarray, ...]  # each [layers * directions, hidden]
+
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    x: np.ndarray  # float32 [steps, features]
+    states: tuple[np.ndarray, ...]
+    future: asyncio.Future
+    queued_at: float
+
+
+def length_groups(lengths: list[int], max_waste: float = 2.0) -> list[list[int]]:
+    """Row indices grouped by similar length: padded steps stay within `max_waste` times the real steps."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    group: list[int] = []
+    total = 0
+    for index in order:
+        n = lengths[index]
+        if group and (len(group) + 1) * n > max_waste * (total + n):
+            groups.append(group)
+            group, total = [], 0
+        group.append(index)
+        total += n
+    if group:
+        groups.append(group)
+    return groups
+
+
+class Batcher:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        executor: Executor,
+        metrics: ModelMetrics,
+        max_batch: int,
+        max_delay_s: float,
+    ) -> None:
+        self.runtime = runtime
+        self.executor = executor
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        # Open streams that may send rows here; the state store keeps it current.
+        self.streams = 0
+        self._pending: list[_Row] = []
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._many_to_many = runtime.info.task == "many_to_many"
+
+    async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...]) -> RowResult:
+        """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Row(x, states, future, time.perf_counter()))
+        self._maybe_dispatch()
+        return await future
+
+    def _maybe_dispatch(self) -> None:
+        if self._busy or not self._pending:
+            return
+        pending = self._pending
+        waited = time.perf_counter() - pending[0].queued_at
+        if len(pending) < self.max_batch and len(pending) < self.streams and waited < self.max_delay_s:
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.max_delay_s - waited, self._on_timer)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rows = pending[: self.max_batch]
+        del pending[: self.max_batch]
+        self._busy = True
+        call = asyncio.get_running_loop().run_in_executor(self.executor, self._run, rows)
+        call.add_done_callback(lambda done: self._finish(rows, done))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_dispatch()
+
+    def _finish(self, rows: list[_Row], done: asyncio.Future) -> None:
+        self._busy = False
+        error = done.exception()
+        if error is not None:
+            log.error(
+                "onnxruntime call on %s:%d failed: %s",
+                self.runtime.info.name,
+                self.runtime.info.version,
+                error,
+            )
+        results = None if error is not None else done.result()
+        for index, row in enumerate(rows):
+            if row.future.done():  # the stream was cancelled while waiting
+                continue
+            if results is None:
+                row.future.set_exception(error)
+            else:
+                row.future.set_result(results[index])
+        self._maybe_dispatch()
+
+    def _run(self, rows: list[_Row]) -> list[RowResult]:
+        """Executor thread: pad, run, softmax, argmax, scatter; one onnxruntime call per length group."""
+        start = time.perf_counter()
+        for row in rows:
+            self.metrics.queue.observe(start - row.queued_at)
+        lengths = [row.x.shape[0] for row in rows]
+        results: list[RowResult | None] = [None] * len(rows)
+        for group in length_groups(lengths):
+            for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _run_group(self, rows: list[_Row]) -> list[RowResult]:
+        lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
+        longest = int(lengths.max())
+        if len(rows) == 1:
+            x = rows[0].x[np.newaxis]
+        else:
+            x = np.zeros((len(rows), longest, rows[0].x.shape[1]), dtype=np.float32)
+            for index, row in enumerate(rows):
+                x[index, : row.x.shape[0]] = row.x
+        states = tuple(np.stack(column, axis=1) for column in zip(*(row.states for row in rows), strict=True))
+        start = time.perf_counter()
+        logits, new_states = self.runtime.run(x, states, lengths)
+        self.metrics.inference.observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(len(rows))
+        labels = logits.argmax(axis=-1)
+        scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out = []
+        for index, n in enumerate(lengths.tolist()):
+            pick = (index, slice(0, n)) if self._many_to_many else slice(index, index + 1)
+            out.append(RowResult(labels[pick], scores[pick], tuple(state[:, index] for state in new_states)))
+        return out

@@ -1,0 +1,131 @@
+"""`seqserve serve`, `seqserve stream`, `seqserve classify`: flags in, a server or a load run out.
+
+Only stdlib, typer and rich at module top; the service and data modules load inside each command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def serve_command(
+    repository: Path,
+    host: str,
+    port: int,
+    metrics_port: int,
+    device: str,
+    max_batch: int,
+    max_delay_ms: float,
+    max_streams: int,
+    max_chunk_steps: int,
+    max_message_bytes: int,
+    idle_timeout_s: float,
+    max_idle_timeout_s: float,
+    grace_s: float,
+    inference_threads: int,
+) -> None:
+    options = dict(locals())
+    import asyncio
+
+    from seqserve.cli import fail
+    from seqserve.contract import ContractError
+    from seqserve.service.config import ServerConfig
+    from seqserve.service.server import RunningServer, serve
+
+    try:
+        config = ServerConfig(**options)
+    except ValueError as exc:
+        fail(str(exc))
+
+    def announce(running: RunningServer) -> None:
+        typer.echo(running.listening_line())
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(serve(config, announce))
+    except ContractError as exc:
+        fail(str(exc))
+
+
+def _load_split(dataset: str | None, data: Path | None, split: str, seed: int, limit: int | None):  # noqa: ANN202
+    from seqserve.cli import fail
+    from seqserve.training.datasets import DataError, load_dataset
+
+    try:
+        splits = load_dataset(dataset=dataset, data_file=data, seed=seed)
+        part = splits.split(split)
+    except DataError as exc:
+        fail(str(exc))
+    count = len(part) if limit is None else min(limit, len(part))
+    return splits.labels, part.sequences[:count], part.targets[:count]
+
+
+def _report(report, title: str) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in report.summary().items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _run_client(coroutine) -> object:  # noqa: ANN001
+    import asyncio
+
+    import grpc
+
+    from seqserve.cli import fail
+
+    try:
+        return asyncio.run(coroutine)
+    except grpc.aio.AioRpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}")
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def stream_command(
+    target: str,
+    model: str,
+    version: int,
+    dataset: str | None,
+    data: Path | None,
+    split: str,
+    seed: int,
+    chunk: int,
+    concurrency: int,
+    limit: int | None,
+) -> None:
+    from seqserve.service.client import stream_load
+
+    labels, sequences, targets = _load_split(dataset, data, split, seed, limit)
+    report = _run_client(
+        stream_load(
+            target, model, sequences, targets, chunk=chunk, concurrency=concurrency, version=version,
+            progress=True, target_labels=labels,
+        )  # fmt: skip
+    )
+    _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
+
+
+def classify_command(
+    target: str,
+    model: str,
+    version: int,
+    dataset: str | None,
+    data: Path | None,
+    split: str,
+    seed: int,
+    batch: int,
+) -> None:
+    from seqserve.service.client import classify_load
+
+    labels, sequences, targets = _load_split(dataset, data, split, seed, None)
+    report = _run_client(
+        classify_load(target, model, sequences, targets, batch=batch, version=version, progress=True, target_labels=labels)
+    )
+    _report(report, f"classify {model}: {batch} sequences per call")

@@ -1,0 +1,50 @@
+"""The server's knobs in one record: what `seqserve serve` flags set and what tests and the demo pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9090  # -1 disables the /metrics HTTP server
+    device: str = "cpu"
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    max_streams: int = 20000
+    max_chunk_steps: int = 4096
+    max_message_bytes: int = 4 << 20
+    idle_timeout_s: float = 30.0
+    max_idle_timeout_s: float = 300.0
+    grace_s: float = 10.0
+    inference_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        positive = {
+            "max_batch": self.max_batch,
+            "max_streams": self.max_streams,
+            "max_chunk_steps": self.max_chunk_steps,
+            "max_message_bytes": self.max_message_bytes,
+            "idle_timeout_s": self.idle_timeout_s,
+            "max_idle_timeout_s": self.max_idle_timeout_s,
+            "inference_threads": self.inference_threads,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.max_delay_ms < 0 or self.grace_s < 0:
+            raise ValueError(
+                f"max_delay_ms and grace_s must be >= 0, got {self.max_delay_ms}, {self.grace_s}"
+            )
+        if self.idle_timeout_s > self.max_idle_timeout_s:
+            raise ValueError(
+                f"idle_timeout_s {self.idle_timeout_s} is above max_idle_timeout_s {self.max_idle_timeout_s}"
+            )

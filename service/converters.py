@@ -1,0 +1,110 @@
+"""Proto messages <-> numpy arrays and domain records. Validation of a chunk's bytes lives here."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqserve.service.batcher import RowResult
+from seqserve.service.errors import InvalidChunk, LimitExceeded
+from seqserve.service.repository import ServedModel
+from seqserve.v1 import seqserve_pb2 as pb
+
+_FLOAT32 = np.dtype("<f4")
+
+
+def values_array(
+    steps: int, values: bytes, model: ServedModel, what: str, max_steps: int | None
+) -> np.ndarray:
+    """float32 [steps, features] over the message's bytes (no copy), or the error that says what is wrong."""
+    features = model.runtime.info.features
+    if steps == 0 or not values:
+        raise InvalidChunk(f"{what} is empty ({steps} steps, {len(values)} bytes); expected at least 1 step")
+    if max_steps is not None and steps > max_steps:
+        raise LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
+    if len(values) % 4:
+        raise InvalidChunk(f"{what} has {len(values)} bytes, not a multiple of 4 (float32 values expected)")
+    count = len(values) // 4
+    if count != steps * features:
+        if count % steps == 0:
+            raise InvalidChunk(f"{what} has {count // steps} features, model {model.key} expects {features}")
+        raise InvalidChunk(
+            f"{what} has {count} values for {steps} steps; model {model.key} expects steps x {features} features "
+            f"= {steps * features}"
+        )
+    x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
+    if not np.isfinite(x).all():
+        step, feature = np.argwhere(~np.isfinite(x))[0].tolist()
+        raise InvalidChunk(
+            f"{what} has {x[step, feature]} at step {step}, feature {feature}; expected finite values"
+        )
+    return x
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    info = model.runtime.info
+    return pb.ModelInfo(
+        name=info.name,
+        version=info.version,
+        task=info.task,
+        cell=info.cell,
+        layers=info.layers,
+        hidden=info.hidden,
+        bidirectional=info.bidirectional,
+        streamable=info.streamable,
+        features=info.features,
+        labels=info.labels,
+        precision=info.precision,
+        opset=info.opset,
+        sha256=info.sha256,
+        test_accuracy=float(info.test_metrics.get("accuracy", 0.0)),
+        execution_provider=model.runtime.provider,
+        default_version=model.default,
+    )
+
+
+def fill_steps(container, result: RowResult, last_step: int, labels: list[str], include_scores: bool) -> None:
+    """Append one StepResult per output step; `last_step` is the absolute index of the row's last step."""
+    first = last_step - len(result.labels) + 1
+    scores = result.scores.tolist() if include_scores else None
+    for offset, index in enumerate(result.labels.tolist()):
+        step = container.add(step=first + offset, label_index=index, label=labels[index])
+        if scores is not None:
+            step.scores.extend(scores[offset])
+
+
+def opened(stream_id: str, model: ServedModel, idle_timeout_s: float) -> pb.StreamResponse:
+    return pb.StreamResponse(
+        opened=pb.StreamOpened(
+            stream_id=stream_id,
+            model=model_info(model),
+            idle_timeout_ms=round(idle_timeout_s * 1000),
+            streamable=model.streamable,
+        )
+    )
+
+
+def chunk_response(
+    chunk_index: int, result: RowResult | None, last_step: int, labels: list[str], include_scores: bool
+) -> pb.StreamResponse:
+    response = pb.StreamResponse()
+    response.chunk.chunk_index = chunk_index
+    if result is not None:
+        fill_steps(response.chunk.results, result, last_step, labels, include_scores)
+    return response
+
+
+def ended(
+    reason: int,
+    steps: int,
+    final: RowResult | None,
+    labels: list[str],
+    include_scores: bool,
+    message: str = "",
+) -> pb.StreamResponse:
+    response = pb.StreamResponse()
+    response.ended.reason = reason
+    response.ended.steps = steps
+    response.ended.message = message
+    if final is not None:
+        fill_steps(response.ended.final_results, final, steps - 1, labels, include_scores)
+    return response

@@ -1,0 +1,50 @@
+"""Domain errors, and the one table that maps them to gRPC status codes (DESIGN.md section 4).
+
+The batcher, state store, repository and runtime raise these; only the servicers turn them into a status.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message names the wrong value and what was expected."""
+
+
+class ModelNotFound(ServiceError):
+    """Unknown model or version."""
+
+
+class InvalidChunk(ServiceError):
+    """Wrong feature count, empty chunk, NaN/Inf, bytes not a multiple of 4, malformed request."""
+
+
+class OutOfOrder(ServiceError):
+    """Chunk before open, open twice, chunk after end."""
+
+
+class LimitExceeded(ServiceError):
+    """Too many open streams, chunk over max steps, message or buffer over max size."""
+
+
+class IdleTimeout(ServiceError):
+    """No message from the client within the stream's idle timeout."""
+
+
+class Draining(ServiceError):
+    """The server is shutting down and takes no new work."""
+
+
+STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
+    OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Draining: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    return STATUS_CODES[type(error)]

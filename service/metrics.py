@@ -1,0 +1,110 @@
+"""Prometheus families of the service (issue 6), on their own registry so several servers share a process.
+
+Labels are bounded: `model` and `version` come from the repository, never from a request, and no family
+has a per-stream label. Children are bound once per served version (`ModelMetrics`) so the hot path is an
+attribute access and one locked add, not a label lookup.
+
+Buckets: chunk latency, queue wait and inference span 100 µs (a chunk of 1 step on CPU) to 10 s (a long
+buffered sequence on a loaded server); batch sizes are powers of two up to the largest sensible --max-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+END_REASONS = ("completed", "cancelled", "idle_timeout", "error", "shutdown")
+EVICTION_REASONS = ("idle_timeout", "shutdown")
+_MODEL = ("model", "version")
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The children of every per-version family, bound once at load."""
+
+    streams_active: Gauge
+    streams_ended: dict[str, Counter]
+    evictions: dict[str, Counter]
+    state_bytes: Gauge
+    chunks: Counter
+    steps: Counter
+    chunk_latency: Histogram
+    queue: Histogram
+    inference: Histogram
+    batch_size: Histogram
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.streams_active = Gauge("seqserve_streams_active", "Open streams.", _MODEL, registry=r)
+        self.streams_total = Counter(
+            "seqserve_streams", "Streams ended, by reason: " + ", ".join(END_REASONS) + ".",
+            (*_MODEL, "reason"), registry=r,
+        )  # fmt: skip
+        self.evictions = Counter(
+            "seqserve_stream_evictions", "Streams the server ended itself (idle timeout, shutdown).",
+            (*_MODEL, "reason"), registry=r,
+        )  # fmt: skip
+        self.state_bytes = Gauge("seqserve_state_bytes", "Bytes of recurrent state held.", _MODEL, registry=r)
+        self.chunks = Counter("seqserve_chunks", "Stream chunks received.", _MODEL, registry=r)
+        self.steps = Counter(
+            "seqserve_steps",
+            "Time steps received (stream chunks and Classify sequences).",
+            _MODEL,
+            registry=r,
+        )
+        self.chunk_latency = Histogram(
+            "seqserve_chunk_latency_seconds", "Chunk received to its response sent.", _MODEL,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue = Histogram(
+            "seqserve_queue_seconds", "Wait of a row in the batcher before its onnxruntime call starts.", _MODEL,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "seqserve_inference_seconds", "One onnxruntime call (one batch).", _MODEL,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "seqserve_batch_size", "Rows per onnxruntime call.", _MODEL, buckets=BATCH_BUCKETS, registry=r
+        )
+        # Unknown model names from clients stay out of the labels: only the RPC and the status code.
+        self.requests = Counter(
+            "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
+        )
+        self.model_info = Info(
+            "seqserve_model",
+            "Served model versions: cell, task, precision, execution provider.",
+            _MODEL,
+            registry=r,
+        )
+
+    def for_model(
+        self, name: str, version: int, cell: str, task: str, precision: str, provider: str
+    ) -> ModelMetrics:
+        labels = (name, str(version))
+        self.model_info.labels(*labels).info(
+            {"cell": cell, "task": task, "precision": precision, "execution_provider": provider}
+        )
+        return ModelMetrics(
+            streams_active=self.streams_active.labels(*labels),
+            streams_ended={reason: self.streams_total.labels(*labels, reason) for reason in END_REASONS},
+            evictions={reason: self.evictions.labels(*labels, reason) for reason in EVICTION_REASONS},
+            state_bytes=self.state_bytes.labels(*labels),
+            chunks=self.chunks.labels(*labels),
+            steps=self.steps.labels(*labels),
+            chunk_latency=self.chunk_latency.labels(*labels),
+            queue=self.queue.labels(*labels),
+            inference=self.inference.labels(*labels),
+            batch_size=self.batch_size.labels(*labels),
+        )
+
+    def request_done(self, rpc: str, code: str) -> None:
+        self.requests.labels(rpc, code).inc()

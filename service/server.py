@@ -1,0 +1,121 @@
+"""Wiring: the grpc.aio server with the inference servicer, health (overall and per model), reflection,
+the /metrics HTTP server, and the drain that SIGTERM starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from seqserve.service.config import ServerConfig
+from seqserve.service.inference import InferenceEngine
+from seqserve.service.metrics import ServiceMetrics
+from seqserve.service.repository import ModelRepository
+from seqserve.service.servicers import InferenceServicer
+from seqserve.service.state import SHUTDOWN, StateStore
+from seqserve.v1 import seqserve_pb2, seqserve_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = seqserve_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# Streams the drain ends after the grace period finish within their current chunk; this bounds the wait.
+_INTERRUPT_WAIT_S = 5.0
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(eq=False)
+class RunningServer:
+    config: ServerConfig
+    server: grpc.aio.Server
+    grpc_address: str
+    metrics_address: str | None
+    engine: InferenceEngine
+    metrics: ServiceMetrics
+    health: health.aio.HealthServicer
+    executor: ThreadPoolExecutor
+    metrics_http: WSGIServer | None
+
+    @property
+    def store(self) -> StateStore:
+        return self.engine.store
+
+    def listening_line(self) -> str:
+        """The one line `seqserve serve` prints once serving; tests and benchmarks parse it."""
+        return f"seqserve listening grpc={self.grpc_address} metrics={self.metrics_address or 'off'}"
+
+    async def drain(self) -> None:
+        """Health NOT_SERVING, no new streams, open ones get the grace period, the rest end with SHUTDOWN."""
+        log.info("draining: %d open streams get %.1f s to finish", self.store.open_count, self.config.grace_s)
+        await self.health.enter_graceful_shutdown()
+        self.store.begin_drain()
+        if not await self.store.wait_empty(self.config.grace_s):
+            log.warning("%d streams still open after the grace period: ending them", self.store.open_count)
+            self.store.interrupt_all(SHUTDOWN)
+            await self.store.wait_empty(_INTERRUPT_WAIT_S)
+        await self.server.stop(grace=1.0)
+        self.executor.shutdown(wait=True)
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+        log.info("stopped")
+
+
+async def start_server(config: ServerConfig) -> RunningServer:
+    metrics = ServiceMetrics()
+    # Threads are made on demand and each model version has at most one call in flight.
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
+    repository = ModelRepository.load(config, metrics, executor)
+    engine = InferenceEngine(repository, StateStore(config.max_streams), config)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    seqserve_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine, metrics), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME, *repository.names()):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(host_port(config.host, config.port))
+    await server.start()
+    metrics_http, metrics_address = None, None
+    if config.metrics_port >= 0:
+        metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        metrics_address = host_port(config.host, metrics_http.server_port)
+    running = RunningServer(
+        config, server, host_port(config.host, port), metrics_address, engine, metrics, health_servicer, executor,
+        metrics_http,
+    )  # fmt: skip
+    log.info("serving %d model versions: %s", len(repository.all()), running.listening_line())
+    return running
+
+
+async def serve(config: ServerConfig, announce: Callable[[RunningServer], None]) -> None:
+    """Run until SIGTERM or SIGINT, then drain; `announce` is called once the server is serving."""
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    announce(running)
+    await stop.wait()
+    await running.drain()

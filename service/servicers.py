@@ -1,0 +1,215 @@
+"""One thin method per RPC of seqserve.v1.InferenceService: translate messages, delegate, map errors once."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from seqserve.service import converters
+from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError, status_code
+from seqserve.service.inference import InferenceEngine
+from seqserve.service.metrics import ServiceMetrics
+from seqserve.service.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_END_REASONS = {IDLE_TIMEOUT: pb.END_REASON_IDLE_TIMEOUT, SHUTDOWN: pb.END_REASON_SERVER_SHUTDOWN}
+
+
+def _recorded(rpc: str) -> Callable:
+    """Count the RPC by status code; turn domain errors into their status, anything else into INTERNAL."""
+
+    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            code = grpc.StatusCode.OK
+            try:
+                return await method(self, request, context)
+            except ServiceError as error:
+                code = status_code(error)
+                await context.abort(code, str(error))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as error:
+                log.exception("%s failed", rpc)
+                code = grpc.StatusCode.INTERNAL
+                await context.abort(code, f"internal error: {error}")
+            finally:
+                self.metrics.request_done(rpc, code.name)
+
+        return handler
+
+    return wrap
+
+
+class _StreamCall:
+    """One Stream RPC: reads the client's messages in order and answers each."""
+
+    def __init__(self, engine: InferenceEngine, context: grpc.aio.ServicerContext) -> None:
+        self.engine = engine
+        self.context = context
+        self.stream: StreamState | None = None
+        self.include_scores = False
+        self.final_only = False
+        self.labels: list[str] = []
+
+    async def run(self) -> None:
+        first = await self.context.read()
+        if first is grpc.aio.EOF:
+            return
+        kind = first.WhichOneof("kind")
+        if kind != "open":
+            raise OutOfOrder(f"the first message of a stream must be open, got {kind or 'an empty message'}")
+        stream = self.stream = self.engine.open(
+            first.open.model, first.open.version, first.open.idle_timeout_ms
+        )
+        self.include_scores = first.open.include_scores
+        self.final_only = first.open.emit == pb.EMIT_MODE_FINAL_ONLY
+        self.labels = stream.model.runtime.info.labels
+        await self.context.write(converters.opened(stream.id, stream.model, stream.idle_timeout_s))
+        while True:
+            request = await self._read()
+            kind = None if request is grpc.aio.EOF else request.WhichOneof("kind")
+            if kind == "chunk":
+                await self._chunk(request.chunk)
+            elif kind == "open":
+                raise OutOfOrder(f"open sent twice on stream {stream.id}; a stream is opened once")
+            elif kind == "end" or request is grpc.aio.EOF:  # a half-close without end ends the stream too
+                break
+            else:
+                raise InvalidChunk("empty StreamRequest; expected open, chunk or end")
+        final = await self.engine.end(stream)
+        self.engine.store.close(stream, "completed")
+        await self.context.write(
+            converters.ended(pb.END_REASON_COMPLETED, stream.steps, final, self.labels, self.include_scores)
+        )
+        if kind == "end":
+            await self._await_half_close(stream)
+
+    async def _chunk(self, chunk: pb.StreamChunk) -> None:
+        received = time.perf_counter()
+        stream = self.stream
+        x = converters.values_array(
+            chunk.steps,
+            chunk.values,
+            stream.model,
+            f"chunk {stream.chunks}",
+            self.engine.config.max_chunk_steps,
+        )
+        result = await self.engine.chunk(stream, x)
+        await self.context.write(
+            converters.chunk_response(
+                stream.chunks - 1,
+                None if self.final_only else result,
+                stream.steps - 1,
+                self.labels,
+                self.include_scores,
+            )  # fmt: skip
+        )
+        stream.model.metrics.chunk_latency.observe(time.perf_counter() - received)
+
+    async def _read(self) -> Any:
+        stream = self.stream
+        if stream.interrupted:
+            await self._interrupted()
+        stream.last_seen = asyncio.get_running_loop().time()
+        stream.reading = True
+        try:
+            return await self.context.read()
+        except asyncio.CancelledError:
+            if stream.interrupted is None:
+                raise
+            asyncio.current_task().uncancel()
+            await self._interrupted()
+        finally:
+            stream.reading = False
+
+    async def _interrupted(self) -> None:
+        """The server ends this stream: tell the client why, free the state, finish with the status."""
+        stream = self.stream
+        reason = stream.interrupted
+        if reason == IDLE_TIMEOUT:
+            message = f"idle timeout: no message for {stream.idle_timeout_s:g} s on stream {stream.id}"
+            error: ServiceError = IdleTimeout(message)
+        else:
+            message = "server shut down before the stream ended; reopen it on another replica"
+            error = Draining(message)
+        self.engine.store.close(stream, reason)
+        await self.context.write(
+            converters.ended(_END_REASONS[reason], stream.steps, None, self.labels, False, message)
+        )
+        raise error
+
+    async def _await_half_close(self, stream: StreamState) -> None:
+        # After end the client only closes its side; anything else it sends is out of order.
+        try:
+            request = await asyncio.wait_for(self.context.read(), stream.idle_timeout_s)
+        except TimeoutError:
+            return
+        if request is not grpc.aio.EOF:
+            raise OutOfOrder(
+                f"{request.WhichOneof('kind')} sent after end on stream {stream.id}; the stream is over"
+            )
+
+    def close(self, reason: str) -> None:
+        if self.stream is not None:
+            self.engine.store.close(self.stream, reason)
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, engine: InferenceEngine, metrics: ServiceMetrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    @_recorded("Stream")
+    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        call = _StreamCall(self.engine, context)
+        try:
+            await call.run()
+        except asyncio.CancelledError:
+            call.close("cancelled")
+            raise
+        finally:
+            call.close("error")  # no-op unless an error ended the stream
+
+    @_recorded("Classify")
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:  # noqa: N802
+        model = self.engine.repository.resolve(request.model, request.version)
+        if not request.sequences:
+            raise InvalidChunk("ClassifyRequest has no sequences; expected at least 1")
+        sequences = [
+            converters.values_array(s.steps, s.values, model, f"sequence {i}", None)
+            for i, s in enumerate(request.sequences)
+        ]
+        results = await self.engine.classify(model, sequences)
+        response = pb.ClassifyResponse(model=converters.model_info(model))
+        labels = model.runtime.info.labels
+        for x, result in zip(sequences, results, strict=True):
+            converters.fill_steps(
+                response.results.add().results, result, x.shape[0] - 1, labels, request.include_scores
+            )
+        return response
+
+    @_recorded("ListModels")
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:  # noqa: N802
+        return pb.ListModelsResponse(models=[converters.model_info(m) for m in self.engine.repository.all()])
+
+    @_recorded("GetModel")
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:  # noqa: N802
+        model = self.engine.repository.resolve(request.model, request.version)
+        return pb.GetModelResponse(model=converters.model_info(model))

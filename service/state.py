@@ -1,0 +1,158 @@
+"""The stream state store: which streams are open, the recurrent state rows each owns, and their ends.
+
+Each stream starts from its model's shared zero rows and owns the rows the batcher hands back after each
+chunk. A stream is freed exactly once (`close`), whatever ended it: the client's end, a cancel or
+disconnect, a bad message, the idle timeout or shutdown. The server ends a stream itself (`interrupt`)
+only while the stream's handler is waiting for the client, so a chunk in flight always completes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seqserve.service.batcher import RowResult
+from seqserve.service.errors import Draining, LimitExceeded
+from seqserve.service.repository import ServedModel
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = "idle_timeout"
+SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class StreamState:
+    id: str
+    model: ServedModel
+    idle_timeout_s: float
+    task: asyncio.Task | None
+    states: tuple[np.ndarray, ...]
+    steps: int = 0
+    chunks: int = 0
+    # Non-streamable (bidirectional) models: chunks kept until end.
+    buffered: list[np.ndarray] = field(default_factory=list)
+    buffered_bytes: int = 0
+    # The answer to the latest chunk: a many-to-one stream's final label at end.
+    last: RowResult | None = None
+    # Set while the handler awaits the client's next message; idle time counts from last_seen.
+    reading: bool = False
+    last_seen: float = 0.0
+    # Why the server ended the stream (IDLE_TIMEOUT or SHUTDOWN), set by `interrupt`.
+    interrupted: str | None = None
+    closed: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+class StateStore:
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self._streams: dict[str, StreamState] = {}
+        self._ids = itertools.count(1)
+        self._draining = False
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.state_bytes = 0
+
+    @property
+    def open_count(self) -> int:
+        return len(self._streams)
+
+    def open(self, model: ServedModel, idle_timeout_s: float) -> StreamState:
+        if self._draining:
+            raise Draining("server is shutting down and opens no new streams; retry on another replica")
+        if len(self._streams) >= self.max_streams:
+            raise LimitExceeded(
+                f"too many open streams: {len(self._streams)} open, the server's limit is {self.max_streams}"
+            )
+        loop = asyncio.get_running_loop()
+        stream = StreamState(
+            id=f"s{next(self._ids)}",
+            model=model,
+            idle_timeout_s=idle_timeout_s,
+            task=asyncio.current_task(),
+            states=model.runtime.zero_state,
+            last_seen=loop.time(),
+        )
+        stream.timer = loop.call_later(idle_timeout_s, self._check_idle, stream)
+        self._streams[stream.id] = stream
+        self._empty.clear()
+        nbytes = model.runtime.state_nbytes if model.streamable else 0
+        self.state_bytes += nbytes
+        model.metrics.streams_active.inc()
+        model.metrics.state_bytes.inc(nbytes)
+        if model.streamable:
+            model.batcher.streams += 1
+        return stream
+
+    def close(self, stream: StreamState, reason: str) -> None:
+        """Free the stream's state and count why it ended; a second call does nothing."""
+        if stream.closed:
+            return
+        stream.closed = True
+        if stream.timer is not None:
+            stream.timer.cancel()
+        del self._streams[stream.id]
+        model = stream.model
+        nbytes = model.runtime.state_nbytes if model.streamable else 0
+        self.state_bytes -= nbytes
+        model.metrics.streams_active.dec()
+        model.metrics.state_bytes.dec(nbytes)
+        model.metrics.streams_ended[reason].inc()
+        if reason in model.metrics.evictions:
+            model.metrics.evictions[reason].inc()
+        if model.streamable:
+            model.batcher.streams -= 1
+        stream.states = ()
+        stream.buffered = []
+        if not self._streams:
+            self._empty.set()
+        log.debug("stream %s on %s ended: %s after %d steps", stream.id, model.key, reason, stream.steps)
+
+    def interrupt(self, stream: StreamState, reason: str) -> None:
+        """End a stream from the server side; it is cancelled now if it waits for the client, else at its next read."""
+        stream.interrupted = reason
+        if stream.reading and stream.task is not None:
+            stream.task.cancel()
+
+    def _check_idle(self, stream: StreamState) -> None:
+        # One timer per stream, moved only when it fires: a chunk costs no timer work.
+        if stream.closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = stream.last_seen + stream.idle_timeout_s
+        if stream.reading and loop.time() >= deadline:
+            log.info(
+                "stream %s on %s idle for %.3f s: ending it",
+                stream.id,
+                stream.model.key,
+                stream.idle_timeout_s,
+            )
+            self.interrupt(stream, IDLE_TIMEOUT)
+        elif stream.reading:
+            stream.timer = loop.call_at(deadline, self._check_idle, stream)
+        else:
+            stream.timer = loop.call_later(stream.idle_timeout_s, self._check_idle, stream)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self) -> None:
+        self._draining = True
+
+    def interrupt_all(self, reason: str) -> None:
+        for stream in list(self._streams.values()):
+            self.interrupt(stream, reason)
+
+    async def wait_empty(self, timeout_s: float) -> bool:
+        """True when every stream has ended within the timeout."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

@@ -1,0 +1,89 @@
+"""`python -m bench.run --quick`: every scenario runs and the JSON is complete and self-consistent.
+
+Timings are never asserted: only that every figure exists, is positive, and that the counts agree.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RATIO_KEYS = {
+    "service_vs_grpc_ceiling_chunk1_64",
+    "service_vs_ort_chunk32_64",
+    "service_vs_naive_chunk32_64",
+    "service_vs_resend_T256",
+    "rss_mb_10k_idle_streams",
+    "p99_ms_chunk1_64",
+}
+RATES = ("msgs_per_s", "steps_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_step", "client_cpu_us_per_msg")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--processes", "2"],
+        cwd=ROOT,
+        check=True,
+        timeout=240,
+    )
+    return json.loads((out / "latest.json").read_text()), out
+
+
+def test_writes_every_ratio_and_target_and_the_plot(results: tuple[dict, Path]) -> None:
+    data, out = results
+    assert RATIO_KEYS <= data["ratios"].keys()
+    assert RATIO_KEYS <= data["targets"].keys() <= data["ratios"].keys()
+    assert all(value > 0 for value in data["ratios"].values())
+    assert all(isinstance(verdict["met"], bool) for verdict in data["targets"].values())
+    assert (out / "streams.png").stat().st_size > 10_000
+    assert data["meta"]["client_processes"] == 2
+
+
+def test_ceiling_counts_agree(results: tuple[dict, Path]) -> None:
+    data, _ = results
+    config = data["config"]
+    assert {(r["batch"], r["chunk"]) for r in data["ort"]} == {
+        (batch, chunk)
+        for batch in (1, config["ratio_streams"])
+        for chunk in (config["small_chunk"], config["large_chunk"])
+    }
+    for result in data["ort"]:
+        assert result["calls"] > 0
+        assert result["steps"] == result["batch"] * result["chunk"] * result["calls"]
+        assert result["steps_per_s"] == pytest.approx(result["steps"] / result["seconds"])
+
+
+def test_every_served_scenario_is_positive_and_consistent(results: tuple[dict, Path]) -> None:
+    data, _ = results
+    config = data["config"]
+    served = [*data["echo"], *data["naive"], *data["seqserve"]]
+    assert len(data["seqserve"]) == 2 * len(config["stream_counts"])
+    for figures in served:
+        assert figures["mode"] == "stream"
+        assert all(figures[key] > 0 for key in RATES), figures
+        assert figures["steps"] == figures["messages"] * figures["chunk"]
+        assert figures["p50_ms"] <= figures["p99_ms"]
+        # Every step the clients sent, the server counted and reported when the stream ended.
+        assert figures["server_steps"] == figures["sent_steps"] >= figures["steps"]
+        assert 1 <= figures["processes"] <= min(2, figures["streams"])
+    for figures in data["seqserve"]:
+        assert 1 <= figures["mean_batch_size"] <= figures["streams"]
+    resend = data["resend"]
+    assert resend["mode"] == "resend" and resend["steps"] == resend["messages"] > 0
+    # Resending the prefix costs more steps on the wire than it advances.
+    assert resend["sent_steps"] > resend["steps"]
+
+
+def test_idle_streams_all_open_then_all_freed(results: tuple[dict, Path]) -> None:
+    idle = results[0]["idle"]
+    assert idle["streams_active_open"] == idle["streams"] == results[0]["config"]["idle_streams"]
+    assert idle["streams_active_after_close"] == 0
+    assert idle["server_steps"] == idle["sent_steps"] == idle["streams"] * results[0]["config"]["small_chunk"]
+    assert min(idle["rss_mb_before"], idle["rss_mb_open"], idle["rss_mb_after_close"]) > 0

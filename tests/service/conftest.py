@@ -1,0 +1,111 @@
+"""Service test fixtures: real servers on 127.0.0.1 port 0 over the shared exported models, and the
+offline reference (one onnxruntime call over each whole sequence) that streamed results must equal.
+
+Clients run on the servers' background loop (`ServerThread.call`): grpc.aio binds to one loop per process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from seqserve.contract import INPUT_LENGTHS, INPUT_X, MODEL_FILE, read_model_info, state_inputs, version_dir
+from seqserve.service.config import ServerConfig
+from seqserve.service.launch import ServerThread
+
+# bms-lstm: many-to-many LSTM, trained one epoch: parity needs a real exported graph, not accuracy.
+EXTRA_RUNS = {"bms-lstm": {"dataset": "basic_motions_stream", "cell": "lstm", "epochs": 1, "hidden": 16}}
+
+
+@pytest.fixture(scope="session")
+def service_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared repository plus a many-to-many LSTM, so every cell x task pair is served."""
+    import torch
+
+    from seqserve.export.job import export_run
+    from seqserve.training.loop import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("service")
+    repository = Path(shutil.copytree(model_repository, root / "repository"))
+    for name, flags in EXTRA_RUNS.items():
+        run = train(TrainConfig(out=root / "runs" / name, seed=0, **flags), progress=False)
+        export_run(Path(run.run_dir), repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def config(service_repository: Path) -> ServerConfig:
+    return ServerConfig(repository=service_repository, port=0, metrics_port=-1, grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def server(config: ServerConfig) -> Iterator[ServerThread]:
+    with ServerThread(config) as running:
+        yield running
+
+
+@pytest.fixture
+def make_server(config: ServerConfig) -> Iterator:
+    """`make_server(**overrides)`: a server with changed limits, drained at teardown."""
+    started: list[ServerThread] = []
+
+    def make(**overrides: object) -> ServerThread:
+        started.append(ServerThread(replace(config, **overrides)).start())
+        return started[-1]
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+class Offline:
+    """The reference: softmax scores of one onnxruntime call over each whole sequence."""
+
+    def __init__(self, repository: Path) -> None:
+        self.repository = repository
+        self._sessions: dict[str, tuple] = {}
+
+    def scores(self, model: str, x: np.ndarray) -> np.ndarray:
+        """[steps, classes] (many-to-many) or [1, classes] (many-to-one)."""
+        if model not in self._sessions:
+            path = version_dir(self.repository, model, 1)
+            self._sessions[model] = (ort.InferenceSession(str(path / MODEL_FILE)), read_model_info(path))
+        session, info = self._sessions[model]
+        feeds = {INPUT_X: x[None], INPUT_LENGTHS: np.array([len(x)], dtype=np.int32)}
+        for name in state_inputs(info.cell):
+            feeds[name] = np.zeros(info.state_shape(1), dtype=np.float32)
+        logits = session.run(None, feeds)[0][0]
+        logits = logits if logits.ndim == 2 else logits[None]
+        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def offline(service_repository: Path) -> Offline:
+    return Offline(service_repository)
+
+
+@pytest.fixture(scope="session")
+def sequences() -> dict[str, list[np.ndarray]]:
+    """Real test sequences per data set: Japanese vowels whole, basic-motions streams cut to 40 steps."""
+    from seqserve.training.datasets import load_dataset
+
+    vowels = load_dataset(dataset="japanese_vowels").test.sequences
+    motions = load_dataset(dataset="basic_motions_stream").test.sequences
+    return {"japanese_vowels": vowels[:40], "basic_motions_stream": [x[:40] for x in motions[:8]]}
+
+
+MODEL_DATA = {
+    "jv-gru": "japanese_vowels",
+    "jv-lstm": "japanese_vowels",
+    "jv-bigru": "japanese_vowels",
+    "bms-gru": "basic_motions_stream",
+    "bms-lstm": "basic_motions_stream",
+}

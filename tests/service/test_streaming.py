@@ -1,0 +1,76 @@
+"""Streamed results equal one offline onnxruntime call over the whole sequence, for every chunk size."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from conftest import MODEL_DATA, Offline
+
+from seqserve.service.client import stream_load, stream_sequence
+from seqserve.service.launch import ServerThread
+from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+TOLERANCE = 1e-5  # contract.PARITY_TOLERANCE: batched rows may sum in another order than a lone one
+
+
+async def _every_chunk_size(target: str, model: str, xs: list[np.ndarray]) -> list:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        jobs = [(x, chunk) for x in xs for chunk in range(1, len(x) + 1)]
+        results = await asyncio.gather(*(stream_sequence(stub, model, x, c, include_scores=True) for x, c in jobs))
+    return list(zip(jobs, results, strict=True))
+
+
+@pytest.mark.parametrize("model", ["jv-gru", "jv-lstm", "bms-gru", "bms-lstm"])
+def test_streamed_equals_offline_for_every_chunk_size(
+    server: ServerThread, offline: Offline, sequences: dict, model: str
+) -> None:
+    xs = sequences[MODEL_DATA[model]][:2]
+    for (x, chunk), result in server.call(_every_chunk_size(server.target, model, xs)):
+        expected = offline.scores(model, x)
+        np.testing.assert_allclose(result.scores, expected, atol=TOLERANCE, err_msg=f"chunk {chunk}")
+        assert result.labels.tolist() == expected.argmax(axis=-1).tolist()
+        assert result.steps == len(x) and result.end_reason == pb.END_REASON_COMPLETED
+        if expected.shape[0] == 1:  # many-to-one: the running label after each chunk is the prefix's label
+            prefixes = range(chunk, len(x) + chunk, chunk)
+            assert result.running == [int(offline.scores(model, x[: min(n, len(x))]).argmax()) for n in prefixes]
+
+
+def test_bidirectional_model_buffers_and_answers_at_end(
+    server: ServerThread, offline: Offline, sequences: dict
+) -> None:
+    xs = sequences["japanese_vowels"][:6]
+
+    async def run() -> list:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            info = (await stub.GetModel(pb.GetModelRequest(model="jv-bigru"))).model
+            assert not info.streamable and info.bidirectional
+            return await asyncio.gather(*(stream_sequence(stub, "jv-bigru", x, 4, include_scores=True) for x in xs))
+
+    for x, result in zip(xs, server.call(run()), strict=True):
+        assert result.running == []  # nothing before the end
+        np.testing.assert_allclose(result.scores, offline.scores("jv-bigru", x), atol=TOLERANCE)
+
+
+def test_32_concurrent_streams_with_different_chunk_sizes_are_correct_and_batched(
+    make_server, offline: Offline, sequences: dict
+) -> None:
+    running = make_server(max_delay_ms=20.0)
+    xs = sequences["japanese_vowels"][:32]
+    chunks = [1 + i % 8 for i in range(32)]
+    report = running.call(stream_load(running.target, "jv-gru", xs, chunk=chunks, concurrency=32, include_scores=True))
+    for x, result in zip(xs, report.results, strict=True):
+        np.testing.assert_allclose(result.scores, offline.scores("jv-gru", x), atol=TOLERANCE)
+    registry = running.running.metrics.registry
+    labels = {"model": "jv-gru", "version": "1"}
+    calls = registry.get_sample_value("seqserve_batch_size_count", labels)
+    rows = registry.get_sample_value("seqserve_batch_size_sum", labels)
+    assert rows == sum(-(-len(x) // c) for x, c in zip(xs, chunks, strict=True))  # every chunk ran once
+    assert rows / calls > 4, f"{rows} rows in {calls} calls: concurrent streams were not batched"
+    assert registry.get_sample_value("seqserve_steps_total", labels) == sum(len(x) for x in xs)
+    assert registry.get_sample_value("seqserve_streams_total", {**labels, "reason": "completed"}) == 32
