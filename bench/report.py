@@ -1,4 +1,4 @@
-"""The bench's results: raw figures, the issue's ratios against their targets, the JSON and the table."""
+"""The bench's results: raw figures, the issue's ratios against their targets, the JSON and the tables."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.load_pool import LoadResult
 from bench.ort_ceiling import OrtResult
-from bench.scenarios import BenchConfig, IdleFigures, ServedFigures
+from bench.scenarios import BenchConfig, IdleFigures, RatioRound, ServedFigures, median_ratios
 
-# The issue's targets, each on one key of `ratios`.
+# The issue's targets, each on one key of `ratios`; p99 at chunk 32 is the same latency target.
 TARGETS: dict[str, tuple[str, float]] = {
     "service_vs_grpc_ceiling_chunk1_64": (">=", 0.8),
     "service_vs_ort_chunk32_64": (">=", 0.6),
@@ -36,26 +35,15 @@ class BenchResults:
     echo: list[ServedFigures]
     naive: list[ServedFigures]
     seqserve: list[ServedFigures]
-    resend: ServedFigures
-    idle: IdleFigures
+    rounds: list[RatioRound]
+    idle: list[IdleFigures]  # echo (gRPC's own cost per stream), then seqserve
+
+    def idle_of(self, server: str) -> IdleFigures:
+        return next(figures for figures in self.idle if figures.server == server)
 
     def ratios(self) -> dict[str, float]:
-        """The issue's ratios, taken at the ratio concurrency (64 streams in the full run)."""
-        streams, small, large = self.config.ratio_streams, self.config.small_chunk, self.config.large_chunk
-        service_small = _pick(self.seqserve, small, streams)
-        service_large = _pick(self.seqserve, large, streams)
-        ort = next(r for r in self.ort if r.batch == streams and r.chunk == large)
-        return {
-            "service_vs_grpc_ceiling_chunk1_64": service_small.msgs_per_s
-            / _pick(self.echo, small, streams).msgs_per_s,
-            "service_vs_ort_chunk32_64": service_large.steps_per_s / ort.steps_per_s,
-            "service_vs_naive_chunk32_64": service_large.steps_per_s
-            / _pick(self.naive, large, streams).steps_per_s,
-            "service_vs_resend_T256": service_small.steps_per_s / self.resend.load.steps_per_s,
-            "rss_mb_10k_idle_streams": self.idle.rss_mb_open,
-            "p99_ms_chunk1_64": service_small.p99_ms,
-            "p99_ms_chunk32_64": service_large.p99_ms,
-        }
+        """The median over the ratio rounds of each ratio, and seqserve's RSS with the idle streams open."""
+        return {**median_ratios(self.rounds), "rss_mb_10k_idle_streams": self.idle_of("seqserve").rss_mb_open}
 
     def targets(self) -> dict[str, dict[str, Any]]:
         ratios = self.ratios()
@@ -74,46 +62,33 @@ class BenchResults:
             "echo": [figures.to_dict() for figures in self.echo],
             "naive": [figures.to_dict() for figures in self.naive],
             "seqserve": [figures.to_dict() for figures in self.seqserve],
-            "resend": self.resend.to_dict(),
-            "idle": asdict(self.idle),
+            "rounds": [round_.to_dict() for round_ in self.rounds],
+            "idle": [asdict(figures) for figures in self.idle],
         }
 
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def print_tables(self, console: Console) -> None:
-        ort = Table(title="onnxruntime in-process ceiling")
-        for column in ("batch", "chunk", "steps/s"):
-            ort.add_column(column, justify="right")
-        for result in self.ort:
-            ort.add_row(str(result.batch), str(result.chunk), f"{result.steps_per_s:,.0f}")
-        console.print(ort)
+        for table in (self._ort_table(), self._served_table(), self._rounds_table(), self._idle_table()):
+            console.print(table)
+        console.print(self._targets_table())
 
-        served = Table(title=f"served over gRPC ({self.meta['client_processes']} client processes)")
-        columns = (
-            "server",
-            "chunk",
-            "streams",
-            "msgs/s",
-            "steps/s",
-            "p50 ms",
-            "p99 ms",
-            "batch",
-            "server cpu us/step",
-            "client cpu us/msg",
-        )
-        for column in columns:
-            served.add_column(column, justify="right")
-        for figures in [*self.echo, *self.naive, *self.seqserve, self.resend]:
+    def _ort_table(self) -> Table:
+        table = _table("onnxruntime in-process ceiling", ("batch", "chunk", "steps/s"))
+        for result in self.ort:
+            table.add_row(str(result.batch), str(result.chunk), f"{result.steps_per_s:,.0f}")
+        return table
+
+    def _served_table(self) -> Table:
+        columns = ("server", "chunk", "streams", "msgs/s", "steps/s", "p50 ms", "p99 ms", "batch")
+        title = f"served over gRPC ({self.meta['client_processes']} load-generator processes)"
+        table = _table(title, (*columns, "server cpu us/step", "client cpu us/msg"))
+        for figures in [*self.echo, *self.naive, *self.seqserve]:
             load = figures.load
-            name = (
-                figures.server
-                if load.mode == "stream"
-                else f"{figures.server} resend T={self.config.resend_steps}"
-            )
             batch = "" if figures.mean_batch_size is None else f"{figures.mean_batch_size:.1f}"
-            served.add_row(
-                name,
+            table.add_row(
+                figures.server,
                 str(load.chunk),
                 str(load.streams),
                 f"{load.msgs_per_s:,.0f}",
@@ -124,24 +99,72 @@ class BenchResults:
                 f"{figures.server_cpu_us_per_step:.1f}",
                 f"{load.client_cpu_us_per_msg:.0f}",
             )
-        console.print(served)
+        return table
 
-        idle = self.idle
-        console.print(
-            f"idle scale: {idle.streams} streams open in {idle.open_s:.1f} s; server RSS "
-            f"{idle.rss_mb_before:.0f} MB before, {idle.rss_mb_open:.0f} MB with all open, "
-            f"{idle.rss_mb_after_close:.0f} MB after closing; open streams {idle.streams_active_open:.0f} "
-            f"-> {idle.streams_active_after_close:.0f}"
+    def _rounds_table(self) -> Table:
+        config = self.config
+        small, large, streams = config.small_chunk, config.large_chunk, config.ratio_streams
+        columns = (
+            "round",
+            f"echo c{small} msgs/s",
+            f"seqserve c{small} msgs/s",
+            f"resend T={config.resend_steps} steps/s",
+            f"naive c{large} steps/s",
+            f"seqserve c{large} steps/s",
+            f"ort b{streams} c{large} steps/s",
         )
+        table = _table(f"ratio rounds at {streams} streams (back to back)", columns)
+        for index, round_ in enumerate(self.rounds, start=1):
+            table.add_row(
+                str(index),
+                f"{round_.echo_small.load.msgs_per_s:,.0f}",
+                f"{round_.seqserve_small.load.msgs_per_s:,.0f}",
+                f"{round_.resend.load.steps_per_s:,.0f}",
+                f"{round_.naive_large.load.steps_per_s:,.0f}",
+                f"{round_.seqserve_large.load.steps_per_s:,.0f}",
+                f"{round_.ort_large.steps_per_s:,.0f}",
+            )
+        return table
 
-        verdicts = Table(title="targets")
-        for column in ("figure", "value", "target", "met"):
-            verdicts.add_column(column)
+    def _idle_table(self) -> Table:
+        columns = (
+            "server",
+            "streams",
+            "open s",
+            "RSS before MB",
+            "RSS open MB",
+            "KB/stream",
+            "RSS closed MB",
+        )
+        table = _table("idle streams", (*columns, "open streams: open -> closed"))
+        for figures in self.idle:
+            active = (
+                ""
+                if figures.streams_active_open is None
+                else f"{figures.streams_active_open:.0f} -> {figures.streams_active_after_close:.0f}"
+            )
+            table.add_row(
+                figures.server,
+                str(figures.streams),
+                f"{figures.open_s:.1f}",
+                f"{figures.rss_mb_before:.0f}",
+                f"{figures.rss_mb_open:.0f}",
+                f"{figures.kb_per_stream:.1f}",
+                f"{figures.rss_mb_after_close:.0f}",
+                active,
+            )
+        return table
+
+    def _targets_table(self) -> Table:
+        table = _table(f"targets (median of {len(self.rounds)} rounds)", ("figure", "value", "target", "met"))
         for key, verdict in self.targets().items():
             met = "[green]yes[/]" if verdict["met"] else "[red]no[/]"
-            verdicts.add_row(key, f"{verdict['value']:.3g}", verdict["target"], met)
-        console.print(verdicts)
+            table.add_row(key, f"{verdict['value']:.3g}", verdict["target"], met)
+        return table
 
 
-def _pick(figures: list[ServedFigures], chunk: int, streams: int) -> LoadResult:
-    return next(f.load for f in figures if f.load.chunk == chunk and f.load.streams == streams)
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    return table

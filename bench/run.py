@@ -82,15 +82,17 @@ def main(
 
         with contextlib.closing(LoadPool(processes)) as pool:
             run = BenchRun(config, pool, repository, info, device, out / "tmp", advance)
-            meta["seqserve_command"] = " ".join(run.seqserve_command()[2:]).replace(str(repository), "REPO")
-            ort = run.ort_ceiling()
-            echo = run.baseline("echo")
-            naive = run.baseline("naive")
-            grid, resend = run.seqserve()
-            idle = run.idle_scale()
+            meta["seqserve_command"] = " ".join(run.command("seqserve")[2:]).replace(str(repository), "REPO")
+            with run.servers() as servers:
+                ort = run.ort_ceiling()
+                echo = run.baseline(servers.echo, "echo")
+                naive = run.baseline(servers.naive, "naive")
+                grid = run.seqserve_grid(servers.seqserve)
+                rounds = run.ratio_rounds(servers)
+            idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
-    results = BenchResults(meta, config, ort, echo, naive, grid, resend, idle)
+    results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle)
     results.print_tables(console)
     results.write_json(out / "latest.json")
     plot_streams(results, out / "streams.png")

@@ -1,15 +1,17 @@
-"""Every scenario of the bench, each against a fresh server subprocess and the same load pool.
+"""Every scenario of the bench: the three servers run side by side as subprocesses, one load pool drives them.
 
 The sizes live in `BenchConfig`: the full run follows the issue; `QUICK` keeps the smoke test to seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ class BenchConfig:
     large_chunk: int = 32
     # The concurrency the issue's ratios are taken at; baselines and the ceiling run at 1 and at this.
     ratio_streams: int = 64
+    # Each ratio's two sides run back to back, this many times; the median is reported. On a shared box
+    # the load drifts between scenarios far apart in time, and a ratio of neighbours resists that.
+    ratio_rounds: int = 3
     resend_steps: int = 256
     idle_streams: int = 10_000
     warmup_s: float = 1.0
@@ -53,8 +58,8 @@ class BenchConfig:
         return (1, self.ratio_streams)
 
     def scenario_count(self) -> int:
-        """For the progress bar: ceiling, echo, naive, seqserve grid, resend, idle."""
-        return 4 + 4 + 4 + 2 * len(self.stream_counts) + 1 + 1
+        """For the progress bar: ceiling, echo, naive, seqserve grid, ratio rounds, idle (echo, seqserve)."""
+        return 4 + 4 + 4 + 2 * len(self.stream_counts) + len(fields(RatioRound)) * self.ratio_rounds + 2
 
 
 QUICK = BenchConfig(
@@ -64,9 +69,10 @@ QUICK = BenchConfig(
     ratio_streams=4,
     resend_steps=8,
     idle_streams=20,
-    warmup_s=0.2,
-    duration_s=0.5,
-    ort_duration_s=0.2,
+    ratio_rounds=1,
+    warmup_s=0.1,
+    duration_s=0.3,
+    ort_duration_s=0.1,
 )
 
 
@@ -89,16 +95,63 @@ class ServedFigures:
 
 
 @dataclass
+class RatioRound:
+    """The issue's ratios from scenarios run back to back, at the ratio concurrency."""
+
+    echo_small: ServedFigures
+    seqserve_small: ServedFigures
+    resend: ServedFigures
+    naive_large: ServedFigures
+    seqserve_large: ServedFigures
+    ort_large: OrtResult
+
+    def ratios(self) -> dict[str, float]:
+        small, large = self.seqserve_small.load, self.seqserve_large.load
+        return {
+            "service_vs_grpc_ceiling_chunk1_64": small.msgs_per_s / self.echo_small.load.msgs_per_s,
+            "service_vs_ort_chunk32_64": large.steps_per_s / self.ort_large.steps_per_s,
+            "service_vs_naive_chunk32_64": large.steps_per_s / self.naive_large.load.steps_per_s,
+            "service_vs_resend_T256": small.steps_per_s / self.resend.load.steps_per_s,
+            "p99_ms_chunk1_64": small.p99_ms,
+            "p99_ms_chunk32_64": large.p99_ms,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        figures = {
+            name: value.to_dict() if isinstance(value, ServedFigures) else asdict(value)
+            for name, value in vars(self).items()
+        }
+        return {"ratios": self.ratios(), **figures}
+
+
+def median_ratios(rounds: list[RatioRound]) -> dict[str, float]:
+    per_round = [r.ratios() for r in rounds]
+    return {key: statistics.median(ratios[key] for ratios in per_round) for key in per_round[0]}
+
+
+@dataclass
 class IdleFigures:
+    """A fresh server holding `streams` idle streams (each opened and answered one chunk)."""
+
+    server: str
     streams: int
     open_s: float
     rss_mb_before: float
     rss_mb_open: float
     rss_mb_after_close: float
-    streams_active_open: float
-    streams_active_after_close: float
+    kb_per_stream: float
     sent_steps: int
     server_steps: int
+    # From seqserve's metrics; the echo server has none.
+    streams_active_open: float | None = None
+    streams_active_after_close: float | None = None
+
+
+@dataclass
+class Servers:
+    echo: ServerProcess
+    naive: ServerProcess
+    seqserve: ServerProcess
 
 
 @dataclass
@@ -125,95 +178,126 @@ class BenchRun:
             idle_timeout_ms=IDLE_TIMEOUT_MS,
         )
 
-    def seqserve_command(self) -> list[str]:
-        return [
-            *(sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(self.repository)),
-            *("--port", "0", "--metrics-port", "0", "--device", self.device, "--grace-s", "1"),
-            *("--max-streams", str(max(20_000, 2 * self.config.idle_streams))),
-            *("--inference-threads", str(INFERENCE_THREADS)),
-        ]
-
-    def _baseline_command(self, kind: str) -> list[str]:
+    def command(self, kind: str) -> list[str]:
+        """The command line that starts the seqserve, echo or naive server on the bench repository."""
+        if kind == "seqserve":
+            return [
+                *(sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(self.repository)),
+                *("--port", "0", "--metrics-port", "0", "--device", self.device, "--grace-s", "1"),
+                *("--max-streams", str(max(20_000, 2 * self.config.idle_streams))),
+                *("--inference-threads", str(INFERENCE_THREADS)),
+            ]
         return [
             *(sys.executable, "-m", "bench.baseline_servers", kind, "--repository", str(self.repository)),
             *("--model", BENCH_MODEL, "--device", self.device, "--inference-threads", str(INFERENCE_THREADS)),
         ]
 
+    @contextlib.contextmanager
+    def servers(self) -> Iterator[Servers]:
+        """All three servers at once, so ratio rounds can alternate between them; idle ones cost nothing."""
+        with contextlib.ExitStack() as stack:
+            started = {
+                kind: stack.enter_context(running_server(self.command(kind), self.logs / f"{kind}.log"))
+                for kind in ("echo", "naive", "seqserve")
+            }
+            yield Servers(**started)
+
     def ort_ceiling(self) -> list[OrtResult]:
-        session = open_session(model_path(self.repository), self.device, INFERENCE_THREADS)
         results = []
         for batch in self.config.baseline_streams:
             for chunk in self.config.chunks:
                 self.advance(f"onnxruntime batch {batch} chunk {chunk}")
-                results.append(measure_ort(session, self.info, batch, chunk, self.config.ort_duration_s))
+                results.append(self._ort(batch, chunk))
         return results
 
-    def _served(self, server: ServerProcess, name: str, spec: LoadSpec) -> ServedFigures:
+    def _ort(self, batch: int, chunk: int) -> OrtResult:
+        session = open_session(model_path(self.repository), self.device, INFERENCE_THREADS)
+        return measure_ort(session, self.info, batch, chunk, self.config.ort_duration_s)
+
+    def served(self, server: ServerProcess, name: str, mode: str, streams: int, chunk: int) -> ServedFigures:
+        """One load scenario; the server's CPU time and metrics are read as the window opens and closes."""
+
         def probe() -> tuple[float, dict[str, float]]:
             return server.cpu_seconds(), scrape(server.metrics_url) if server.metrics_url else {}
 
+        spec = self._spec(server.target, mode, streams, chunk)
         load, (cpu_before, metrics_before), (cpu_after, metrics_after) = self.pool.run(spec, probe)
         cpu_per_step = (cpu_after - cpu_before) / load.steps * 1e6 if load.steps else 0.0
-        batches = metrics_after.get(f"{BATCH_SIZE_METRIC}_count", 0.0) - metrics_before.get(
-            f"{BATCH_SIZE_METRIC}_count", 0.0
-        )
-        rows = metrics_after.get(f"{BATCH_SIZE_METRIC}_sum", 0.0) - metrics_before.get(
-            f"{BATCH_SIZE_METRIC}_sum", 0.0
+        batches, rows = (
+            metrics_after.get(f"{BATCH_SIZE_METRIC}_{part}", 0.0)
+            - metrics_before.get(f"{BATCH_SIZE_METRIC}_{part}", 0.0)
+            for part in ("count", "sum")
         )
         return ServedFigures(name, load, cpu_per_step, rows / batches if batches else None)
 
-    def baseline(self, kind: str) -> list[ServedFigures]:
+    def baseline(self, server: ServerProcess, kind: str) -> list[ServedFigures]:
         """echo or naive, at both chunk sizes, at 1 stream and at the ratio concurrency."""
         figures = []
-        with running_server(self._baseline_command(kind), self.logs / f"{kind}.log") as server:
-            for chunk in self.config.chunks:
-                for streams in self.config.baseline_streams:
-                    self.advance(f"{kind} chunk {chunk} x {streams} streams")
-                    figures.append(
-                        self._served(server, kind, self._spec(server.target, "stream", streams, chunk))
-                    )
+        for chunk in self.config.chunks:
+            for streams in self.config.baseline_streams:
+                self.advance(f"{kind} chunk {chunk} x {streams} streams")
+                figures.append(self.served(server, kind, "stream", streams, chunk))
         return figures
 
-    def seqserve(self) -> tuple[list[ServedFigures], ServedFigures]:
-        """The grid of chunk sizes and stream counts, then stateless resend through Classify."""
+    def seqserve_grid(self, server: ServerProcess) -> list[ServedFigures]:
         grid = []
-        with running_server(self.seqserve_command(), self.logs / "seqserve.log") as server:
-            for chunk in self.config.chunks:
-                for streams in self.config.stream_counts:
-                    self.advance(f"seqserve chunk {chunk} x {streams} streams")
-                    spec = self._spec(server.target, "stream", streams, chunk)
-                    grid.append(self._served(server, "seqserve", spec))
-            self.advance(f"resend T={self.config.resend_steps} x {self.config.ratio_streams} streams")
-            resend = self._served(
-                server, "seqserve", self._spec(server.target, "resend", self.config.ratio_streams)
-            )
-        return grid, resend
+        for chunk in self.config.chunks:
+            for streams in self.config.stream_counts:
+                self.advance(f"seqserve chunk {chunk} x {streams} streams")
+                grid.append(self.served(server, "seqserve", "stream", streams, chunk))
+        return grid
 
-    def idle_scale(self) -> IdleFigures:
+    def ratio_rounds(self, servers: Servers) -> list[RatioRound]:
+        return [self._ratio_round(servers, index) for index in range(1, self.config.ratio_rounds + 1)]
+
+    def _ratio_round(self, servers: Servers, index: int) -> RatioRound:
+        streams, small, large = self.config.ratio_streams, self.config.small_chunk, self.config.large_chunk
+
+        def step(name: str) -> None:
+            self.advance(f"ratio round {index}/{self.config.ratio_rounds}: {name}")
+
+        step(f"echo chunk {small}")
+        echo = self.served(servers.echo, "echo", "stream", streams, small)
+        step(f"seqserve chunk {small}")
+        seqserve_small = self.served(servers.seqserve, "seqserve", "stream", streams, small)
+        step(f"resend T={self.config.resend_steps}")
+        resend = self.served(servers.seqserve, "seqserve", "resend", streams, 1)
+        step(f"naive chunk {large}")
+        naive = self.served(servers.naive, "naive", "stream", streams, large)
+        step(f"seqserve chunk {large}")
+        seqserve_large = self.served(servers.seqserve, "seqserve", "stream", streams, large)
+        step(f"onnxruntime batch {streams} chunk {large}")
+        return RatioRound(echo, seqserve_small, resend, naive, seqserve_large, self._ort(streams, large))
+
+    def idle_scale(self, kind: str) -> IdleFigures:
         """A fresh server: RSS warm, with every idle stream open, and after they all closed."""
-        self.advance(f"idle scale: {self.config.idle_streams} streams")
-        with running_server(self.seqserve_command(), self.logs / "seqserve-idle.log") as server:
+        self.advance(f"idle scale: {kind}, {self.config.idle_streams} streams")
+        with running_server(self.command(kind), self.logs / f"{kind}-idle.log") as server:
             # One short stream first, so the runtime's buffers exist before RSS is taken.
             warm = self._spec(server.target, "stream", 1, self.config.small_chunk)
             self.pool.run(LoadSpec(**{**asdict(warm), "warmup_s": 0.0, "duration_s": 0.2}))
             rss_before = server.rss_mb()
-            self.pool.open_idle(
+            opened = self.pool.open_idle(
                 self._spec(server.target, "idle", self.config.idle_streams, self.config.small_chunk)
             )
             rss_open = server.rss_mb()
-            active_open = scrape(server.metrics_url)[STREAMS_ACTIVE_METRIC]
+            active_open = scrape(server.metrics_url)[STREAMS_ACTIVE_METRIC] if server.metrics_url else None
             tallies = self.pool.close_idle()
-            active_after = _settled_gauge(server.metrics_url, STREAMS_ACTIVE_METRIC)
+            active_after = (
+                _settled_gauge(server.metrics_url, STREAMS_ACTIVE_METRIC) if server.metrics_url else None
+            )
             return IdleFigures(
-                streams=self.config.idle_streams,
+                server=kind,
+                streams=opened,
                 open_s=max(tally.open_s for tally in tallies),
                 rss_mb_before=rss_before,
                 rss_mb_open=rss_open,
                 rss_mb_after_close=server.rss_mb(),
-                streams_active_open=active_open,
-                streams_active_after_close=active_after,
+                kb_per_stream=(rss_open - rss_before) * 1024 / opened,
                 sent_steps=sum(tally.sent_steps for tally in tallies),
                 server_steps=sum(tally.server_steps for tally in tallies),
+                streams_active_open=active_open,
+                streams_active_after_close=active_after,
             )
 
 

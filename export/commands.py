@@ -47,7 +47,7 @@ def _print_outcome(outcome: RunOutcome) -> None:
             f"[green]ok[/green] {outcome.name}: " + "; ".join(_version_line(r) for r in outcome.results)
         )
     else:
-        console.print(f"[red]failed[/red] {outcome.name}: {outcome.error}", highlight=False)
+        console.print(f"[red]failed[/red] {outcome.error}", highlight=False)
 
 
 def _summary_table(outcomes: list[RunOutcome]) -> Table:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,12 +31,11 @@ from seqserve.export.inference import OnnxClassifier
 from seqserve.export.parity import check_parity, select_sequences
 from seqserve.export.quantize import INT8_MAX_ACCURACY_DROP, check_quantize, quantize_int8, quantized_ops
 from seqserve.training.datasets import DatasetSplits, load_dataset, with_task
+from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.model import SequenceClassifier, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.json"
 # Parity runs PyTorch and onnxruntime per sequence; this many test sequences, spread over the split, suffice.
 PARITY_SEQUENCES = 64
 # What model.json keeps of the run's metrics.json: its test figures (PyTorch, before export).
@@ -86,8 +87,18 @@ def _load_run(run_dir: Path) -> tuple[SequenceClassifier, dict[str, Any]]:
     checkpoint = run_dir / CHECKPOINT_FILE
     if not checkpoint.is_file():
         raise ExportInputError(f"{checkpoint}: missing; expected a run folder written by `seqserve train`")
+    if not zipfile.is_zipfile(checkpoint):
+        # torch.save writes a zip archive; anything else is truncated, corrupt or another tool's file.
+        raise ExportInputError(
+            f"{checkpoint}: not a readable seqserve checkpoint (corrupt, truncated or not torch)"
+        )
     try:
         model, payload = load_checkpoint(str(checkpoint))
+    except pickle.UnpicklingError as exc:
+        raise ExportInputError(
+            f"{checkpoint}: not a readable seqserve checkpoint (it holds pickled Python objects, expected a "
+            "state dict and plain config that load with weights_only=True)"
+        ) from exc
     except ValueError as exc:
         raise ExportInputError(str(exc)) from exc
     except Exception as exc:  # torch.load and load_state_dict raise many types for one cause: a bad file
@@ -219,7 +230,17 @@ def _int8_version(
         )
     sequences = plan.splits.test.sequences
     agreement = predict(session, sequences).agreement(predict(fp32_session, sequences))
-    info.parity = {"reference": f"fp32 version {plan.info.version}", "prediction_agreement": agreement}
+    # Quantization error, recorded not gated. Activation scales are computed per call over the whole input,
+    # padding included, so int8 rows depend on their batch: measured with zero padding, as a server pads.
+    with torch.no_grad():
+        error = check_parity(
+            plan.model, session, select_sequences(sequences, PARITY_SEQUENCES), pad_value=0.0
+        )
+    info.parity = {
+        "reference": f"fp32 version {plan.info.version}",
+        "prediction_agreement": agreement,
+        "vs_pytorch": {"whole": error.whole, "batch": error.batch, "chunked": error.chunked},
+    }
     info.test_metrics = {
         "onnx_accuracy": accuracy,
         "accuracy_unit": plan.run_metrics.get("accuracy_unit", _accuracy_unit(plan.info)),
@@ -231,16 +252,10 @@ def _int8_version(
     }
     set_metadata(model, info)
     log.info(
-        "%s int8: accuracy %.4f (fp32 %.4f), single %.3f ms (fp32 %.3f), batch of %d %.3f ms (fp32 %.3f), "
-        "quantized %s",
+        "%s int8: accuracy %.4f (fp32 %.4f), quantized %s",
         info.name,
         accuracy,
         fp32_accuracy,
-        latency.single_ms,
-        fp32_latency.single_ms,
-        latency.batch,
-        latency.batch_ms,
-        fp32_latency.batch_ms,
         quantized_ops(model),
     )
     return model, info, accuracy, latency
@@ -262,6 +277,7 @@ def execute(plan: ExportPlan) -> list[ExportResult]:
         parity = check_parity(
             plan.model, session, select_sequences(plan.splits.test.sequences, PARITY_SEQUENCES)
         )
+    log.info("%s parity with PyTorch: %s", info.name, parity.describe())
     if not parity.passed:
         raise ExportError(
             f"{info.name}: parity with PyTorch failed: max abs diff {parity.max_abs_diff:.3e} > tolerance "
@@ -335,7 +351,10 @@ def export_runs(
             outcome.results = execute(plan)
         except Exception as exc:  # one model's failure, whatever its kind, must not stop the others
             log.debug("export of %s failed", plan.run_dir, exc_info=True)
-            outcome.error = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+            # ExportError messages start with the model's name; anything else gets it here.
+            outcome.error = (
+                str(exc) if isinstance(exc, ExportError) else f"{outcome.name}: {type(exc).__name__}: {exc}"
+            )
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)

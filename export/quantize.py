@@ -3,8 +3,10 @@
 `quantize_dynamic` quantizes the op types in onnxruntime's IntegerOpsRegistry. For these models that means
 the head's MatMul (-> DynamicQuantizeLinear + MatMulInteger) and an LSTM (-> com.microsoft
 DynamicQuantizeLSTM); GRU and RNN are not in the registry and stay fp32, so a GRU or RNN model gains
-little from int8: only the small head is quantized. Activations are quantized per call from the values in
-that call, so an int8 model's row can shift slightly with what else is in its batch.
+little from int8: only the small head is quantized. Activations are quantized per call with one scale over
+the whole input tensor, padding included, so an int8 row shifts with what else is in its batch: pad with
+zeros (large padding values wreck the scale of a quantized LSTM's input), and expect int8 to agree with
+fp32 on labels, not to 1e-5 on scores.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ app.add_typer(experiment_app, name="experiment")
 
 
 @app.callback()
-def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -67,6 +69,9 @@ def train(
         int, typer.Option(help="Chrono gate-bias initialisation for dependencies of ~N steps; 0 disables.")
     ] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[
+        int, typer.Option(help="Torch CPU threads; small recurrent models train fastest on one.", min=1)
+    ] = 1,
 ) -> None:
     """Train a sequence classifier and write a run folder."""
     from seqserve.training.commands import train_command
@@ -125,7 +130,14 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 9090,
     device: Annotated[str, typer.Option(help="cpu or cuda (falls back to cpu with a warning).")] = "cpu",
     max_batch: Annotated[int, typer.Option(help="Most rows in one onnxruntime call.", min=1)] = 64,
-    max_delay_ms: Annotated[float, typer.Option(help="Longest a chunk waits for a batch to fill.")] = 2.0,
+    max_delay_ms: Annotated[
+        float,
+        typer.Option(
+            help="Longest a chunk may wait for other streams' chunks to fill a batch when no call runs; "
+            "0 sends at once (chunks arriving during a call still share the next one).",
+            min=0.0,
+        ),
+    ] = 0.0,
     max_streams: Annotated[int, typer.Option(help="Most open streams at once.", min=1)] = 20000,
     max_chunk_steps: Annotated[int, typer.Option(help="Most time steps in one chunk.", min=1)] = 4096,
     max_message_bytes: Annotated[int, typer.Option(help="Largest request message.", min=1024)] = 4 << 20,

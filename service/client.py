@@ -64,7 +64,11 @@ class LoadReport:
         return self.steps / self.elapsed_s
 
     def latency_ms(self, percentile: float) -> float:
-        return float(np.percentile(self.latencies_s, percentile) * 1000) if len(self.latencies_s) else float("nan")
+        return (
+            float(np.percentile(self.latencies_s, percentile) * 1000)
+            if len(self.latencies_s)
+            else float("nan")
+        )
 
     def summary(self) -> dict[str, float | int | str]:
         return {
@@ -80,7 +84,9 @@ class LoadReport:
         }
 
 
-def _in_model_order(targets: Sequence | None, target_labels: Sequence[str] | None, info: pb.ModelInfo) -> list:
+def _in_model_order(
+    targets: Sequence | None, target_labels: Sequence[str] | None, info: pb.ModelInfo
+) -> list:
     """Targets indexing `target_labels` re-indexed into the model's labels (the orders may differ)."""
     if targets is None or target_labels is None:
         return list(targets or [])
@@ -148,7 +154,9 @@ async def stream_sequence(
         _collect(ended.final_results[-1:], labels, scores)
     code = await call.code()
     if code != grpc.StatusCode.OK:
-        raise grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(), await call.details())
+        raise grpc.aio.AioRpcError(
+            code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
+        )
     return StreamResult(
         labels=np.asarray(labels, dtype=np.int64),
         scores=np.asarray(scores, dtype=np.float32) if scores else None,
@@ -244,7 +252,9 @@ async def classify_load(
                     model=model,
                     version=version,
                     sequences=[
-                        pb.Sequence(steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes())
+                        pb.Sequence(
+                            steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes()
+                        )
                         for x in part
                     ],
                 )

@@ -105,8 +105,15 @@ def stream_command(
     labels, sequences, targets = _load_split(dataset, data, split, seed, limit)
     report = _run_client(
         stream_load(
-            target, model, sequences, targets, chunk=chunk, concurrency=concurrency, version=version,
-            progress=True, target_labels=labels,
+            target,
+            model,
+            sequences,
+            targets,
+            chunk=chunk,
+            concurrency=concurrency,
+            version=version,
+            progress=True,
+            target_labels=labels,
         )  # fmt: skip
     )
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
@@ -126,6 +133,15 @@ def classify_command(
 
     labels, sequences, targets = _load_split(dataset, data, split, seed, None)
     report = _run_client(
-        classify_load(target, model, sequences, targets, batch=batch, version=version, progress=True, target_labels=labels)
+        classify_load(
+            target,
+            model,
+            sequences,
+            targets,
+            batch=batch,
+            version=version,
+            progress=True,
+            target_labels=labels,
+        )
     )
     _report(report, f"classify {model}: {batch} sequences per call")

@@ -28,8 +28,8 @@ def values_array(
         if count % steps == 0:
             raise InvalidChunk(f"{what} has {count // steps} features, model {model.key} expects {features}")
         raise InvalidChunk(
-            f"{what} has {count} values for {steps} steps; model {model.key} expects steps x {features} features "
-            f"= {steps * features}"
+            f"{what} has {count} values for {steps} steps; model {model.key} expects steps x {features} "
+            f"features = {steps * features}"
         )
     x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
     if not np.isfinite(x).all():
@@ -56,7 +56,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         precision=info.precision,
         opset=info.opset,
         sha256=info.sha256,
-        test_accuracy=float(info.test_metrics.get("accuracy", 0.0)),
+        test_accuracy=float(info.test_metrics.get("test_accuracy", info.test_metrics.get("accuracy", 0.0))),
         execution_provider=model.runtime.provider,
         default_version=model.default,
     )

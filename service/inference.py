@@ -52,7 +52,8 @@ class InferenceEngine:
         if stream.buffered_bytes + x.nbytes > self.config.max_message_bytes:
             raise LimitExceeded(
                 f"model {stream.model.key} is not streamable and buffers the stream until end: "
-                f"{stream.buffered_bytes + x.nbytes} bytes buffered, the limit is {self.config.max_message_bytes}"
+                f"{stream.buffered_bytes + x.nbytes} bytes buffered, the limit is "
+                f"{self.config.max_message_bytes}"
             )
         stream.buffered.append(x)
         stream.buffered_bytes += x.nbytes

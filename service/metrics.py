@@ -65,7 +65,7 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue = Histogram(
-            "seqserve_queue_seconds", "Wait of a row in the batcher before its onnxruntime call starts.", _MODEL,
+            "seqserve_queue_seconds", "Wait of a row in the batcher until its onnxruntime call.", _MODEL,
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference = Histogram(

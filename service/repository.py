@@ -65,7 +65,7 @@ class ModelRepository:
                 info = read_model_info(path)
                 if info.name != name or info.version != version:
                     raise ContractError(
-                        f"{path}: model.json says {info.name}:{info.version}, the folder says {name}:{version}"
+                        f"{path}: model.json says {info.name}:{info.version}, its folder {name}:{version}"
                     )
                 runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads)
                 bound = metrics.for_model(
@@ -73,8 +73,8 @@ class ModelRepository:
                 )
                 batcher = Batcher(runtime, executor, bound, config.max_batch, config.max_delay_ms / 1000.0)
                 models[name][version] = ServedModel(runtime, batcher, bound, default=version == versions[-1])
-                log.info("loaded %s:%d (%s, %s, %s) on %s", name, version, info.cell, info.task, info.precision,
-                         runtime.provider)  # fmt: skip
+                log.info("loaded %s (%s, %s, %s) on %s", models[name][version].key, info.cell, info.task,
+                         info.precision, runtime.provider)  # fmt: skip
         return cls(models)
 
     def resolve(self, name: str, version: int = 0) -> ServedModel:
@@ -85,9 +85,8 @@ class ModelRepository:
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version}; served versions: {', '.join(map(str, sorted(versions)))}"
-            )
+            served = ", ".join(map(str, sorted(versions)))
+            raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {served}")
         return versions[version]
 
     def names(self) -> list[str]:

@@ -101,10 +101,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
     if config.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
         metrics_address = host_port(config.host, metrics_http.server_port)
+    grpc_address = host_port(config.host, port)
     running = RunningServer(
-        config, server, host_port(config.host, port), metrics_address, engine, metrics, health_servicer, executor,
+        config,
+        server,
+        grpc_address,
+        metrics_address,
+        engine,
+        metrics,
+        health_servicer,
+        executor,
         metrics_http,
-    )  # fmt: skip
+    )
     log.info("serving %d model versions: %s", len(repository.all()), running.listening_line())
     return running
 

@@ -88,10 +88,11 @@ class _StreamCall:
             else:
                 raise InvalidChunk("empty StreamRequest; expected open, chunk or end")
         final = await self.engine.end(stream)
-        self.engine.store.close(stream, "completed")
+        # A cancelled client also reads as EOF here; its write fails, so the stream counts as cancelled.
         await self.context.write(
             converters.ended(pb.END_REASON_COMPLETED, stream.steps, final, self.labels, self.include_scores)
         )
+        self.engine.store.close(stream, "completed")
         if kind == "end":
             await self._await_half_close(stream)
 

@@ -114,7 +114,7 @@ class StateStore:
         log.debug("stream %s on %s ended: %s after %d steps", stream.id, model.key, reason, stream.steps)
 
     def interrupt(self, stream: StreamState, reason: str) -> None:
-        """End a stream from the server side; it is cancelled now if it waits for the client, else at its next read."""
+        """End a stream from the server side: at once if it waits for the client, else at its next read."""
         stream.interrupted = reason
         if stream.reading and stream.task is not None:
             stream.task.cancel()

@@ -60,30 +60,59 @@ def test_ceiling_counts_agree(results: tuple[dict, Path]) -> None:
         assert result["steps_per_s"] == pytest.approx(result["steps"] / result["seconds"])
 
 
+def _check_served(figures: dict) -> None:
+    assert all(figures[key] > 0 for key in RATES), figures
+    assert figures["p50_ms"] <= figures["p99_ms"]
+    assert 1 <= figures["processes"] <= min(2, figures["streams"])
+    if figures["mode"] == "stream":
+        assert figures["steps"] == figures["messages"] * figures["chunk"]
+        # Every step the clients sent, the server counted and reported when the stream ended.
+        assert figures["server_steps"] == figures["sent_steps"] >= figures["steps"]
+    else:
+        # Resending: one new step per Classify call, and more steps on the wire than that.
+        assert figures["mode"] == "resend"
+        assert figures["steps"] == figures["messages"] and figures["sent_steps"] > figures["steps"]
+
+
 def test_every_served_scenario_is_positive_and_consistent(results: tuple[dict, Path]) -> None:
     data, _ = results
     config = data["config"]
-    served = [*data["echo"], *data["naive"], *data["seqserve"]]
     assert len(data["seqserve"]) == 2 * len(config["stream_counts"])
-    for figures in served:
-        assert figures["mode"] == "stream"
-        assert all(figures[key] > 0 for key in RATES), figures
-        assert figures["steps"] == figures["messages"] * figures["chunk"]
-        assert figures["p50_ms"] <= figures["p99_ms"]
-        # Every step the clients sent, the server counted and reported when the stream ended.
-        assert figures["server_steps"] == figures["sent_steps"] >= figures["steps"]
-        assert 1 <= figures["processes"] <= min(2, figures["streams"])
+    assert len(data["echo"]) == len(data["naive"]) == 4
+    for figures in [*data["echo"], *data["naive"], *data["seqserve"]]:
+        _check_served(figures)
     for figures in data["seqserve"]:
         assert 1 <= figures["mean_batch_size"] <= figures["streams"]
-    resend = data["resend"]
-    assert resend["mode"] == "resend" and resend["steps"] == resend["messages"] > 0
-    # Resending the prefix costs more steps on the wire than it advances.
-    assert resend["sent_steps"] > resend["steps"]
+
+
+def test_ratio_rounds_are_built_from_their_own_scenarios(results: tuple[dict, Path]) -> None:
+    data, _ = results
+    config = data["config"]
+    assert len(data["rounds"]) == config["ratio_rounds"]
+    for round_ in data["rounds"]:
+        for name in ("echo_small", "seqserve_small", "resend", "naive_large", "seqserve_large"):
+            _check_served(round_[name])
+            assert round_[name]["streams"] == config["ratio_streams"]
+        ratios = round_["ratios"]
+        assert ratios["service_vs_ort_chunk32_64"] == pytest.approx(
+            round_["seqserve_large"]["steps_per_s"] / round_["ort_large"]["steps_per_s"]
+        )
+        assert ratios["p99_ms_chunk1_64"] == round_["seqserve_small"]["p99_ms"]
+    if config["ratio_rounds"] == 1:
+        assert {k: v for k, v in data["ratios"].items() if k in data["rounds"][0]["ratios"]} == pytest.approx(
+            data["rounds"][0]["ratios"]
+        )
 
 
 def test_idle_streams_all_open_then_all_freed(results: tuple[dict, Path]) -> None:
-    idle = results[0]["idle"]
-    assert idle["streams_active_open"] == idle["streams"] == results[0]["config"]["idle_streams"]
-    assert idle["streams_active_after_close"] == 0
-    assert idle["server_steps"] == idle["sent_steps"] == idle["streams"] * results[0]["config"]["small_chunk"]
-    assert min(idle["rss_mb_before"], idle["rss_mb_open"], idle["rss_mb_after_close"]) > 0
+    data, _ = results
+    streams, chunk = data["config"]["idle_streams"], data["config"]["small_chunk"]
+    assert [figures["server"] for figures in data["idle"]] == ["echo", "seqserve"]
+    for idle in data["idle"]:
+        assert idle["streams"] == streams
+        assert idle["server_steps"] == idle["sent_steps"] == streams * chunk
+        assert min(idle["rss_mb_before"], idle["rss_mb_open"], idle["rss_mb_after_close"]) > 0
+    seqserve = data["idle"][1]
+    assert seqserve["streams_active_open"] == streams
+    assert seqserve["streams_active_after_close"] == 0
+    assert data["ratios"]["rss_mb_10k_idle_streams"] == seqserve["rss_mb_open"]

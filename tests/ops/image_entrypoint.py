@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from seqserve.service.launch import LISTENING
+
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
-LISTENING = re.compile(r"seqserve listening grpc=(\S+):(\d+) metrics=(\S+):(-?\d+)")
 # In the `train` extra only: the serving image has none of them, so the served process must not need them.
 NOT_IN_SERVING_IMAGE = ("torch", "onnx", "matplotlib")
 START_TIMEOUT_S = 60.0
@@ -82,8 +82,12 @@ class ServerProcess:
     env: dict[str, str]
     healthcheck: list[str]
     grpc_target: str = ""
-    metrics_url: str = ""
+    metrics_address: str = ""
     output: list[str] = field(default_factory=list)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_address}/metrics"
 
     def log(self) -> str:
         return "".join(self.output[-60:])
@@ -103,10 +107,10 @@ def _follow(server: ServerProcess, serving: threading.Event) -> None:
     """Keep reading the server's output (a full pipe would block it) and note the listening line."""
     for line in server.process.stdout:
         server.output.append(line)
-        match = LISTENING.search(line)
+        match = LISTENING.match(line.strip())
         if match and not serving.is_set():
-            server.grpc_target = f"{match[1]}:{match[2]}"
-            server.metrics_url = f"http://{match[3]}:{match[4]}/metrics"
+            server.grpc_target = match["grpc"]
+            server.metrics_address = match["metrics"]
             serving.set()
     serving.set()
 

@@ -143,7 +143,7 @@ def stream_all(target: str, sequences: list[np.ndarray]) -> int:
 
 def test_prometheus_scrapes_steps_and_latency(start_image_server, start_prometheus) -> None:
     server = start_image_server(DOCKER_DIR / "Dockerfile")
-    prometheus = start_prometheus(server.metrics_url.removeprefix("http://").removesuffix("/metrics"))
+    prometheus = start_prometheus(server.metrics_address)
     prometheus.wait_for('up{job="seqserve"}', lambda up: up == 1)
     test_set = load_dataset("japanese_vowels").test.sequences
 

@@ -11,7 +11,9 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 
-def open_request(model: str, version: int = 0, idle_timeout_ms: int = 0, **options: object) -> pb.StreamRequest:
+def open_request(
+    model: str, version: int = 0, idle_timeout_ms: int = 0, **options: object
+) -> pb.StreamRequest:
     return pb.StreamRequest(
         open=pb.StreamOpen(model=model, version=version, idle_timeout_ms=idle_timeout_ms, **options)
     )

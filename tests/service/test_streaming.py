@@ -21,7 +21,9 @@ async def _every_chunk_size(target: str, model: str, xs: list[np.ndarray]) -> li
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         jobs = [(x, chunk) for x in xs for chunk in range(1, len(x) + 1)]
-        results = await asyncio.gather(*(stream_sequence(stub, model, x, c, include_scores=True) for x, c in jobs))
+        results = await asyncio.gather(
+            *(stream_sequence(stub, model, x, c, include_scores=True) for x, c in jobs)
+        )
     return list(zip(jobs, results, strict=True))
 
 
@@ -37,7 +39,9 @@ def test_streamed_equals_offline_for_every_chunk_size(
         assert result.steps == len(x) and result.end_reason == pb.END_REASON_COMPLETED
         if expected.shape[0] == 1:  # many-to-one: the running label after each chunk is the prefix's label
             prefixes = range(chunk, len(x) + chunk, chunk)
-            assert result.running == [int(offline.scores(model, x[: min(n, len(x))]).argmax()) for n in prefixes]
+            assert result.running == [
+                int(offline.scores(model, x[: min(n, len(x))]).argmax()) for n in prefixes
+            ]
 
 
 def test_bidirectional_model_buffers_and_answers_at_end(
@@ -50,7 +54,9 @@ def test_bidirectional_model_buffers_and_answers_at_end(
             stub = pb_grpc.InferenceServiceStub(channel)
             info = (await stub.GetModel(pb.GetModelRequest(model="jv-bigru"))).model
             assert not info.streamable and info.bidirectional
-            return await asyncio.gather(*(stream_sequence(stub, "jv-bigru", x, 4, include_scores=True) for x in xs))
+            return await asyncio.gather(
+                *(stream_sequence(stub, "jv-bigru", x, 4, include_scores=True) for x in xs)
+            )
 
     for x, result in zip(xs, server.call(run()), strict=True):
         assert result.running == []  # nothing before the end
@@ -63,7 +69,9 @@ def test_32_concurrent_streams_with_different_chunk_sizes_are_correct_and_batche
     running = make_server(max_delay_ms=20.0)
     xs = sequences["japanese_vowels"][:32]
     chunks = [1 + i % 8 for i in range(32)]
-    report = running.call(stream_load(running.target, "jv-gru", xs, chunk=chunks, concurrency=32, include_scores=True))
+    report = running.call(
+        stream_load(running.target, "jv-gru", xs, chunk=chunks, concurrency=32, include_scores=True)
+    )
     for x, result in zip(xs, report.results, strict=True):
         np.testing.assert_allclose(result.scores, offline.scores("jv-gru", x), atol=TOLERANCE)
     registry = running.running.metrics.registry

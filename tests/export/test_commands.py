@@ -1,0 +1,79 @@
+"""`seqserve export` and `seqserve models` end to end through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seqserve.cli import app
+from seqserve.export import graph
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def test_export_prints_a_line_per_model_and_a_summary(trained_runs, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    runs = [str(trained_runs["jv-gru"]), str(trained_runs["jv-bigru"])]
+    result = runner.invoke(app, ["export", *runs, "--repository", str(repository), "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "ok jv-gru: v1 fp32 accuracy" in result.stdout and "v2 int8" in result.stdout
+    assert "ok jv-bigru: v1 fp32" in result.stdout
+    assert "jv-gru int8 vs fp32: accuracy" in result.stdout and "speed-up x" in result.stdout
+    assert sorted(p.name for p in (repository / "jv-bigru").iterdir()) == ["1", "2"]
+
+    listing = runner.invoke(app, ["models", "--repository", str(repository)])
+    assert listing.exit_code == 0, listing.output
+    rows = [line for line in listing.stdout.splitlines() if "jv-" in line]
+    assert len(rows) == 4
+    assert any("jv-bigru" in row and "1 x 32 bi" in row and "fp32" in row and "ok " in row for row in rows)
+    assert any("jv-gru" in row and "int8" in row and "agrees" in row for row in rows)
+
+
+def test_a_failed_model_exits_non_zero_after_exporting_the_others(
+    trained_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(graph._GATE_ORDER, "lstm", [0, 1, 2, 3])
+    repository = tmp_path / "repo"
+    runs = [str(trained_runs["jv-lstm"]), str(trained_runs["jv-gru"])]
+    result = runner.invoke(app, ["export", *runs, "--repository", str(repository)])
+    assert result.exit_code == 1
+    assert "failed jv-lstm: parity with PyTorch failed" in result.stdout
+    assert "1 of 2 model(s) failed: jv-lstm" in result.stdout
+    assert sorted(p.name for p in repository.iterdir()) == ["jv-gru"]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda runs, tmp: [str(tmp / "nope"), "--repository", str(tmp / "repo")], "does not exist"),
+        (lambda runs, tmp: [str(runs["jv-gru"]), "--repository", str(tmp / "file")], "is a file"),
+        (
+            lambda runs, tmp: [str(runs["jv-gru"]), "--repository", str(tmp / "repo"), "--quantize", "fp16"],
+            "--quantize 'fp16' is not supported",
+        ),
+    ],
+    ids=["missing run", "repository is a file", "unknown quantize"],
+)
+def test_bad_input_is_one_error_line_and_exit_2(
+    make_args, message: str, trained_runs, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["export", *make_args(trained_runs, tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "repo").exists()
+
+
+def test_models_on_a_missing_repository_is_an_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["models", "--repository", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "is not a folder" in result.stderr
+
+
+def test_models_flags_an_unreadable_version(model_repository, writable_repository: Path) -> None:
+    (writable_repository / "jv-gru" / "1" / "model.json").write_text("{not json")
+    result = runner.invoke(app, ["models", "--repository", str(writable_repository)])
+    assert result.exit_code == 1
+    assert "unreadable" in result.stdout and "bms-gru" in result.stdout

@@ -1,0 +1,132 @@
+"""The batching policy, on a stand-in runtime that records its calls and can be held mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from seqserve.contract import ModelInfo
+from seqserve.service.batcher import Batcher, length_groups
+from seqserve.service.launch import run_on_loop
+from seqserve.service.metrics import ServiceMetrics
+
+INFO = ModelInfo(
+    name="m", version=1, task="many_to_many", cell="gru", layers=1, hidden=2, bidirectional=False,
+    features=1, labels=["a", "b"],
+)  # fmt: skip
+
+
+class RecordingRuntime:
+    """logits[b, t] = [x, -x] at each step; the new state is the old one plus the row's length."""
+
+    info = INFO
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def run(self, x: np.ndarray, states: tuple, lengths: np.ndarray) -> tuple:
+        self.release.wait(5)
+        self.calls.append(lengths.tolist())
+        logits = np.concatenate([x, -x], axis=-1)
+        return logits, (states[0] + lengths[None, :, None].astype(np.float32),)
+
+
+@pytest.fixture
+def batcher() -> Batcher:
+    metrics = ServiceMetrics().for_model("m", 1, "gru", "many_to_many", "fp32", "CPUExecutionProvider")
+    with ThreadPoolExecutor(1) as executor:
+        yield Batcher(RecordingRuntime(), executor, metrics, max_batch=8, max_delay_s=0.0)
+
+
+ZERO = (np.zeros((1, 2), dtype=np.float32),)
+
+
+def _row(steps: int, sign: float = 1.0) -> np.ndarray:
+    return np.full((steps, 1), sign, dtype=np.float32)
+
+
+def test_a_lone_row_goes_at_once_even_with_a_long_max_delay(batcher: Batcher) -> None:
+    batcher.max_delay_s, batcher.streams = 5.0, 1
+
+    async def run() -> float:
+        started = asyncio.get_running_loop().time()
+        await batcher.infer(_row(3), ZERO)
+        return asyncio.get_running_loop().time() - started
+
+    assert run_on_loop(run()) < 1.0
+    assert batcher.runtime.calls == [[3]]
+
+
+def test_rows_arriving_during_a_call_share_the_next_call_and_keep_their_own_results(batcher: Batcher) -> None:
+    runtime = batcher.runtime
+    runtime.release.clear()
+
+    async def run() -> list:
+        first = asyncio.ensure_future(batcher.infer(_row(2), ZERO))
+        await asyncio.sleep(0.05)  # the first call is now held in the runtime
+        rest = [asyncio.ensure_future(batcher.infer(_row(n, (-1.0) ** n), ZERO)) for n in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        runtime.release.set()
+        return await asyncio.gather(first, *rest)
+
+    first, *rest = run_on_loop(run())
+    assert runtime.calls == [[2], [1, 2, 3]]
+    for n, result in zip((1, 2, 3), rest, strict=True):
+        assert result.labels.tolist() == [0 if n % 2 == 0 else 1] * n  # its own steps, unpadded
+        assert result.states[0].tolist() == [[n, n]]
+    assert first.states[0].tolist() == [[2, 2]]
+
+
+def test_max_delay_waits_until_every_open_stream_has_a_row(batcher: Batcher) -> None:
+    batcher.max_delay_s, batcher.streams = 5.0, 3
+
+    async def run() -> float:
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(batcher.infer(_row(4), ZERO) for _ in range(3)))
+        return asyncio.get_running_loop().time() - started
+
+    assert run_on_loop(run()) < 1.0  # full long before the delay
+    assert batcher.runtime.calls == [[4, 4, 4]]
+
+
+def test_max_delay_sends_a_partial_batch_when_it_expires(batcher: Batcher) -> None:
+    batcher.max_delay_s, batcher.streams = 0.05, 4
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.infer(_row(1), ZERO) for _ in range(2)))
+
+    run_on_loop(run())
+    assert batcher.runtime.calls == [[1, 1]]
+
+
+def test_max_batch_splits_a_long_queue(batcher: Batcher) -> None:
+    batcher.runtime.release.clear()
+
+    async def run() -> None:
+        first = asyncio.ensure_future(batcher.infer(_row(1), ZERO))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.infer(_row(1), ZERO)) for _ in range(11)]
+        batcher.runtime.release.set()
+        await asyncio.gather(first, *rest)
+
+    run_on_loop(run())
+    assert [len(call) for call in batcher.runtime.calls] == [1, 8, 3]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "groups"),
+    [
+        ([4, 4, 4], [[0, 1, 2]]),
+        ([32, 1, 30, 1], [[1, 3], [2, 0]]),  # 1-step rows do not pad to 32
+        ([5], [[0]]),
+        ([1, 2, 9], [[0, 1], [2]]),
+    ],
+)
+def test_length_groups_bound_the_padding(lengths: list[int], groups: list[list[int]]) -> None:
+    assert length_groups(lengths) == groups

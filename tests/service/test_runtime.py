@@ -1,0 +1,37 @@
+"""onnxruntime sessions: the execution provider asked for, and the fallback when CUDA is absent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from seqserve.contract import MODEL_FILE, read_model_info, version_dir
+from seqserve.service.runtime import CPU, CUDA, ModelRuntime, providers_for
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="CUDA is present: no fallback to see")
+def test_cuda_asked_for_and_absent_falls_back_to_cpu_with_a_warning(
+    model_repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="seqserve.service.runtime"):
+        assert providers_for("cuda") == [CPU]
+        path = version_dir(model_repository, "jv-gru", 1)
+        runtime = ModelRuntime(read_model_info(path), path / MODEL_FILE, "cuda", threads=1)
+    assert runtime.provider == CPU
+    assert "--device cuda asked for" in caplog.text
+
+
+def test_zero_state_is_shared_and_read_only(model_repository: Path) -> None:
+    path = version_dir(model_repository, "jv-lstm", 1)
+    runtime = ModelRuntime(read_model_info(path), path / MODEL_FILE, "cpu", threads=1)
+    h, c = runtime.zero_state
+    assert h.shape == (runtime.info.layers, runtime.info.hidden) and not h.any() and not c.flags.writeable
+    logits, (hn, cn) = runtime.run(
+        np.ones((2, 5, 12), np.float32), tuple(np.stack([s, s], axis=1) for s in runtime.zero_state),
+        np.array([5, 2], np.int32),
+    )  # fmt: skip
+    assert logits.shape == (2, runtime.info.classes) and hn.shape == cn.shape == (1, 2, runtime.info.hidden)
