@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqserve.service.batcher import RowResult
-from seqserve.service.errors import InvalidChunk, LimitExceeded
+from seqserve.service.errors import InvalidChunk, LimitExceeded, ServiceError
 from seqserve.service.repository import ServedModel
 from seqserve.v1 import seqserve_pb2 as pb
 
@@ -13,31 +13,40 @@ _FLOAT32 = np.dtype("<f4")
 
 
 def values_array(
-    steps: int, values: bytes, model: ServedModel, what: str, max_steps: int | None
+    message: pb.StreamChunk | pb.Sequence, model: ServedModel, kind: str, index: int, max_steps: int | None
 ) -> np.ndarray:
-    """float32 [steps, features] over the message's bytes (no copy), or the error that says what is wrong."""
+    """float32 [steps, features] over the message's bytes (no copy); a bad message raises what is wrong."""
+    steps, values = message.steps, message.values
     features = model.runtime.info.features
-    if steps == 0 or not values:
-        raise InvalidChunk(f"{what} is empty ({steps} steps, {len(values)} bytes); expected at least 1 step")
-    if max_steps is not None and steps > max_steps:
-        raise LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
-    if len(values) % 4:
-        raise InvalidChunk(f"{what} has {len(values)} bytes, not a multiple of 4 (float32 values expected)")
+    if 0 < steps <= (max_steps or steps) and len(values) == 4 * steps * features:
+        x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
+        if np.isfinite(x).all():
+            return x
+    raise _problem(steps, values, model, f"{kind} {index}", max_steps)
+
+
+def _problem(steps: int, values: bytes, model: ServedModel, what: str, max_steps: int | None) -> ServiceError:
+    """The first thing wrong with a chunk or sequence, named with the value and what was expected."""
+    features = model.runtime.info.features
     count = len(values) // 4
+    if steps == 0 or not values:
+        return InvalidChunk(f"{what} is empty ({steps} steps, {len(values)} bytes); expected at least 1 step")
+    if max_steps is not None and steps > max_steps:
+        return LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
+    if len(values) % 4:
+        return InvalidChunk(f"{what} has {len(values)} bytes, not a multiple of 4 (float32 values expected)")
+    if count % steps == 0 and count != steps * features:
+        return InvalidChunk(f"{what} has {count // steps} features, model {model.key} expects {features}")
     if count != steps * features:
-        if count % steps == 0:
-            raise InvalidChunk(f"{what} has {count // steps} features, model {model.key} expects {features}")
-        raise InvalidChunk(
+        return InvalidChunk(
             f"{what} has {count} values for {steps} steps; model {model.key} expects steps x {features} "
             f"features = {steps * features}"
         )
     x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
-    if not np.isfinite(x).all():
-        step, feature = np.argwhere(~np.isfinite(x))[0].tolist()
-        raise InvalidChunk(
-            f"{what} has {x[step, feature]} at step {step}, feature {feature}; expected finite values"
-        )
-    return x
+    step, feature = np.argwhere(~np.isfinite(x))[0].tolist()
+    return InvalidChunk(
+        f"{what} has {x[step, feature]} at step {step}, feature {feature}; expected finite values"
+    )
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:

@@ -100,11 +100,7 @@ class _StreamCall:
         received = time.perf_counter()
         stream = self.stream
         x = converters.values_array(
-            chunk.steps,
-            chunk.values,
-            stream.model,
-            f"chunk {stream.chunks}",
-            self.engine.config.max_chunk_steps,
+            chunk, stream.model, "chunk", stream.chunks, self.engine.config.max_chunk_steps
         )
         result = await self.engine.chunk(stream, x)
         await self.context.write(
@@ -190,8 +186,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if not request.sequences:
             raise InvalidChunk("ClassifyRequest has no sequences; expected at least 1")
         sequences = [
-            converters.values_array(s.steps, s.values, model, f"sequence {i}", None)
-            for i, s in enumerate(request.sequences)
+            converters.values_array(sequence, model, "sequence", i, None)
+            for i, sequence in enumerate(request.sequences)
         ]
         results = await self.engine.classify(model, sequences)
         response = pb.ClassifyResponse(model=converters.model_info(model))

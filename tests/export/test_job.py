@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -163,3 +164,10 @@ def test_a_run_without_metrics_json_still_exports(trained_runs, tmp_path: Path) 
     [result] = export_run(run, tmp_path / "repo")
     assert "test_accuracy" not in result.info.test_metrics
     assert result.info.test_metrics["onnx_accuracy"] > 0.5
+
+
+def test_a_newer_opset_is_exported_as_asked(trained_runs, tmp_path: Path) -> None:
+    [result] = export_run(trained_runs["bms-gru"], tmp_path, opset=18)
+    model = onnx.load(result.path / contract.MODEL_FILE)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 18)]
+    assert result.info.opset == 18 and result.info.test_metrics["accuracy_unit"] == "step"
