@@ -17,6 +17,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +26,7 @@ from bench.bench_model import open_session
 from seqserve.contract import (
     INPUT_LENGTHS,
     INPUT_X,
+    MODEL_FILE,
     OUTPUT_LOGITS,
     ModelInfo,
     list_versions,
@@ -48,54 +50,64 @@ def _ended(steps: int) -> pb.StreamResponse:
     return pb.StreamResponse(ended=pb.StreamEnded(reason=pb.END_REASON_COMPLETED, steps=steps))
 
 
-class EchoServicer(pb_grpc.InferenceServiceServicer):
+class _StreamServicer(pb_grpc.InferenceServiceServicer):
+    """The Stream protocol both baselines speak: open, every chunk answered in turn, end."""
+
+    kind = ""
+
     def __init__(self, info: ModelInfo) -> None:
         self._info = info
 
+    def _initial_state(self) -> list[np.ndarray]:
+        return []
+
+    def _label(self, chunk: pb.StreamChunk, state: list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+        """The chunk's running label and the state after it."""
+        raise NotImplementedError
+
     async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest], context) -> AsyncIterator:  # noqa: N802
+        state = self._initial_state()
         steps = 0
         chunk_index = 0
         async for request in request_iterator:
             kind = request.WhichOneof("kind")
             if kind == "open":
-                yield pb.StreamResponse(opened=pb.StreamOpened(stream_id="echo", streamable=True))
+                yield pb.StreamResponse(opened=pb.StreamOpened(stream_id=self.kind, streamable=True))
             elif kind == "chunk":
+                label_index, state = self._label(request.chunk, state)
                 steps += request.chunk.steps
-                yield _chunk_result(chunk_index, steps - 1, 0, self._info)
+                yield _chunk_result(chunk_index, steps - 1, label_index, self._info)
                 chunk_index += 1
             else:
                 yield _ended(steps)
                 return
 
 
-class NaiveServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, info: ModelInfo, model_path: str, device: str, threads: int) -> None:
-        self._info = info
+class EchoServicer(_StreamServicer):
+    kind = "echo"
+
+    def _label(self, chunk: pb.StreamChunk, state: list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+        return 0, state
+
+
+class NaiveServicer(_StreamServicer):
+    kind = "naive"
+
+    def __init__(self, info: ModelInfo, model_path: Path, device: str, threads: int) -> None:
+        super().__init__(info)
         self._session = open_session(model_path, device, threads)
         self._state_in = state_inputs(info.cell)
         self._outputs = [OUTPUT_LOGITS, *state_outputs(info.cell)]
 
-    async def Stream(self, request_iterator: AsyncIterator[pb.StreamRequest], context) -> AsyncIterator:  # noqa: N802
-        info = self._info
-        state = [np.zeros(info.state_shape(1), np.float32) for _ in self._state_in]
-        steps = 0
-        chunk_index = 0
-        async for request in request_iterator:
-            kind = request.WhichOneof("kind")
-            if kind == "open":
-                yield pb.StreamResponse(opened=pb.StreamOpened(stream_id="naive", streamable=True))
-            elif kind == "chunk":
-                chunk = request.chunk
-                x = np.frombuffer(chunk.values, dtype="<f4").reshape(1, chunk.steps, info.features)
-                feeds = {INPUT_X: x, INPUT_LENGTHS: np.array([chunk.steps], np.int32)}
-                feeds.update(zip(self._state_in, state, strict=True))
-                logits, *state = self._session.run(self._outputs, feeds)
-                steps += chunk.steps
-                yield _chunk_result(chunk_index, steps - 1, int(logits[0].argmax()), info)
-                chunk_index += 1
-            else:
-                yield _ended(steps)
-                return
+    def _initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(self._info.state_shape(1), np.float32) for _ in self._state_in]
+
+    def _label(self, chunk: pb.StreamChunk, state: list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+        x = np.frombuffer(chunk.values, dtype="<f4").reshape(1, chunk.steps, self._info.features)
+        feeds = {INPUT_X: x, INPUT_LENGTHS: np.array([chunk.steps], np.int32)}
+        feeds.update(zip(self._state_in, state, strict=True))
+        logits, *state = self._session.run(self._outputs, feeds)
+        return int(logits[0].argmax()), state
 
 
 async def _serve(servicer: pb_grpc.InferenceServiceServicer, kind: str, host: str) -> None:
@@ -123,9 +135,9 @@ def main() -> None:
     path = version_dir(args.repository, args.model, list_versions(args.repository, args.model)[-1])
     info = read_model_info(path)
     if args.kind == "echo":
-        servicer: pb_grpc.InferenceServiceServicer = EchoServicer(info)
+        servicer: _StreamServicer = EchoServicer(info)
     else:
-        servicer = NaiveServicer(info, str(path / "model.onnx"), args.device, args.inference_threads)
+        servicer = NaiveServicer(info, path / MODEL_FILE, args.device, args.inference_threads)
     asyncio.run(_serve(servicer, args.kind, args.host))
 
 

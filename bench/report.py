@@ -83,7 +83,7 @@ class BenchResults:
     def _served_table(self) -> Table:
         columns = ("server", "chunk", "streams", "msgs/s", "steps/s", "p50 ms", "p99 ms", "batch")
         title = f"served over gRPC ({self.meta['client_processes']} load-generator processes)"
-        table = _table(title, (*columns, "server cpu us/step", "client cpu us/msg"))
+        table = _table(title, (*columns, "server cpu us/step", "client cpu us/msg", "cores busy"))
         for figures in [*self.echo, *self.naive, *self.seqserve]:
             load = figures.load
             batch = "" if figures.mean_batch_size is None else f"{figures.mean_batch_size:.1f}"
@@ -98,6 +98,7 @@ class BenchResults:
                 batch,
                 f"{figures.server_cpu_us_per_step:.1f}",
                 f"{load.client_cpu_us_per_msg:.0f}",
+                f"{figures.cores_busy:.2f}",
             )
         return table
 

@@ -60,6 +60,8 @@ def main(
         "quick": quick,
         "client_processes": processes,
         "cpu_count": os.cpu_count(),
+        # Other work on the box skews absolute figures; the 1-minute load average says how busy it was.
+        "load_average_at_start": os.getloadavg()[0],
         "machine": platform.platform(),
         "model": f"{BENCH_MODEL} (GRU, hidden {HIDDEN}, {LAYERS} layers, seeded weights)",
         "inference_threads": INFERENCE_THREADS,
@@ -92,6 +94,7 @@ def main(
             idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
+    meta["load_average_at_end"] = os.getloadavg()[0]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle)
     results.print_tables(console)
     results.write_json(out / "latest.json")

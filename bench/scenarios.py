@@ -85,12 +85,19 @@ class ServedFigures:
     server_cpu_us_per_step: float
     mean_batch_size: float | None = None  # seqserve only, from its batch-size histogram
 
+    @property
+    def cores_busy(self) -> float:
+        """Cores the server and the load generator kept busy together; near the core count the box is full."""
+        server = self.server_cpu_us_per_step * self.load.steps_per_s
+        return (server + self.load.client_cpu_us_per_msg * self.load.msgs_per_s) / 1e6
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "server": self.server,
             **asdict(self.load),
             "server_cpu_us_per_step": self.server_cpu_us_per_step,
             "mean_batch_size": self.mean_batch_size,
+            "cores_busy": self.cores_busy,
         }
 
 

@@ -59,7 +59,9 @@ def train(
     hidden: Annotated[int, typer.Option(min=1)] = 64,
     bidirectional: Annotated[bool, typer.Option("--bidirectional/--unidirectional")] = False,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
-    layer_norm: Annotated[bool, typer.Option("--layer-norm/--no-layer-norm")] = False,
+    layer_norm: Annotated[
+        bool, typer.Option("--layer-norm/--no-layer-norm", help="LayerNorm before the head.")
+    ] = True,
     clip: Annotated[float, typer.Option(help="Gradient clipping max norm; 0 disables.", min=0.0)] = 1.0,
     epochs: Annotated[int, typer.Option(min=1)] = 60,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
@@ -74,9 +76,10 @@ def train(
     ] = 1,
 ) -> None:
     """Train a sequence classifier and write a run folder."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.training.commands import train_command
 
-    train_command(**locals())
+    train_command(**options)
 
 
 @experiment_app.command()
@@ -87,9 +90,10 @@ def vanishing(
     quick: Annotated[bool, typer.Option(help="Tiny budget, for smoke tests.")] = False,
 ) -> None:
     """RNN vs GRU vs LSTM on a long-range task: accuracy against T and the gradient norm through time."""
+    options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.training.commands import vanishing_command
 
-    vanishing_command(**locals())
+    vanishing_command(**options)
 
 
 @app.command()

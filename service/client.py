@@ -2,7 +2,9 @@
 
 `stream_sequence` runs one sequence through one Stream RPC, chunk by chunk, each chunk awaiting its answer
 (so the latency of every chunk is measured alone). `stream_load` runs many sequences over K concurrent
-streams on one channel and returns a `StreamReport`; `classify_load` does the same with Classify batches.
+streams on one channel and returns a `LoadReport`; `classify_load` does the same with Classify batches;
+`on_dataset` runs either over a data set's split (what the CLI and the demo run).
+From synchronous code in a process that also runs a server, run these on `launch.run_on_loop`.
 Targets are label indices, in a data set's label order (`target_labels`) or the model's.
 """
 
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -277,3 +280,36 @@ async def classify_load(
         elapsed_s=elapsed,
         latencies_s=np.asarray(latencies),
     )
+
+
+def load_split(
+    dataset: str | None = None,
+    data: Path | None = None,
+    split: str = "test",
+    seed: int = 0,
+    limit: int | None = None,
+) -> tuple[list[str], list[np.ndarray], list]:
+    """(label names, sequences, targets) of a data set's or a file's split, at most `limit` of them."""
+    from seqserve.training.datasets import load_dataset  # numpy only, no torch
+
+    splits = load_dataset(dataset=dataset, data_file=data, seed=seed)
+    part = splits.split(split)
+    count = len(part) if limit is None else min(limit, len(part))
+    return splits.labels, part.sequences[:count], part.targets[:count]
+
+
+async def on_dataset(
+    run: Callable[..., Awaitable[LoadReport]],
+    target: str,
+    model: str,
+    dataset: str | None = None,
+    data: Path | None = None,
+    split: str = "test",
+    seed: int = 0,
+    limit: int | None = None,
+    **options: object,
+) -> LoadReport:
+    """`run` (`stream_load` or `classify_load`, with its `options`) over a data set's split, scored against
+    its targets: `on_dataset(stream_load, target, "jv-gru", "japanese_vowels", chunk=4, concurrency=16)`."""
+    labels, sequences, targets = load_split(dataset, data, split, seed, limit)
+    return await run(target, model, sequences, targets, target_labels=labels, **options)

@@ -50,19 +50,6 @@ def serve_command(
         fail(str(exc))
 
 
-def _load_split(dataset: str | None, data: Path | None, split: str, seed: int, limit: int | None):  # noqa: ANN202
-    from seqserve.cli import fail
-    from seqserve.training.datasets import DataError, load_dataset
-
-    try:
-        splits = load_dataset(dataset=dataset, data_file=data, seed=seed)
-        part = splits.split(split)
-    except DataError as exc:
-        fail(str(exc))
-    count = len(part) if limit is None else min(limit, len(part))
-    return splits.labels, part.sequences[:count], part.targets[:count]
-
-
 def _report(report, title: str) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
@@ -79,12 +66,13 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
     import grpc
 
     from seqserve.cli import fail
+    from seqserve.training.datasets import DataError
 
     try:
         return asyncio.run(coroutine)
     except grpc.aio.AioRpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}")
-    except ValueError as exc:
+    except (DataError, ValueError) as exc:
         fail(str(exc))
 
 
@@ -100,20 +88,21 @@ def stream_command(
     concurrency: int,
     limit: int | None,
 ) -> None:
-    from seqserve.service.client import stream_load
+    from seqserve.service.client import stream_dataset
 
-    labels, sequences, targets = _load_split(dataset, data, split, seed, limit)
     report = _run_client(
-        stream_load(
+        stream_dataset(
             target,
             model,
-            sequences,
-            targets,
+            dataset,
+            data,
+            split,
+            seed,
+            limit,
             chunk=chunk,
             concurrency=concurrency,
             version=version,
             progress=True,
-            target_labels=labels,
         )  # fmt: skip
     )
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
@@ -129,19 +118,11 @@ def classify_command(
     seed: int,
     batch: int,
 ) -> None:
-    from seqserve.service.client import classify_load
+    from seqserve.service.client import classify_dataset
 
-    labels, sequences, targets = _load_split(dataset, data, split, seed, None)
     report = _run_client(
-        classify_load(
-            target,
-            model,
-            sequences,
-            targets,
-            batch=batch,
-            version=version,
-            progress=True,
-            target_labels=labels,
+        classify_dataset(
+            target, model, dataset, data, split, seed, batch=batch, version=version, progress=True
         )
     )
     _report(report, f"classify {model}: {batch} sequences per call")

@@ -113,7 +113,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         executor,
         metrics_http,
     )
-    log.info("serving %d model versions: %s", len(repository.all()), running.listening_line())
+    log.info(
+        "serving %d model versions on %s (metrics %s)", len(repository.all()), grpc_address, metrics_address
+    )
     return running
 
 

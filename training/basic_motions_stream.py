@@ -16,7 +16,8 @@ import numpy as np
 from seqserve.training.datasets import DatasetSplits, SequenceSet, class_names, encode, stratified_split
 from seqserve.training.readers import read_ts
 
-STREAM_STEPS = (300, 500)  # inclusive range of a stream's length
+# Every stream has the same length: a batch of them needs no packing, which is several times faster on CPU.
+STREAM_STEPS = 400
 SEGMENT_STEPS = (25, 75)  # inclusive range of one activity segment's length
 STREAMS = {"train": 96, "validation": 24, "test": 40}
 VALIDATION_RECORDINGS = 0.2  # of the train file's recordings, per activity
@@ -31,9 +32,8 @@ def build_streams(recordings: SequenceSet, count: int, rng: np.random.Generator)
         )
     sequences, targets = [], []
     for _ in range(count):
-        length = int(rng.integers(STREAM_STEPS[0], STREAM_STEPS[1] + 1))
         pieces, labels, previous = [], [], -1
-        while sum(len(p) for p in pieces) < length:
+        while sum(len(p) for p in pieces) < STREAM_STEPS:
             choice = int(rng.choice(np.flatnonzero(classes != previous)))
             recording = recordings.sequences[choice]
             steps = min(int(rng.integers(SEGMENT_STEPS[0], SEGMENT_STEPS[1] + 1)), len(recording))
@@ -41,8 +41,8 @@ def build_streams(recordings: SequenceSet, count: int, rng: np.random.Generator)
             pieces.append(recording[start : start + steps])
             labels.append(np.full(steps, classes[choice], dtype=np.int64))
             previous = classes[choice]
-        sequences.append(np.concatenate(pieces)[:length].astype(np.float32))
-        targets.append(np.concatenate(labels)[:length])
+        sequences.append(np.concatenate(pieces)[:STREAM_STEPS].astype(np.float32))
+        targets.append(np.concatenate(labels)[:STREAM_STEPS])
     return SequenceSet(sequences, targets)
 
 

@@ -51,7 +51,7 @@ class TrainConfig:
     hidden: int = 64
     bidirectional: bool = False
     dropout: float = 0.0
-    layer_norm: bool = False
+    layer_norm: bool = True
     clip: float = 1.0  # max gradient norm; 0 disables clipping
     epochs: int = 60
     batch_size: int = 32

@@ -102,12 +102,16 @@ class SequenceClassifier(nn.Module):
         batch, steps, _ = x.shape
         state = state if state is not None else self.initial_state(batch)
         x = (x - self.feature_mean) / self.feature_std
-        packed = pack_padded_sequence(x, lengths.cpu().long(), batch_first=True, enforce_sorted=False)
         rnn_state = state if self.config.cell == "lstm" else state[0]
-        packed_out, new_state = self.rnn(packed, rnn_state)
+        if bool((lengths == steps).all()):
+            # No padding to skip: the unpacked call computes the same thing, several times faster on CPU.
+            out, new_state = self.rnn(x, rnn_state)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu().long(), batch_first=True, enforce_sorted=False)
+            packed_out, new_state = self.rnn(packed, rnn_state)
+            out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
         new_state = tuple(new_state) if self.config.cell == "lstm" else (new_state,)
         if self.config.task == "many_to_many":
-            out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
             return self.head(self.norm(out)), new_state
         last_layer = new_state[0][-self.config.directions :]  # [directions, B, H]
         summary = last_layer.transpose(0, 1).reshape(batch, -1)  # [B, directions * H]

@@ -82,11 +82,21 @@ def test_npz_many_to_one_and_many_to_many(tmp_path: Path) -> None:
     ("arrays", "message"),
     [
         ({"x": np.zeros((2, 3, 1)), "lengths": np.array([3, 3])}, "missing array 'y'"),
-        ({"x": np.zeros((2, 3)), "lengths": np.array([3, 3]), "y": np.zeros(2)}, "array 'x' has shape (2, 3)"),
-        ({"x": np.zeros((2, 3, 1)), "lengths": np.array([3, 4]), "y": np.zeros(2)}, "'lengths'[1] = 4"),
-        ({"x": np.zeros((2, 3, 1)), "lengths": np.array([3, 3]), "y": np.zeros(3)}, "array 'y' has shape (3,)"),
         (
-            {"x": np.array([[[0.0], [np.nan]], [[1.0], [1.0]]]), "lengths": np.array([2, 2]), "y": np.zeros(2)},
+            {"x": np.zeros((2, 3)), "lengths": np.array([3, 3]), "y": np.zeros(2)},
+            "array 'x' has shape (2, 3)",
+        ),
+        ({"x": np.zeros((2, 3, 1)), "lengths": np.array([3, 4]), "y": np.zeros(2)}, "'lengths'[1] = 4"),
+        (
+            {"x": np.zeros((2, 3, 1)), "lengths": np.array([3, 3]), "y": np.zeros(3)},
+            "array 'y' has shape (3,)",
+        ),
+        (
+            {
+                "x": np.array([[[0.0], [np.nan]], [[1.0], [1.0]]]),
+                "lengths": np.array([2, 2]),
+                "y": np.zeros(2),
+            },
             "array 'x'[0, 1] holds NaN/Inf",
         ),
     ],
