@@ -10,9 +10,8 @@ PROTO_ROOT = ROOT / "protos"
 
 
 def generate_stubs() -> None:
-    from grpc_tools import protoc  # build-time dependency, see pyproject's build-system.requires
-
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency, see pyproject's build-system.requires
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     for proto in sorted(PROTO_ROOT.rglob("*.proto")):

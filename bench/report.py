@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +69,34 @@ class BenchResults:
     def write_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def print_tables(self, console: Console) -> None:
-        for table in (self._ort_table(), self._served_table(), self._rounds_table(), self._idle_table()):
-            console.print(table)
-        console.print(self._targets_table())
+    def tables(self) -> list[TextTable]:
+        return [
+            self._ort_table(),
+            self._served_table(),
+            self._rounds_table(),
+            self._idle_table(),
+            self._targets_table(),
+        ]
 
-    def _ort_table(self) -> Table:
-        table = _table("onnxruntime in-process ceiling", ("batch", "chunk", "steps/s"))
+    def print_tables(self, console: Console) -> None:
+        for table in self.tables():
+            console.print(table.rich())
+
+    def write_markdown(self, path: Path) -> None:
+        """The same tables as markdown, for bench/README.md."""
+        path.write_text("\n\n".join(table.markdown() for table in self.tables()) + "\n")
+
+    def _ort_table(self) -> TextTable:
+        table = TextTable("onnxruntime in-process ceiling", ("batch", "chunk", "steps/s"))
         for result in self.ort:
             table.add_row(str(result.batch), str(result.chunk), f"{result.steps_per_s:,.0f}")
         return table
 
-    def _served_table(self) -> Table:
+    def _served_table(self) -> TextTable:
         columns = ("server", "chunk", "streams", "msgs/s", "steps/s", "p50 ms", "p99 ms", "batch")
         title = f"served over gRPC ({self.meta['client_processes']} load-generator processes)"
-        table = _table(title, (*columns, "server cpu us/step", "client cpu us/msg", "cores busy"))
+        cpu = ("server cpu us/step", "server cpu us/msg loop/py/C", "client cpu us/msg", "cores busy")
+        table = TextTable(title, (*columns, *cpu))
         for figures in [*self.echo, *self.naive, *self.seqserve]:
             load = figures.load
             batch = "" if figures.mean_batch_size is None else f"{figures.mean_batch_size:.1f}"
@@ -97,12 +110,13 @@ class BenchResults:
                 f"{load.p99_ms:.2f}",
                 batch,
                 f"{figures.server_cpu_us_per_step:.1f}",
+                _by_thread(figures.server_cpu_us_per_msg_by_thread),
                 f"{load.client_cpu_us_per_msg:.0f}",
                 f"{figures.cores_busy:.2f}",
             )
         return table
 
-    def _rounds_table(self) -> Table:
+    def _rounds_table(self) -> TextTable:
         config = self.config
         small, large, streams = config.small_chunk, config.large_chunk, config.ratio_streams
         columns = (
@@ -114,7 +128,7 @@ class BenchResults:
             f"seqserve c{large} steps/s",
             f"ort b{streams} c{large} steps/s",
         )
-        table = _table(f"ratio rounds at {streams} streams (back to back)", columns)
+        table = TextTable(f"ratio rounds at {streams} streams (back to back)", columns)
         for index, round_ in enumerate(self.rounds, start=1):
             table.add_row(
                 str(index),
@@ -127,7 +141,7 @@ class BenchResults:
             )
         return table
 
-    def _idle_table(self) -> Table:
+    def _idle_table(self) -> TextTable:
         columns = (
             "server",
             "streams",
@@ -137,7 +151,7 @@ class BenchResults:
             "KB/stream",
             "RSS closed MB",
         )
-        table = _table("idle streams", (*columns, "open streams: open -> closed"))
+        table = TextTable("idle streams", (*columns, "open streams: open -> closed"))
         for figures in self.idle:
             active = (
                 ""
@@ -156,16 +170,45 @@ class BenchResults:
             )
         return table
 
-    def _targets_table(self) -> Table:
-        table = _table(f"targets (median of {len(self.rounds)} rounds)", ("figure", "value", "target", "met"))
+    def _targets_table(self) -> TextTable:
+        title = f"targets (median of {len(self.rounds)} ratio rounds)"
+        table = TextTable(title, ("figure", "value", "target", "met"))
         for key, verdict in self.targets().items():
-            met = "[green]yes[/]" if verdict["met"] else "[red]no[/]"
-            table.add_row(key, f"{verdict['value']:.3g}", verdict["target"], met)
+            table.add_row(
+                key, f"{verdict['value']:.3g}", verdict["target"], "yes" if verdict["met"] else "no"
+            )
         return table
 
 
-def _table(title: str, columns: tuple[str, ...]) -> Table:
-    table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
-    return table
+def _by_thread(cpu: dict[str, float]) -> str:
+    """main (the event loop) / Python's other threads (executor, grpc poller) / grpc's C threads."""
+    loop, python = cpu.get("main", 0.0), cpu.get("python", 0.0)
+    return f"{loop:.0f}/{python:.0f}/{sum(cpu.values()) - loop - python:.0f}"
+
+
+@dataclass
+class TextTable:
+    """A titled table of strings, printed with rich and written as markdown."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def rich(self) -> Table:
+        table = Table(title=self.title)
+        for index, column in enumerate(self.columns):
+            table.add_column(column, justify="left" if index == 0 else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |"]
+        lines.append(
+            "|" + "|".join("---" if index == 0 else "---:" for index in range(len(self.columns))) + "|"
+        )
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)

@@ -1,6 +1,7 @@
 """`python -m bench.run` (what `make bench` runs): every scenario in one run, then the table, JSON and PNG.
 
-Writes `<out>/latest.json` and `<out>/streams.png`; server logs go to `<out>/tmp/` (ignored by git).
+Writes `<out>/latest.json`, `<out>/latest.md` (the tables) and `<out>/streams.png`; server logs go to
+`<out>/tmp/` (ignored by git).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(
     """Benchmark seqserve against its ceilings and against what a user would run instead."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Piped output (make bench > log) would otherwise wrap the tables at 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     config = QUICK if quick else BenchConfig()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -98,8 +99,9 @@ def main(
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle)
     results.print_tables(console)
     results.write_json(out / "latest.json")
+    results.write_markdown(out / "latest.md")
     plot_streams(results, out / "streams.png")
-    console.print(f"wrote {out / 'latest.json'} and {out / 'streams.png'} in {meta['wall_s']:.0f} s")
+    console.print(f"wrote latest.json, latest.md and streams.png in {out} in {meta['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

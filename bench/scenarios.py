@@ -83,6 +83,8 @@ class ServedFigures:
     server: str  # echo | naive | seqserve
     load: LoadResult
     server_cpu_us_per_step: float
+    # Server CPU per message by thread group (see ServerProcess.thread_cpu_seconds): where its time goes.
+    server_cpu_us_per_msg_by_thread: dict[str, float]
     mean_batch_size: float | None = None  # seqserve only, from its batch-size histogram
 
     @property
@@ -96,6 +98,7 @@ class ServedFigures:
             "server": self.server,
             **asdict(self.load),
             "server_cpu_us_per_step": self.server_cpu_us_per_step,
+            "server_cpu_us_per_msg_by_thread": self.server_cpu_us_per_msg_by_thread,
             "mean_batch_size": self.mean_batch_size,
             "cores_busy": self.cores_busy,
         }
@@ -224,18 +227,27 @@ class BenchRun:
     def served(self, server: ServerProcess, name: str, mode: str, streams: int, chunk: int) -> ServedFigures:
         """One load scenario; the server's CPU time and metrics are read as the window opens and closes."""
 
-        def probe() -> tuple[float, dict[str, float]]:
-            return server.cpu_seconds(), scrape(server.metrics_url) if server.metrics_url else {}
+        def probe() -> tuple[float, dict[str, float], dict[str, float]]:
+            metrics = scrape(server.metrics_url) if server.metrics_url else {}
+            return server.cpu_seconds(), server.thread_cpu_seconds(), metrics
 
         spec = self._spec(server.target, mode, streams, chunk)
-        load, (cpu_before, metrics_before), (cpu_after, metrics_after) = self.pool.run(spec, probe)
+        load, before, after = self.pool.run(spec, probe)
+        (cpu_before, threads_before, metrics_before), (cpu_after, threads_after, metrics_after) = (
+            before,
+            after,
+        )
         cpu_per_step = (cpu_after - cpu_before) / load.steps * 1e6 if load.steps else 0.0
+        by_thread = {
+            name: (seconds - threads_before.get(name, 0.0)) / load.messages * 1e6 if load.messages else 0.0
+            for name, seconds in threads_after.items()
+        }
         batches, rows = (
             metrics_after.get(f"{BATCH_SIZE_METRIC}_{part}", 0.0)
             - metrics_before.get(f"{BATCH_SIZE_METRIC}_{part}", 0.0)
             for part in ("count", "sum")
         )
-        return ServedFigures(name, load, cpu_per_step, rows / batches if batches else None)
+        return ServedFigures(name, load, cpu_per_step, by_thread, rows / batches if batches else None)
 
     def baseline(self, server: ServerProcess, kind: str) -> list[ServedFigures]:
         """echo or naive, at both chunk sizes, at 1 stream and at the ratio concurrency."""

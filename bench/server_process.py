@@ -23,6 +23,12 @@ _LISTENING = re.compile(r"listening grpc=(\S+)(?: metrics=(\S+))?")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_cpu_seconds(stat: str) -> float:
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the line.
+    after_name = stat.rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
+
+
 class ServerStartError(RuntimeError):
     """The server exited or stayed silent instead of printing its listening line."""
 
@@ -36,10 +42,21 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process (all its threads) so far."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the line.
-        after_name = stat.rsplit(")", 1)[1].split()
-        return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
+        return _stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat").read_text())
+
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """CPU time so far by thread group: the main thread (the event loop), then threads by their name
+        (`python` for Python's own threads: the inference executor and grpc's poller; grpc's C threads)."""
+        pid = self.process.pid
+        groups: dict[str, float] = {}
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # the thread ended between the listing and the read
+                continue
+            name = "main" if task.name == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+            groups[name] = groups.get(name, 0.0) + _stat_cpu_seconds(stat)
+        return groups
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

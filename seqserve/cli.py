@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -48,11 +48,11 @@ def fail(message: str, code: int = 2) -> None:
 def train(
     out: Annotated[Path, typer.Option(help="Run folder to write (checkpoint.pt, metrics.json, plots).")],
     dataset: Annotated[
-        Optional[str], typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
+        str | None, typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
     ] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Your own data: a .ts, .npz or .csv file.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own data: a .ts, .npz or .csv file.")] = None,
     task: Annotated[
-        Optional[str], typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
+        str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
     ] = None,
     cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
     layers: Annotated[int, typer.Option(min=1)] = 1,
@@ -100,11 +100,11 @@ def vanishing(
 def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders written by `seqserve train`.")],
     repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<model>/<version>/.")],
-    name: Annotated[Optional[str], typer.Option(help="Model name (default: the run folder's name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the run folder's name).")] = None,
     version: Annotated[
-        Optional[int], typer.Option(help="Version (default: one above the highest present).", min=1)
+        int | None, typer.Option(help="Version (default: one above the highest present).", min=1)
     ] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 version: 'int8'.")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Also write an int8 version: 'int8'.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
     force: Annotated[bool, typer.Option(help="Overwrite a version that exists.")] = False,
 ) -> None:
@@ -137,11 +137,11 @@ def serve(
     max_delay_ms: Annotated[
         float,
         typer.Option(
-            help="Longest a chunk may wait for other streams' chunks to fill a batch when no call runs; "
-            "0 sends at once (chunks arriving during a call still share the next one).",
+            help="Longest a chunk waits for other active streams' chunks to fill a batch; a lone active "
+            "stream never waits; 0 never holds a chunk back.",
             min=0.0,
         ),
-    ] = 0.0,
+    ] = 2.0,
     max_streams: Annotated[int, typer.Option(help="Most open streams at once.", min=1)] = 20000,
     max_chunk_steps: Annotated[int, typer.Option(help="Most time steps in one chunk.", min=1)] = 4096,
     max_message_bytes: Annotated[int, typer.Option(help="Largest request message.", min=1024)] = 4 << 20,
@@ -162,13 +162,13 @@ def stream(
     target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
     model: Annotated[str, typer.Option(help="Model name.")] = ...,
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
-    dataset: Annotated[Optional[str], typer.Option(help="Shipped data set to stream.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Shipped data set to stream.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
     split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     chunk: Annotated[int, typer.Option(help="Time steps per chunk.", min=1)] = 8,
     concurrency: Annotated[int, typer.Option(help="Concurrent streams.", min=1)] = 8,
-    limit: Annotated[Optional[int], typer.Option(help="Stream at most this many sequences.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stream at most this many sequences.")] = None,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -182,8 +182,8 @@ def classify(
     target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
     model: Annotated[str, typer.Option(help="Model name.")] = ...,
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
-    dataset: Annotated[Optional[str], typer.Option(help="Shipped data set to classify.")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Shipped data set to classify.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
     split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     batch: Annotated[int, typer.Option(help="Sequences per Classify call.", min=1)] = 32,

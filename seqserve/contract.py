@@ -133,7 +133,17 @@ class ModelInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> ModelInfo:
         known = {f.name for f in fields(cls)}
-        required = {"name", "version", "task", "cell", "layers", "hidden", "bidirectional", "features", "labels"}
+        required = {
+            "name",
+            "version",
+            "task",
+            "cell",
+            "layers",
+            "hidden",
+            "bidirectional",
+            "features",
+            "labels",
+        }
         missing = sorted(required - data.keys())
         if missing:
             raise ContractError(f"{source}: missing field(s) {', '.join(missing)}")
@@ -183,7 +193,11 @@ def list_models(repository: Path) -> list[str]:
     repository = Path(repository)
     if not repository.is_dir():
         return []
-    return sorted(child.name for child in repository.iterdir() if child.is_dir() and list_versions(repository, child.name))
+    return sorted(
+        child.name
+        for child in repository.iterdir()
+        if child.is_dir() and list_versions(repository, child.name)
+    )
 
 
 def read_model_info(version_path: Path) -> ModelInfo:

@@ -1,15 +1,13 @@
 """Cross-stream batching for one model version: rows waiting from many streams -> one onnxruntime call.
 
 Policy (decided here; docs/operations.md documents the flags):
-- One call in flight per model version. With none in flight a row goes at once, so one client never
-  waits; rows that arrive while a call runs wait and all go together in the next call (up to `max_batch`
-  rows, the rest in the call after). Under load the batches grow by themselves: 64 streams sending at
-  once share a few calls where a naive server makes 64.
-- `max_delay_s` > 0 (`--max-delay-ms`) also holds rows back while no call runs, until every open stream
-  of this version has a row waiting (nobody else can join), `max_batch` rows wait, or the oldest row has
-  waited `max_delay_s`: bigger batches for servers whose onnxruntime time dominates, at the cost of up to
-  that delay per chunk. 0, the default, never holds a row back: on a loaded CPU a client-bound run
-  measured about a third more throughput that way.
+- One call in flight per model version; rows that arrive while it runs go together in the next call
+  (up to `max_batch` rows, the rest in the call after).
+- With no call in flight, waiting rows go once every active stream has a row waiting, or when the
+  oldest has waited `max_delay_s` (`--max-delay-ms`; 0 never holds a row back). A stream is active
+  when it sent a row within `active_window_s`: streams in step are waited for, quiet ones are not. So
+  one client never waits (it is every active stream), 10,000 idle streams do not slow the one that
+  talks, and 64 clients in step share one call where a naive server makes 64.
 - Each stream awaits its row before it sends the next, so a call holds at most one chunk per stream and
   each stream's chunks run in order.
 - Rows of very different lengths are split into separate calls (padding at most doubles the work), since
@@ -76,33 +74,48 @@ class Batcher:
         metrics: ModelMetrics,
         max_batch: int,
         max_delay_s: float,
+        active_window_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.executor = executor
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
-        # Open streams that may send rows here; the state store keeps it current.
-        self.streams = 0
+        # Long enough to span a client's round trip under load, many times the delay a row may wait.
+        self.active_window_s = active_window_s if active_window_s is not None else max(50 * max_delay_s, 0.1)
+        self._last_row_at: dict[object, float] = {}  # stream -> when it last sent a row
+        self._recount_at = 0.0
         self._pending: list[_Row] = []
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
         self._many_to_many = runtime.info.task == "many_to_many"
 
-    async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...]) -> RowResult:
-        """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call."""
+    async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None) -> RowResult:
+        """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call; `stream`
+        (any hashable, None for one-off rows) tells rows of the same client apart."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Row(x, states, future, time.perf_counter()))
+        now = time.perf_counter()
+        if stream is not None:
+            self._last_row_at[stream] = now
+        self._pending.append(_Row(x, states, future, now))
         self._maybe_dispatch()
         return await future
+
+    def _active_streams(self, now: float) -> int:
+        # Forgetting quiet streams costs a pass over the active ones, so it runs a few times per window.
+        if now >= self._recount_at:
+            cutoff = now - self.active_window_s
+            self._last_row_at = {key: at for key, at in self._last_row_at.items() if at >= cutoff}
+            self._recount_at = now + self.active_window_s / 4
+        return len(self._last_row_at)
 
     def _maybe_dispatch(self) -> None:
         if self._busy or not self._pending:
             return
         pending = self._pending
-        waited = time.perf_counter() - pending[0].queued_at
-        if len(pending) < self.max_batch and len(pending) < self.streams and waited < self.max_delay_s:
-            # Only reachable with max_delay_s > 0: hold the rows for the other streams' next chunks.
+        now = time.perf_counter()
+        waited = now - pending[0].queued_at
+        if waited < self.max_delay_s and len(pending) < min(self.max_batch, self._active_streams(now)):
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self.max_delay_s - waited, self._on_timer)
             return

@@ -215,19 +215,9 @@ async def stream_load(
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(sequences)))))
             elapsed = time.perf_counter() - started
-    correct, scored = _score([r.labels for r in results], _in_model_order(targets, target_labels, info))
-    return LoadReport(
-        model=info.name,
-        version=info.version,
-        task=info.task,
-        sequences=len(sequences),
-        steps=sum(int(x.shape[0]) for x in sequences),
-        correct=correct,
-        scored=scored,
-        elapsed_s=elapsed,
-        latencies_s=np.asarray([s for r in results for s in r.latencies_s]),
-        results=results,
-    )
+    latencies = [s for r in results for s in r.latencies_s]
+    predictions = [r.labels for r in results]
+    return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies, results)
 
 
 async def classify_load(
@@ -268,6 +258,19 @@ async def classify_load(
                 predictions += [np.asarray([s.label_index for s in r.results]) for r in response.results]
                 bar.advance(task, len(part))
         elapsed = time.perf_counter() - started
+    return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies)
+
+
+def _report(
+    info: pb.ModelInfo,
+    sequences: Sequence[np.ndarray],
+    predictions: list[np.ndarray],
+    targets: Sequence | None,
+    target_labels: Sequence[str] | None,
+    elapsed_s: float,
+    latencies_s: list[float],
+    results: list[StreamResult] | None = None,
+) -> LoadReport:
     correct, scored = _score(predictions, _in_model_order(targets, target_labels, info))
     return LoadReport(
         model=info.name,
@@ -277,8 +280,9 @@ async def classify_load(
         steps=sum(int(x.shape[0]) for x in sequences),
         correct=correct,
         scored=scored,
-        elapsed_s=elapsed,
-        latencies_s=np.asarray(latencies),
+        elapsed_s=elapsed_s,
+        latencies_s=np.asarray(latencies_s),
+        results=results or [],
     )
 
 

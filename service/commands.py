@@ -46,7 +46,7 @@ def serve_command(
 
     try:
         asyncio.run(serve(config, announce))
-    except ContractError as exc:
+    except (ContractError, OSError) as exc:
         fail(str(exc))
 
 
@@ -88,23 +88,10 @@ def stream_command(
     concurrency: int,
     limit: int | None,
 ) -> None:
-    from seqserve.service.client import stream_dataset
+    from seqserve.service.client import on_dataset, stream_load
 
-    report = _run_client(
-        stream_dataset(
-            target,
-            model,
-            dataset,
-            data,
-            split,
-            seed,
-            limit,
-            chunk=chunk,
-            concurrency=concurrency,
-            version=version,
-            progress=True,
-        )  # fmt: skip
-    )
+    options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
+    report = _run_client(on_dataset(stream_load, target, model, dataset, data, split, seed, limit, **options))
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
 
 
@@ -118,11 +105,8 @@ def classify_command(
     seed: int,
     batch: int,
 ) -> None:
-    from seqserve.service.client import classify_dataset
+    from seqserve.service.client import classify_load, on_dataset
 
-    report = _run_client(
-        classify_dataset(
-            target, model, dataset, data, split, seed, batch=batch, version=version, progress=True
-        )
-    )
+    options = {"batch": batch, "version": version, "progress": True}
+    report = _run_client(on_dataset(classify_load, target, model, dataset, data, split, seed, **options))
     _report(report, f"classify {model}: {batch} sequences per call")

@@ -16,7 +16,7 @@ class ServerConfig:
     metrics_port: int = 9090  # -1 disables the /metrics HTTP server
     device: str = "cpu"
     max_batch: int = 64
-    max_delay_ms: float = 0.0
+    max_delay_ms: float = 2.0
     max_streams: int = 20000
     max_chunk_steps: int = 4096
     max_message_bytes: int = 4 << 20

@@ -41,7 +41,7 @@ class InferenceEngine:
         if not model.streamable:
             self._buffer(stream, x)
             return None
-        result = await model.batcher.infer(x, stream.states)
+        result = await model.batcher.infer(x, stream.states, stream)
         stream.states = result.states
         stream.steps += x.shape[0]
         stream.last = result

@@ -74,6 +74,20 @@ class RunningServer:
         log.info("stopped")
 
 
+def _start_metrics_http(
+    config: ServerConfig, metrics: ServiceMetrics
+) -> tuple[WSGIServer | None, str | None]:
+    if config.metrics_port < 0:
+        return None, None
+    try:
+        metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve metrics on {host_port(config.host, config.metrics_port)}: {exc}"
+        ) from exc
+    return metrics_http, host_port(config.host, metrics_http.server_port)
+
+
 async def start_server(config: ServerConfig) -> RunningServer:
     metrics = ServiceMetrics()
     # Threads are made on demand and each model version has at most one call in flight.
@@ -95,12 +109,13 @@ async def start_server(config: ServerConfig) -> RunningServer:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(host_port(config.host, config.port))
+    address = host_port(config.host, config.port)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    metrics_http, metrics_address = _start_metrics_http(config, metrics)
     await server.start()
-    metrics_http, metrics_address = None, None
-    if config.metrics_port >= 0:
-        metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-        metrics_address = host_port(config.host, metrics_http.server_port)
     grpc_address = host_port(config.host, port)
     running = RunningServer(
         config,

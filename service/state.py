@@ -25,7 +25,7 @@ IDLE_TIMEOUT = "idle_timeout"
 SHUTDOWN = "shutdown"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: thousands of idle streams each hold one
 class StreamState:
     id: str
     model: ServedModel
@@ -85,8 +85,6 @@ class StateStore:
         self.state_bytes += nbytes
         model.metrics.streams_active.inc()
         model.metrics.state_bytes.inc(nbytes)
-        if model.streamable:
-            model.batcher.streams += 1
         return stream
 
     def close(self, stream: StreamState, reason: str) -> None:
@@ -105,8 +103,6 @@ class StateStore:
         model.metrics.streams_ended[reason].inc()
         if reason in model.metrics.evictions:
             model.metrics.evictions[reason].inc()
-        if model.streamable:
-            model.batcher.streams -= 1
         stream.states = ()
         stream.buffered = []
         if not self._streams:

@@ -8,6 +8,8 @@ h_t, and backpropagates the many-to-one loss through them.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ def unrolled_cell(model: SequenceClassifier) -> nn.Module:
             f"the probe needs a 1-layer unidirectional many_to_one model, got layers={config.layers}, "
             f"bidirectional={config.bidirectional}, task={config.task}"
         )
-    cell = _CELLS[config.cell](config.features, config.hidden)
+    cell = _CELLS[config.cell](config.features, config.hidden, dtype=model.head.weight.dtype)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(cell, name).copy_(getattr(model.rnn, f"{name}_l0"))
@@ -34,11 +36,16 @@ def unrolled_cell(model: SequenceClassifier) -> nn.Module:
 
 
 def hidden_gradient_norms(model: SequenceClassifier, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """Mean over the batch of ||dloss/dh_t||, shape [T]; x is raw [B, T, F] of equal lengths."""
+    """Mean over the batch of ||dloss/dh_t||, shape [T]; x is raw [B, T, F] of equal lengths.
+
+    Computed in float64 on a copy of the model: over a few hundred steps the gradient of a vanilla RNN
+    falls below float32's smallest number, and the point is to see how far it falls.
+    """
+    model = copy.deepcopy(model).double()
     cell = unrolled_cell(model)
-    inputs = (x - model.feature_mean) / model.feature_std
+    inputs = (x.double() - model.feature_mean) / model.feature_std
     batch = x.shape[0]
-    h = torch.zeros(batch, model.config.hidden)
+    h = torch.zeros(batch, model.config.hidden, dtype=torch.float64)
     c = torch.zeros_like(h)
     states = []
     for t in range(x.shape[1]):

@@ -21,7 +21,7 @@ class LongRangeTask:
     classes: int = 4
     features: int = 8
     cue_steps: int = 3
-    cue_scale: float = 2.0
+    cue_scale: float = 3.0
 
     def __post_init__(self) -> None:
         if self.classes > self.features:

@@ -53,7 +53,7 @@ class Budget:
 
 
 FULL_BUDGET = Budget(
-    hidden=32, train=2048, validation=256, test=1024, epochs=20, batch_size=64, lr=1e-2, patience=6
+    hidden=32, train=2048, validation=256, test=1024, epochs=40, batch_size=64, lr=1e-2, patience=10
 )
 QUICK_BUDGET = Budget(
     hidden=8, train=64, validation=32, test=64, epochs=2, batch_size=32, lr=1e-2, patience=2

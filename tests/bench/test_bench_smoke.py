@@ -62,6 +62,9 @@ def test_ceiling_counts_agree(results: tuple[dict, Path]) -> None:
 
 def _check_served(figures: dict) -> None:
     assert all(figures[key] > 0 for key in RATES), figures
+    by_thread = figures["server_cpu_us_per_msg_by_thread"]
+    assert "main" in by_thread and min(by_thread.values()) >= 0
+    assert figures["cores_busy"] > 0
     assert figures["p50_ms"] <= figures["p99_ms"]
     assert 1 <= figures["processes"] <= min(2, figures["streams"])
     if figures["mode"] == "stream":

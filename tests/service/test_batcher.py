@@ -51,16 +51,21 @@ def _row(steps: int, sign: float = 1.0) -> np.ndarray:
     return np.full((steps, 1), sign, dtype=np.float32)
 
 
-def test_a_lone_row_goes_at_once_even_with_a_long_max_delay(batcher: Batcher) -> None:
-    batcher.max_delay_s, batcher.streams = 5.0, 1
+def _timed(batcher: Batcher, streams: list[str], steps: int = 4) -> float:
+    """One row from each stream at once; seconds until all are answered."""
 
     async def run() -> float:
         started = asyncio.get_running_loop().time()
-        await batcher.infer(_row(3), ZERO)
+        await asyncio.gather(*(batcher.infer(_row(steps), ZERO, stream) for stream in streams))
         return asyncio.get_running_loop().time() - started
 
-    assert run_on_loop(run()) < 1.0
-    assert batcher.runtime.calls == [[3]]
+    return run_on_loop(run())
+
+
+def test_a_lone_stream_never_waits_even_with_a_long_max_delay(batcher: Batcher) -> None:
+    batcher.max_delay_s = 5.0
+    assert max(_timed(batcher, ["a"]) for _ in range(3)) < 1.0
+    assert batcher.runtime.calls == [[4], [4], [4]]
 
 
 def test_rows_arriving_during_a_call_share_the_next_call_and_keep_their_own_results(batcher: Batcher) -> None:
@@ -83,26 +88,27 @@ def test_rows_arriving_during_a_call_share_the_next_call_and_keep_their_own_resu
     assert first.states[0].tolist() == [[2, 2]]
 
 
-def test_max_delay_waits_until_every_open_stream_has_a_row(batcher: Batcher) -> None:
-    batcher.max_delay_s, batcher.streams = 5.0, 3
-
-    async def run() -> float:
-        started = asyncio.get_running_loop().time()
-        await asyncio.gather(*(batcher.infer(_row(4), ZERO) for _ in range(3)))
-        return asyncio.get_running_loop().time() - started
-
-    assert run_on_loop(run()) < 1.0  # full long before the delay
+def test_streams_in_step_share_one_call(batcher: Batcher) -> None:
+    batcher.max_delay_s = 5.0
+    _timed(batcher, ["a", "b", "c"])  # now all three are active
+    batcher.runtime.calls.clear()
+    assert _timed(batcher, ["a", "b", "c"]) < 1.0  # full long before the delay
     assert batcher.runtime.calls == [[4, 4, 4]]
 
 
+def test_quiet_streams_are_not_waited_for(batcher: Batcher) -> None:
+    batcher.max_delay_s, batcher.active_window_s = 0.5, 0.1
+    _timed(batcher, [f"quiet-{i}" for i in range(50)])
+    run_on_loop(asyncio.sleep(0.2))  # the 50 go quiet
+    assert max(_timed(batcher, ["talker"]) for _ in range(3)) < 0.4
+
+
 def test_max_delay_sends_a_partial_batch_when_it_expires(batcher: Batcher) -> None:
-    batcher.max_delay_s, batcher.streams = 0.05, 4
-
-    async def run() -> None:
-        await asyncio.gather(*(batcher.infer(_row(1), ZERO) for _ in range(2)))
-
-    run_on_loop(run())
-    assert batcher.runtime.calls == [[1, 1]]
+    batcher.max_delay_s = 0.05
+    _timed(batcher, ["a", "b", "c", "d"])
+    batcher.runtime.calls.clear()
+    assert _timed(batcher, ["a", "b"]) >= 0.05  # c and d were active: waited for, in vain
+    assert batcher.runtime.calls == [[4, 4]]
 
 
 def test_max_batch_splits_a_long_queue(batcher: Batcher) -> None:
