@@ -50,7 +50,9 @@ def train(
     dataset: Annotated[
         str | None, typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Your own data: a .ts, .npz or .csv file.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Your own .ts/.npz/.csv file (seeded 70/15/15 train/val/test split).")
+    ] = None,
     task: Annotated[
         str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
     ] = None,

@@ -122,7 +122,7 @@ class StateStore:
         loop = asyncio.get_running_loop()
         deadline = stream.last_seen + stream.idle_timeout_s
         if stream.reading and loop.time() >= deadline:
-            log.info(
+            log.debug(
                 "stream %s on %s idle for %.3f s: ending it",
                 stream.id,
                 stream.model.key,

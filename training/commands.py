@@ -13,6 +13,7 @@ from rich.table import Table
 
 
 def _fail(message: str) -> None:
+    """Raises typer.Exit(2) after one `error:` line (seqserve.cli.fail)."""
     from seqserve.cli import fail
 
     fail(message)
@@ -25,9 +26,8 @@ def train_command(**kwargs) -> None:
 
     try:
         result = train(TrainConfig(**kwargs), progress=True)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError) as exc:  # bad data or flag values (ModelConfig, task) from the user
         _fail(str(exc))
-        return
     metrics = result.metrics
     unit = "per step" if metrics["task"] == "many_to_many" else "per sequence"
     typer.echo(
@@ -38,12 +38,17 @@ def train_command(**kwargs) -> None:
 
 
 def _lengths(text: str) -> list[int]:
+    from seqserve.training.synthetic import LongRangeTask
+
     try:
         lengths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         lengths = []
-    if not lengths or min(lengths) < 2:
-        _fail(f"--lengths {text!r}: expected comma-separated integers >= 2, e.g. 50,100,200")
+    if not lengths or min(lengths) <= LongRangeTask.cue_steps:
+        _fail(
+            f"--lengths {text!r}: expected comma-separated integers > {LongRangeTask.cue_steps} "
+            "(the cue's length), e.g. 50,100,200"
+        )
     return lengths
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqserve.contract import CELLS
 from seqserve.training.datasets import DatasetSplits
 from seqserve.training.gradient_probe import hidden_gradient_norms
 from seqserve.training.loop import TrainConfig, build_model, evaluate, fit
@@ -28,7 +29,6 @@ from seqserve.training.synthetic import LongRangeTask
 
 logger = logging.getLogger(__name__)
 
-CELLS = ("rnn", "gru", "lstm")
 GATED = ("gru", "lstm")
 PROBE_SEQUENCES = 128
 # Recurrent weights x2 (spectral radius above 1, so gradients can grow through time) on a length the RNN
@@ -56,7 +56,7 @@ FULL_BUDGET = Budget(
     hidden=32, train=2048, validation=256, test=1024, epochs=40, batch_size=64, lr=1e-2, patience=10
 )
 QUICK_BUDGET = Budget(
-    hidden=8, train=64, validation=32, test=64, epochs=2, batch_size=32, lr=1e-2, patience=2
+    hidden=8, train=64, validation=32, test=64, epochs=1, batch_size=32, lr=1e-2, patience=1
 )
 
 

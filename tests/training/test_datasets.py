@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqserve.training.basic_motions_stream import STREAM_STEPS
+from seqserve.training.basic_motions_stream import TEST_STREAM_STEPS, TRAIN_STREAM_STEPS
 from seqserve.training.datasets import DataError, load_dataset, with_task
 from seqserve.training.readers import read_ts
 
@@ -33,8 +33,12 @@ def test_basic_motions_stream_builds_labelled_streams_from_the_right_recordings(
     splits = load_dataset("basic_motions_stream", seed=0)
     assert (splits.task, splits.features, len(splits.labels)) == ("many_to_many", 6, 4)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (96, 24, 40)
-    for stream, target in zip(splits.test.sequences, splits.test.targets, strict=True):
-        assert stream.shape == (STREAM_STEPS, 6) and target.shape == (STREAM_STEPS,)
+    assert {s.shape for s in splits.train.sequences + splits.validation.sequences} == {
+        (TRAIN_STREAM_STEPS[0], 6)
+    }
+    lengths = [len(s) for s in splits.test.sequences]
+    assert TEST_STREAM_STEPS[0] <= min(lengths) < max(lengths) <= TEST_STREAM_STEPS[1]
+    assert [len(t) for t in splits.test.targets] == lengths
     changes = np.flatnonzero(np.diff(splits.test.targets[0]))
     assert len(changes) >= 4  # several activities per stream, never the same one twice in a row
     # The first segment of a test stream is a slice of one test recording, not of a train recording.
