@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import onnxruntime
 import pytest
-from image_entrypoint import DOCKER_DIR
+from .image_entrypoint import DOCKER_DIR
 from prometheus_client.parser import text_string_to_metric_families
 
 from seqserve.contract import list_models

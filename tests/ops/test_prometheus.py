@@ -19,7 +19,7 @@ from urllib.request import urlopen
 import grpc
 import numpy as np
 import pytest
-from image_entrypoint import DOCKER_DIR
+from .image_entrypoint import DOCKER_DIR
 
 from seqserve.training.datasets import load_dataset
 from seqserve.v1 import seqserve_pb2 as pb

@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from seqserve.contract import INPUT_LENGTHS, INPUT_X, MODEL_FILE, read_model_info, state_inputs, version_dir
 from seqserve.service.config import ServerConfig
 from seqserve.service.launch import ServerThread
+
+from .reference import Offline
 
 # bms-lstm: many-to-many LSTM, trained one epoch: parity needs a real exported graph, not accuracy.
 EXTRA_RUNS = {"bms-lstm": {"dataset": "basic_motions_stream", "cell": "lstm", "epochs": 1, "hidden": 16}}
@@ -65,28 +65,6 @@ def make_server(config: ServerConfig) -> Iterator:
         running.stop()
 
 
-class Offline:
-    """The reference: softmax scores of one onnxruntime call over each whole sequence."""
-
-    def __init__(self, repository: Path) -> None:
-        self.repository = repository
-        self._sessions: dict[str, tuple] = {}
-
-    def scores(self, model: str, x: np.ndarray) -> np.ndarray:
-        """[steps, classes] (many-to-many) or [1, classes] (many-to-one)."""
-        if model not in self._sessions:
-            path = version_dir(self.repository, model, 1)
-            self._sessions[model] = (ort.InferenceSession(str(path / MODEL_FILE)), read_model_info(path))
-        session, info = self._sessions[model]
-        feeds = {INPUT_X: x[None], INPUT_LENGTHS: np.array([len(x)], dtype=np.int32)}
-        for name in state_inputs(info.cell):
-            feeds[name] = np.zeros(info.state_shape(1), dtype=np.float32)
-        logits = session.run(None, feeds)[0][0]
-        logits = logits if logits.ndim == 2 else logits[None]
-        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return exp / exp.sum(axis=-1, keepdims=True)
-
-
 @pytest.fixture(scope="session")
 def offline(service_repository: Path) -> Offline:
     return Offline(service_repository)
@@ -100,12 +78,3 @@ def sequences() -> dict[str, list[np.ndarray]]:
     vowels = load_dataset(dataset="japanese_vowels").test.sequences
     motions = load_dataset(dataset="basic_motions_stream").test.sequences
     return {"japanese_vowels": vowels[:40], "basic_motions_stream": [x[:40] for x in motions[:8]]}
-
-
-MODEL_DATA = {
-    "jv-gru": "japanese_vowels",
-    "jv-lstm": "japanese_vowels",
-    "jv-bigru": "japanese_vowels",
-    "bms-gru": "basic_motions_stream",
-    "bms-lstm": "basic_motions_stream",
-}

@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import Offline
 
 from seqserve.service.launch import ServerThread
 from seqserve.training.datasets import load_dataset
+
+from .reference import Offline
 
 LIMIT = 120
 

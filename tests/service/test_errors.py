@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 import grpc
 import numpy as np
 import pytest
-from conftest import Offline
-from streams import END, Outcome, chunk_request, drive, open_request
 
 from seqserve.service.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .reference import Offline
+from .streams import END, Outcome, chunk_request, drive, open_request
 
 MODEL = "jv-gru"
 FEATURES = 12

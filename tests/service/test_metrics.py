@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import urllib.request
 
-from conftest import MODEL_DATA
 from prometheus_client.parser import text_string_to_metric_families
 
 from seqserve.service.client import classify_load, stream_load
+
+from .reference import MODEL_DATA
 
 FAMILIES = {
     "seqserve_streams_active", "seqserve_streams", "seqserve_stream_evictions", "seqserve_state_bytes",

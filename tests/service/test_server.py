@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from streams import END, chunk_request, open_request
 
 from seqserve.service.launch import ServerThread, run_on_loop, start_server_process
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .streams import END, chunk_request, open_request
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 CHUNK = np.zeros((3, 12), dtype=np.float32)

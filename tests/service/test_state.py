@@ -7,10 +7,11 @@ import asyncio
 
 import grpc
 import numpy as np
-from streams import chunk_request, open_request
 
 from seqserve.service.launch import ServerThread
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .streams import chunk_request, open_request
 
 MODEL = "jv-lstm"
 

@@ -7,12 +7,13 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from conftest import MODEL_DATA, Offline
 
 from seqserve.service.client import stream_load, stream_sequence
 from seqserve.service.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+from .reference import MODEL_DATA, Offline
 
 TOLERANCE = 1e-5  # contract.PARITY_TOLERANCE: batched rows may sum in another order than a lone one
 
