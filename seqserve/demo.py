@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline through the real `seqserve` command, each step printed as you would type it.
+"""`make demo`: the whole pipeline through the real `seqserve` command, each step printed as typed.
 
 Train a JapaneseVowels GRU (many-to-one) and a basic_motions_stream GRU (many-to-many), export both into a
 model repository, start the server, stream both test sets at once, show a few Prometheus lines, and stop

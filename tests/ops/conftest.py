@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from .image_entrypoint import ServerProcess, serving_image_pythonpath, start_entrypoint
 
 

@@ -13,13 +13,14 @@ import grpc
 import numpy as np
 import onnxruntime
 import pytest
-from .image_entrypoint import DOCKER_DIR
 from prometheus_client.parser import text_string_to_metric_families
 
 from seqserve.contract import list_models
 from seqserve.service.health_probe import check_health
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
+
+from .image_entrypoint import DOCKER_DIR
 
 SEQUENCE_STEPS = (7, 20, 29)
 

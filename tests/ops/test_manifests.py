@@ -6,6 +6,7 @@ import inspect
 import re
 
 import pytest
+
 from .image_entrypoint import DOCKER_DIR, ServeStage, parse_serve_stage
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the dev extra (kubernetes-validate)")

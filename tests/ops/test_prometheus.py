@@ -19,11 +19,12 @@ from urllib.request import urlopen
 import grpc
 import numpy as np
 import pytest
-from .image_entrypoint import DOCKER_DIR
 
 from seqserve.training.datasets import load_dataset
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
+
+from .image_entrypoint import DOCKER_DIR
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
