@@ -38,8 +38,6 @@ from seqserve.contract import (
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
-logger = logging.getLogger(__name__)
-
 
 def _chunk_result(chunk_index: int, step: int, label_index: int, info: ModelInfo) -> pb.StreamResponse:
     result = pb.StepResult(step=step, label_index=label_index, label=info.labels[label_index])

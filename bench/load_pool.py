@@ -7,7 +7,6 @@ One Python process cannot outrun a Python server, so the streams of a scenario a
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import time
 import traceback
@@ -19,8 +18,6 @@ from typing import Any
 import numpy as np
 
 from bench.load_client import ClientTally, LoadSpec, run_share
-
-logger = logging.getLogger(__name__)
 
 # Time for every worker to receive its share before the scenario starts.
 _START_LEAD_S = 0.3

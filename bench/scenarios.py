@@ -6,7 +6,6 @@ The sizes live in `BenchConfig`: the full run follows the issue; `QUICK` keeps t
 from __future__ import annotations
 
 import contextlib
-import logging
 import statistics
 import sys
 import time
@@ -22,8 +21,6 @@ from bench.ort_ceiling import OrtResult, measure_ort
 from bench.prometheus_scrape import scrape
 from bench.server_process import ServerProcess, running_server
 from seqserve.contract import ModelInfo
-
-logger = logging.getLogger(__name__)
 
 BATCH_SIZE_METRIC = "seqserve_batch_size"
 STREAMS_ACTIVE_METRIC = "seqserve_streams_active"
