@@ -151,6 +151,14 @@ def serve(
     max_idle_timeout_s: Annotated[float, typer.Option(help="Largest idle timeout a client may ask.")] = 300.0,
     grace_s: Annotated[float, typer.Option(help="On SIGTERM, how long open streams may finish.")] = 10.0,
     inference_threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per session.")] = 1,
+    calls_in_flight: Annotated[
+        int,
+        typer.Option(
+            help="onnxruntime calls running at once per model version: 2 lets one batch compute while the "
+            "next gathers.",
+            min=1,
+        ),
+    ] = 2,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

@@ -1,13 +1,14 @@
 """Cross-stream batching for one model version: rows waiting from many streams -> one onnxruntime call.
 
 Policy (decided here; docs/operations.md documents the flags):
-- One call in flight per model version; rows that arrive while it runs go together in the next call
-  (up to `max_batch` rows, the rest in the call after).
-- With no call in flight, waiting rows go once every active stream has a row waiting, or when the
-  oldest has waited `max_delay_s` (`--max-delay-ms`; 0 never holds a row back). A stream is active
-  when it sent a row within `active_window_s`: streams in step are waited for, quiet ones are not. So
-  one client never waits (it is every active stream), 10,000 idle streams do not slow the one that
-  talks, and 64 clients in step share one call where a naive server makes 64.
+- At most `max_in_flight` calls in flight per model version (`--calls-in-flight`); rows that arrive while
+  they run go together in the next call (up to `max_batch` rows, the rest in the call after). Two calls
+  in flight let one group of streams compute while the other makes its network round trip.
+- With a call slot free, waiting rows go once every active stream not already in a running call has a
+  row waiting, or when the oldest has waited `max_delay_s` (`--max-delay-ms`; 0 never holds a row
+  back). A stream is active when it sent a row within `active_window_s`: streams in step are waited
+  for, quiet ones are not. So one client never waits (it is every active stream), 10,000 idle streams
+  do not slow the one that talks, and 64 clients in step share one call where a naive server makes 64.
 - Each stream awaits its row before it sends the next, so a call holds at most one chunk per stream and
   each stream's chunks run in order.
 - Rows of very different lengths are split into separate calls (padding at most doubles the work), since
@@ -75,6 +76,7 @@ class Batcher:
         max_batch: int,
         max_delay_s: float,
         active_window_s: float | None = None,
+        max_in_flight: int = 1,
     ) -> None:
         self.runtime = runtime
         self.executor = executor
@@ -86,7 +88,9 @@ class Batcher:
         self._last_row_at: dict[object, float] = {}  # stream -> when it last sent a row
         self._recount_at = 0.0
         self._pending: list[_Row] = []
-        self._busy = False
+        self.max_in_flight = max_in_flight
+        self._calls_in_flight = 0
+        self._rows_in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._many_to_many = runtime.info.task == "many_to_many"
 
@@ -110,12 +114,13 @@ class Batcher:
         return len(self._last_row_at)
 
     def _maybe_dispatch(self) -> None:
-        if self._busy or not self._pending:
+        if self._calls_in_flight >= self.max_in_flight or not self._pending:
             return
         pending = self._pending
         now = time.perf_counter()
         waited = now - pending[0].queued_at
-        if waited < self.max_delay_s and len(pending) < min(self.max_batch, self._active_streams(now)):
+        expected = min(self.max_batch, self._active_streams(now) - self._rows_in_flight)
+        if waited < self.max_delay_s and len(pending) < expected:
             if self._timer is None:
                 self._timer = asyncio.get_running_loop().call_later(self.max_delay_s - waited, self._on_timer)
             return
@@ -124,7 +129,8 @@ class Batcher:
             self._timer = None
         rows = pending[: self.max_batch]
         del pending[: self.max_batch]
-        self._busy = True
+        self._calls_in_flight += 1
+        self._rows_in_flight += len(rows)
         call = asyncio.get_running_loop().run_in_executor(self.executor, self._run, rows)
         call.add_done_callback(lambda done: self._finish(rows, done))
 
@@ -133,7 +139,8 @@ class Batcher:
         self._maybe_dispatch()
 
     def _finish(self, rows: list[_Row], done: asyncio.Future) -> None:
-        self._busy = False
+        self._calls_in_flight -= 1
+        self._rows_in_flight -= len(rows)
         error = done.exception()
         if error is not None:
             log.error(

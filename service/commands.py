@@ -26,6 +26,7 @@ def serve_command(
     max_idle_timeout_s: float,
     grace_s: float,
     inference_threads: int,
+    calls_in_flight: int,
 ) -> None:
     options = dict(locals())
     import asyncio

@@ -24,6 +24,7 @@ class ServerConfig:
     max_idle_timeout_s: float = 300.0
     grace_s: float = 10.0
     inference_threads: int = 1
+    calls_in_flight: int = 2
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -36,6 +37,7 @@ class ServerConfig:
             "idle_timeout_s": self.idle_timeout_s,
             "max_idle_timeout_s": self.max_idle_timeout_s,
             "inference_threads": self.inference_threads,
+            "calls_in_flight": self.calls_in_flight,
         }
         for name, value in positive.items():
             if value <= 0:

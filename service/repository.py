@@ -71,7 +71,14 @@ class ModelRepository:
                 bound = metrics.for_model(
                     name, version, info.cell, info.task, info.precision, runtime.provider
                 )
-                batcher = Batcher(runtime, executor, bound, config.max_batch, config.max_delay_ms / 1000.0)
+                batcher = Batcher(
+                    runtime,
+                    executor,
+                    bound,
+                    config.max_batch,
+                    config.max_delay_ms / 1000.0,
+                    max_in_flight=config.calls_in_flight,
+                )
                 models[name][version] = ServedModel(runtime, batcher, bound, default=version == versions[-1])
                 log.info("loaded %s (%s, %s, %s) on %s", models[name][version].key, info.cell, info.task,
                          info.precision, runtime.provider)  # fmt: skip

@@ -90,7 +90,7 @@ def _start_metrics_http(
 
 async def start_server(config: ServerConfig) -> RunningServer:
     metrics = ServiceMetrics()
-    # Threads are made on demand and each model version has at most one call in flight.
+    # Threads are made on demand; each model version has at most `calls_in_flight` calls running.
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
     repository = ModelRepository.load(config, metrics, executor)
     engine = InferenceEngine(repository, StateStore(config.max_streams), config)

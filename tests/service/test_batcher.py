@@ -27,10 +27,12 @@ class RecordingRuntime:
 
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
+        self.entered = 0  # calls that reached the runtime, held or not
         self.release = threading.Event()
         self.release.set()
 
     def run(self, x: np.ndarray, states: tuple, lengths: np.ndarray) -> tuple:
+        self.entered += 1
         self.release.wait(5)
         self.calls.append(lengths.tolist())
         logits = np.concatenate([x, -x], axis=-1)
@@ -40,7 +42,7 @@ class RecordingRuntime:
 @pytest.fixture
 def batcher() -> Batcher:
     metrics = ServiceMetrics().for_model("m", 1, "gru", "many_to_many", "fp32", "CPUExecutionProvider")
-    with ThreadPoolExecutor(1) as executor:
+    with ThreadPoolExecutor(2) as executor:
         yield Batcher(RecordingRuntime(), executor, metrics, max_batch=8, max_delay_s=0.0)
 
 
@@ -86,6 +88,28 @@ def test_rows_arriving_during_a_call_share_the_next_call_and_keep_their_own_resu
         assert result.labels.tolist() == [0 if n % 2 == 0 else 1] * n  # its own steps, unpadded
         assert result.states[0].tolist() == [[n, n]]
     assert first.states[0].tolist() == [[2, 2]]
+
+
+@pytest.mark.parametrize(("max_in_flight", "entered_while_held"), [(1, 1), (2, 2)])
+def test_calls_in_flight_bound_how_many_calls_run_at_once(
+    batcher: Batcher, max_in_flight: int, entered_while_held: int
+) -> None:
+    batcher.max_in_flight = max_in_flight
+    runtime = batcher.runtime
+    runtime.release.clear()
+
+    async def run() -> int:
+        rows = [asyncio.ensure_future(batcher.infer(_row(1), ZERO, stream)) for stream in ("a", "b")]
+        await asyncio.sleep(0)
+        rows.append(asyncio.ensure_future(batcher.infer(_row(1), ZERO, "c")))
+        await asyncio.sleep(0.1)  # every call that may start is now held in the runtime
+        entered = runtime.entered
+        runtime.release.set()
+        await asyncio.gather(*rows)
+        return entered
+
+    assert run_on_loop(run()) == entered_while_held
+    assert sorted(len(call) for call in runtime.calls) == ([1, 2] if max_in_flight == 1 else [1, 1, 1])
 
 
 def test_streams_in_step_share_one_call(batcher: Batcher) -> None:
