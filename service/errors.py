@@ -1,6 +1,7 @@
 """Domain errors, and the one table that maps them to gRPC status codes (DESIGN.md section 4).
 
-The batcher, state store, repository and runtime raise these; only the servicers turn them into a status.
+The batcher, state store, repository and runtime raise these; only the front doors (`service/frontends/`)
+turn them into a status.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Stream and Classify on domain types: open a stream, run its chunks in order carrying its state, end it.
 
-Knows nothing of gRPC: the servicers translate messages to these calls and the results back.
+Knows nothing of gRPC: the front doors (`service/frontends/`) translate messages to these calls and the
+results back.
 """
 
 from __future__ import annotations

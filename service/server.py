@@ -19,10 +19,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from seqserve.service.config import ServerConfig
+from seqserve.service.frontends.seqserve_v1 import InferenceServicer
 from seqserve.service.inference import InferenceEngine
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.repository import ModelRepository
-from seqserve.service.servicers import InferenceServicer
 from seqserve.service.state import SHUTDOWN, StateStore
 from seqserve.v1 import seqserve_pb2, seqserve_pb2_grpc
 

@@ -1,18 +1,17 @@
-"""One thin method per RPC of seqserve.v1.InferenceService: translate messages, delegate, map errors once."""
+"""seqserve.v1.InferenceService: one thin method per RPC: translate messages, delegate, map errors once."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from seqserve.service import converters
-from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError, status_code
+from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
+from seqserve.service.frontends import seqserve_v1_converters as converters
+from seqserve.service.frontends.recording import recorded
 from seqserve.service.inference import InferenceEngine
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
@@ -22,33 +21,6 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 _END_REASONS = {IDLE_TIMEOUT: pb.END_REASON_IDLE_TIMEOUT, SHUTDOWN: pb.END_REASON_SERVER_SHUTDOWN}
-
-
-def _recorded(rpc: str) -> Callable:
-    """Count the RPC by status code; turn domain errors into their status, anything else into INTERNAL."""
-
-    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(method)
-        async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            code = grpc.StatusCode.OK
-            try:
-                return await method(self, request, context)
-            except ServiceError as error:
-                code = status_code(error)
-                await context.abort(code, str(error))
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                log.exception("%s failed", rpc)
-                code = grpc.StatusCode.INTERNAL
-                await context.abort(code, f"internal error: {error}")
-            finally:
-                self.metrics.request_done(rpc, code.name)
-
-        return handler
-
-    return wrap
 
 
 class _StreamCall:
@@ -167,7 +139,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.engine = engine
         self.metrics = metrics
 
-    @_recorded("Stream")
+    @recorded("Stream")
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         call = _StreamCall(self.engine, context)
         try:
@@ -178,7 +150,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         finally:
             call.close("error")  # no-op unless an error ended the stream
 
-    @_recorded("Classify")
+    @recorded("Classify")
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:  # noqa: N802
@@ -198,13 +170,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         return response
 
-    @_recorded("ListModels")
+    @recorded("ListModels")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:  # noqa: N802
         return pb.ListModelsResponse(models=[converters.model_info(m) for m in self.engine.repository.all()])
 
-    @_recorded("GetModel")
+    @recorded("GetModel")
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:  # noqa: N802
