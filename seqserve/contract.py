@@ -1,7 +1,7 @@
 """The model contract, defined once: tensor names and shapes, `model.json`, the repository layout.
 
 Exporter, service, tests and benchmarks import these names; nothing else spells them.
-See DESIGN.md section 1. This module imports only the standard library so the serving image can use it.
+See docs/design.md section 2. This module imports only the standard library so the serving image can use it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Domain errors, and the one table that maps them to gRPC status codes (DESIGN.md section 4).
+"""Domain errors, and the one table that maps them to gRPC status codes (docs/design.md section 6).
 
 The batcher, state store, repository and runtime raise these; only the front doors (`service/frontends/`)
 turn them into a status.
