@@ -1,5 +1,5 @@
-"""Every row of docs/design.md's status-code table: its status code, a message naming the wrong value, and only
-its own stream ended; bystander streams opened before it and finished after it are still exact."""
+"""Every row of docs/design.md's status-code table: its status code, a message naming the wrong value, and
+only its own stream ended; bystander streams opened before it and finished after it are still exact."""
 
 from __future__ import annotations
 
