@@ -21,6 +21,10 @@ class InvalidChunk(ServiceError):
     """Wrong feature count, empty chunk, NaN/Inf, bytes not a multiple of 4, malformed request."""
 
 
+class UnparsableRequest(ServiceError):
+    """Request bytes that do not parse as the RPC's request message: the client's fault."""
+
+
 class OutOfOrder(ServiceError):
     """Chunk before open, open twice, chunk after end."""
 
@@ -37,13 +41,19 @@ class Draining(ServiceError):
     """The server is shutting down and takes no new work."""
 
 
+class InferenceFailed(ServiceError):
+    """An onnxruntime call failed: the rows in that call end, every other row goes on."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
+    UnparsableRequest: grpc.StatusCode.INVALID_ARGUMENT,
     OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     Draining: grpc.StatusCode.UNAVAILABLE,
+    InferenceFailed: grpc.StatusCode.INTERNAL,
 }
 
 

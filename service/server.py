@@ -14,21 +14,26 @@ from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
 from seqserve.service.config import ServerConfig
+from seqserve.service.frontends.recording import RecordingInterceptor
+from seqserve.service.frontends.registration import add_service, receive_ceiling
 from seqserve.service.frontends.seqserve_v1 import InferenceServicer
 from seqserve.service.inference import InferenceEngine
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.repository import ModelRepository
 from seqserve.service.state import SHUTDOWN, StateStore
-from seqserve.v1 import seqserve_pb2, seqserve_pb2_grpc
+from seqserve.v1 import seqserve_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = seqserve_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVICE = seqserve_pb2.DESCRIPTOR.services_by_name["InferenceService"]
+SERVICE_NAME = SERVICE.full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 # Streams the drain ends after the grace period finish within their current chunk; this bounds the wait.
 _INTERRUPT_WAIT_S = 5.0
 
@@ -94,21 +99,22 @@ async def start_server(config: ServerConfig) -> RunningServer:
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
     repository = ModelRepository.load(config, metrics, executor)
     engine = InferenceEngine(repository, StateStore(config.max_streams), config)
+    limit = config.max_message_bytes
     server = grpc.aio.server(
+        # Outermost, so every outcome is counted, whatever interceptor or handler decided it.
+        interceptors=[RecordingInterceptor(metrics)],
         options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", receive_ceiling(limit)),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
-    seqserve_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine, metrics), server)
+    add_service(server, InferenceServicer(engine), SERVICE, limit)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_service(server, health_servicer, HEALTH, limit)
     for name in ("", SERVICE_NAME, *repository.names()):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    services = (SERVICE_NAME, HEALTH.full_name, reflection.SERVICE_NAME)
+    add_service(server, reflection.aio.ReflectionServicer(services), REFLECTION, limit)
     address = host_port(config.host, config.port)
     try:
         port = server.add_insecure_port(address)

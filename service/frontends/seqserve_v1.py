@@ -1,4 +1,4 @@
-"""seqserve.v1.InferenceService: one thin method per RPC: translate messages, delegate, map errors once."""
+"""seqserve.v1.InferenceService: one thin method per RPC: translate messages and delegate."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import grpc
 
 from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
 from seqserve.service.frontends import seqserve_v1_converters as converters
-from seqserve.service.frontends.recording import recorded
 from seqserve.service.inference import InferenceEngine
-from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -135,11 +133,11 @@ class _StreamCall:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, engine: InferenceEngine, metrics: ServiceMetrics) -> None:
-        self.engine = engine
-        self.metrics = metrics
+    """Registered through `registration.add_service`: requests arrive parsed, errors are mapped there."""
 
-    @recorded("Stream")
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.engine = engine
+
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         call = _StreamCall(self.engine, context)
         try:
@@ -150,7 +148,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         finally:
             call.close("error")  # no-op unless an error ended the stream
 
-    @recorded("Classify")
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:  # noqa: N802
@@ -170,13 +167,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         return response
 
-    @recorded("ListModels")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:  # noqa: N802
         return pb.ListModelsResponse(models=[converters.model_info(m) for m in self.engine.repository.all()])
 
-    @recorded("GetModel")
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelResponse:  # noqa: N802

@@ -26,21 +26,32 @@ def values_array(
 
 
 def _problem(steps: int, values: bytes, model: ServedModel, what: str, max_steps: int | None) -> ServiceError:
-    """The first thing wrong with a chunk or sequence, named with the value and what was expected."""
+    """The first thing wrong with a chunk or sequence, in the numbers the client sent (steps, bytes) and
+    what the model expects."""
     features = model.runtime.info.features
-    count = len(values) // 4
-    if steps == 0 or not values:
-        return InvalidChunk(f"{what} is empty ({steps} steps, {len(values)} bytes); expected at least 1 step")
-    if max_steps is not None and steps > max_steps:
-        return LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
-    if len(values) % 4:
-        return InvalidChunk(f"{what} has {len(values)} bytes, not a multiple of 4 (float32 values expected)")
-    if count % steps == 0 and count != steps * features:
-        return InvalidChunk(f"{what} has {count // steps} features, model {model.key} expects {features}")
-    if count != steps * features:
+    size = len(values)
+    expected = f"steps x {features} features x 4 bytes"
+    if steps == 0:
         return InvalidChunk(
-            f"{what} has {count} values for {steps} steps; model {model.key} expects steps x {features} "
-            f"features = {steps * features}"
+            f"{what} is empty (steps=0, {size} bytes of values); expected steps >= 1 and {expected}"
+        )
+    if max_steps is not None and steps > max_steps:
+        return LimitExceeded(f"{what} has steps={steps}, the server's limit per chunk is {max_steps}")
+    want = 4 * steps * features
+    if size % 4:
+        return InvalidChunk(
+            f"{what} has {size} bytes of values, not a multiple of 4 (float32 values expected); "
+            f"model {model.key} expects steps={steps} x {features} features x 4 bytes = {want} bytes"
+        )
+    if size != want and size % (4 * steps) == 0 and size > 0:
+        return InvalidChunk(
+            f"{what} has {size} bytes for steps={steps}, that is {size // (4 * steps)} features per step; "
+            f"model {model.key} expects {features} features: {steps} x {features} x 4 = {want} bytes"
+        )
+    if size != want:
+        return InvalidChunk(
+            f"{what} has {size} bytes of values for steps={steps}; model {model.key} expects "
+            f"{expected} = {want} bytes"
         )
     x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
     step, feature = np.argwhere(~np.isfinite(x))[0].tolist()

@@ -74,18 +74,20 @@ def with_bystanders(
 
 Code = grpc.StatusCode
 OPEN = open_request(MODEL)
+OVERSIZED = chunk_request(_x(4000, FEATURES * 30), steps=4000)
 CASES = {
     "unknown model": ([open_request("nope")], Code.NOT_FOUND, "model 'nope' is not served"),
     "unknown version": ([open_request(MODEL, version=7)], Code.NOT_FOUND, "has no version 7"),
     "wrong feature count": (
         [OPEN, chunk_request(_x(3, 13))],
         Code.INVALID_ARGUMENT,
-        "chunk 0 has 13 features, model jv-gru:1 expects 12",
+        "chunk 0 has 156 bytes for steps=3, that is 13 features per step; "
+        "model jv-gru:1 expects 12 features: 3 x 12 x 4 = 144 bytes",
     ),
     "empty chunk": (
         [OPEN, pb.StreamRequest(chunk=pb.StreamChunk())],
         Code.INVALID_ARGUMENT,
-        "chunk 0 is empty",
+        "chunk 0 is empty (steps=0, 0 bytes of values)",
     ),
     "NaN": (
         [OPEN, chunk_request(_x(2)), chunk_request(np.where(np.eye(3, FEATURES) > 0, np.nan, 0.0))],
@@ -100,12 +102,13 @@ CASES = {
     "bytes not a multiple of 4": (
         [OPEN, pb.StreamRequest(chunk=pb.StreamChunk(steps=1, values=b"\0" * 49))],
         Code.INVALID_ARGUMENT,
-        "49 bytes, not a multiple of 4",
+        "chunk 0 has 49 bytes of values, not a multiple of 4",
     ),
     "steps disagree with values": (
         [OPEN, chunk_request(_x(3), steps=5)],
         Code.INVALID_ARGUMENT,
-        "chunk 0 has 36 values for 5 steps",
+        "chunk 0 has 144 bytes of values for steps=5; "
+        "model jv-gru:1 expects steps x 12 features x 4 bytes = 240 bytes",
     ),
     "chunk before open": (
         [chunk_request(_x(2))],
@@ -121,12 +124,13 @@ CASES = {
     "chunk over max steps": (
         [OPEN, chunk_request(_x(4097))],
         Code.RESOURCE_EXHAUSTED,
-        "chunk 0 has 4097 steps, the server's limit per chunk is 4096",
+        "chunk 0 has steps=4097, the server's limit per chunk is 4096",
     ),
     "message over max size": (
-        [OPEN, chunk_request(_x(4000, FEATURES * 30), steps=4000)],
+        [OPEN, OVERSIZED],
         Code.RESOURCE_EXHAUSTED,
-        "larger than max",
+        f"Stream: message 2 of the stream is {OVERSIZED.ByteSize()} bytes, over the server's limit of "
+        f"{4 << 20} bytes per message",
     ),
 }
 
@@ -181,4 +185,5 @@ def test_classify_rejects_a_bad_sequence_with_its_index(server: ServerThread) ->
 
     error = server.call(run())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "sequence 1 has 5 features, model jv-gru:1 expects 12" in error.details()
+    expected = "sequence 1 has 40 bytes for steps=2, that is 5 features per step; model jv-gru:1 expects 12"
+    assert expected in error.details()

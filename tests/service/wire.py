@@ -1,0 +1,60 @@
+"""Raw-bytes calls for the tests: any method of any service, with bytes that need not parse, and the
+server's request counter read back as a tally of (rpc, code)."""
+
+from __future__ import annotations
+
+import collections
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from seqserve.service.metrics import ServiceMetrics
+from seqserve.v1 import seqserve_pb2
+
+SERVICES: list[ServiceDescriptor] = [
+    seqserve_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+]
+METHODS: dict[str, MethodDescriptor] = {m.full_name: m for s in SERVICES for m in s.methods}
+
+
+def path(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+async def call_raw(
+    channel: grpc.aio.Channel, method: MethodDescriptor, messages: list[bytes], timeout: float = 30.0
+) -> tuple[grpc.StatusCode, str]:
+    """Send `messages` as they are (one for a unary request), read every answer, return the status."""
+    kind = (method.client_streaming, method.server_streaming)
+    try:
+        if kind == (False, False):
+            await channel.unary_unary(path(method))(messages[0], timeout=timeout)
+        elif kind == (False, True):
+            call = channel.unary_stream(path(method))(messages[0], timeout=timeout)
+            async for _ in call:
+                pass
+        else:
+            factory = channel.stream_stream if method.server_streaming else channel.stream_unary
+            call = factory(path(method))(iter(messages), timeout=timeout)
+            if method.server_streaming:
+                async for _ in call:
+                    pass
+            else:
+                await call
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def request_tally(metrics: ServiceMetrics) -> collections.Counter:
+    """(rpc, code name) -> count, from `seqserve_requests_total`."""
+    tally: collections.Counter = collections.Counter()
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "seqserve_requests_total" and sample.value:
+                tally[(sample.labels["rpc"], sample.labels["code"])] += int(sample.value)
+    return tally
