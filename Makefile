@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench dashboard lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# docs/img/dashboard.png: the Grafana dashboard's PromQL over a real run (needs Debian's prometheus).
+dashboard: $(STAMP)
+	$(BIN)/python -m bench.dashboard
 
 DOCKERFILES := $(filter-out %.dockerignore,$(wildcard docker/Dockerfile*))
 

@@ -22,8 +22,15 @@ HIDDEN = 128
 LAYERS = 2
 
 
-def write_bench_model(repository: Path, work_dir: Path, seed: int = 0) -> ModelInfo:
-    """Export the seeded bench GRU as `<repository>/bench-gru/1/`; returns its metadata."""
+def write_bench_model(
+    repository: Path,
+    work_dir: Path,
+    seed: int = 0,
+    name: str = BENCH_MODEL,
+    hidden: int = HIDDEN,
+    layers: int = LAYERS,
+) -> ModelInfo:
+    """Export a seeded GRU (by default the bench GRU) as `<repository>/<name>/1/`; returns its metadata."""
     import torch
 
     from seqserve.export.job import export_run
@@ -31,17 +38,17 @@ def write_bench_model(repository: Path, work_dir: Path, seed: int = 0) -> ModelI
 
     torch.manual_seed(seed)
     config = ModelConfig(
-        cell="gru", features=FEATURES, classes=CLASSES, task="many_to_one", hidden=HIDDEN, layers=LAYERS
+        cell="gru", features=FEATURES, classes=CLASSES, task="many_to_one", hidden=hidden, layers=layers
     )
     model = SequenceClassifier(config).eval()
-    run_dir = Path(work_dir) / "bench-run"
+    run_dir = Path(work_dir) / f"{name}-run"
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = [f"speaker-{index}" for index in range(1, CLASSES + 1)]
     # The exporter proves parity on the data set's test split, so the run names JapaneseVowels.
     data = {"dataset": "japanese_vowels", "seed": seed}
     torch.save(checkpoint_payload(model, labels, extra={"data": data}), run_dir / "checkpoint.pt")
-    export_run(run_dir, repository, name=BENCH_MODEL, version=BENCH_VERSION)
-    return read_model_info(version_dir(repository, BENCH_MODEL, BENCH_VERSION))
+    export_run(run_dir, repository, name=name, version=BENCH_VERSION)
+    return read_model_info(version_dir(repository, name, BENCH_VERSION))
 
 
 def model_path(repository: Path) -> Path:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
 from urllib.request import urlopen
 
 import grpc
 import numpy as np
 import pytest
 
+from bench.prometheus_server import Prometheus, PrometheusStartError
+from bench.prometheus_server import start_prometheus as start_prometheus_process
 from seqserve.training.datasets import load_dataset
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
@@ -42,80 +38,22 @@ P99_CHUNK_LATENCY = (
 )
 
 
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen
-
-    def query(self, expr: str) -> list[dict]:
-        with urlopen(f"{self.url}/api/v1/query?{urlencode({'query': expr})}", timeout=10) as reply:
-            body = json.load(reply)
-        assert body["status"] == "success", body
-        return body["data"]["result"]
-
-    def value(self, expr: str) -> float | None:
-        """The single value of an instant query, or None while it has no result."""
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_for(self, expr: str, want: Callable[[float], bool], timeout_s: float = 30.0) -> float:
-        deadline = time.monotonic() + timeout_s
-        value = self.value(expr)
-        while value is None or not want(value):
-            assert time.monotonic() < deadline, f"{expr} is {value} after {timeout_s}s"
-            time.sleep(0.2)
-            value = self.value(expr)
-        return value
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """`start(metrics_address)`: Prometheus scraping that address every second with docker/'s rules."""
-    started: list[subprocess.Popen] = []
+    started: list[Prometheus] = []
 
     def start(metrics_address: str) -> Prometheus:
-        config = {
-            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-            "rule_files": [str(DOCKER_DIR / "prometheus-rules.yml")],
-            "scrape_configs": [{"job_name": "seqserve", "static_configs": [{"targets": [metrics_address]}]}],
-        }
-        config_file = tmp_path / "prometheus.yml"
-        config_file.write_text(json.dumps(config))  # JSON is YAML
-        address = f"127.0.0.1:{free_port()}"
-        log = (tmp_path / "prometheus.log").open("w")
-        process = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address={address}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        started.append(process)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urlopen(f"http://{address}/-/ready", timeout=2) as reply:
-                    if reply.status == 200:
-                        return Prometheus(url=f"http://{address}", process=process)
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prometheus did not get ready:\n{(tmp_path / 'prometheus.log').read_text()}")
-            time.sleep(0.2)
+        try:
+            prometheus = start_prometheus_process(metrics_address, tmp_path / "prometheus", SCRAPE_INTERVAL)
+        except PrometheusStartError as error:
+            pytest.fail(str(error))
+        started.append(prometheus)
+        return prometheus
 
     yield start
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    for prometheus in started:
+        prometheus.stop()
 
 
 def stream_sequence(stub: InferenceServiceStub, sequence: np.ndarray) -> int:
