@@ -17,7 +17,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .streams import END, chunk_request, drive, open_request
-from .wire import METHODS, call_raw, request_tally
+from .wire import METHODS, call_raw, request_tally, settled_tally
 
 # Field 1 with wire type 7, which does not exist: no message type parses these bytes.
 GARBAGE = b"\x0f\x01\x02"
@@ -50,7 +50,7 @@ def test_unparsable_bytes_are_invalid_argument_on_every_rpc(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and method.name in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    after = request_tally(server.running.metrics)
+    after = server.call(settled_tally(server.running.metrics, before.total() + 1))
     assert after - before == collections.Counter({(method.name, "INVALID_ARGUMENT"): 1})
 
 
@@ -138,13 +138,5 @@ def test_every_outcome_is_counted_once_under_the_code_the_client_got(make_server
     assert tally["Stream", "RESOURCE_EXHAUSTED"] == 2 and tally["Stream", "DEADLINE_EXCEEDED"] == 1
     assert tally["Stream", "CANCELLED"] == 1 and tally["unknown", "UNIMPLEMENTED"] == 1
 
-    async def counted() -> collections.Counter:
-        # A cancelled call is counted when the server sees the cancel, which may come after the client.
-        for _ in range(200):
-            if request_tally(server.running.metrics).total() >= tally.total():
-                break
-            await asyncio.sleep(0.01)
-        return request_tally(server.running.metrics)
-
-    assert server.call(counted()) == tally
+    assert server.call(settled_tally(server.running.metrics, tally.total())) == tally
     assert server.running.store.open_count == 0

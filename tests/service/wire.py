@@ -3,6 +3,7 @@ server's request counter read back as a tally of (rpc, code)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 import grpc
@@ -58,3 +59,13 @@ def request_tally(metrics: ServiceMetrics) -> collections.Counter:
             if sample.name == "seqserve_requests_total" and sample.value:
                 tally[(sample.labels["rpc"], sample.labels["code"])] += int(sample.value)
     return tally
+
+
+async def settled_tally(metrics: ServiceMetrics, total: int) -> collections.Counter:
+    """The tally once it holds `total` calls: the server counts a call after its status is sent, and
+    sees a client's cancel after the client does, so the count may trail the client by a moment."""
+    for _ in range(500):
+        if request_tally(metrics).total() >= total:
+            break
+        await asyncio.sleep(0.01)
+    return request_tally(metrics)
