@@ -5,18 +5,21 @@ Only stdlib, typer and rich at module top; the export stack (torch, onnx) is imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from seqserve.console import make_console, steps
 
 if TYPE_CHECKING:
     from seqserve.contract import ModelInfo
     from seqserve.export.job import ExportResult, RunOutcome
 
-console = Console()
+console = make_console()
 
 
 def _parity_text(info: ModelInfo) -> str:
@@ -36,16 +39,14 @@ def _accuracy_text(info: ModelInfo) -> str:
 def _version_line(result: ExportResult) -> str:
     info = result.info
     return (
-        f"v{info.version} {info.precision} accuracy {result.accuracy:.4f} parity {_parity_text(info)} "
-        f"latency {result.latency.single_ms:.3f} ms"
+        f"{info.name} v{info.version} {info.precision} accuracy {result.accuracy:.4f} "
+        f"parity {_parity_text(info)} latency {result.latency.single_ms:.3f} ms"
     )
 
 
 def _print_outcome(outcome: RunOutcome) -> None:
     if outcome.ok:
-        console.print(
-            f"[green]ok[/green] {outcome.name}: " + "; ".join(_version_line(r) for r in outcome.results)
-        )
+        console.print("[green]ok[/green] " + "; ".join(_version_line(r) for r in outcome.results))
     else:
         console.print(f"[red]failed[/red] {outcome.error}", highlight=False)
 
@@ -85,19 +86,34 @@ def _summary_table(outcomes: list[RunOutcome]) -> Table:
     return table
 
 
+def _speed_text(speedup: float) -> str:
+    if speedup >= 1.05:
+        return f"x{speedup:.2f} faster"
+    if speedup <= 0.95:
+        return f"SLOWER (x{speedup:.2f})"
+    return f"no faster (x{speedup:.2f})"
+
+
 def _int8_notes(outcomes: list[RunOutcome]) -> list[str]:
-    """One line per int8 version: accuracy and speed against its fp32 twin, and which ops were quantized."""
+    """One plain paragraph per int8 model: accuracy and speed beside its fp32 twin, timed side by side in
+    this run, and what was quantized."""
     notes = []
     for outcome in outcomes:
         pairs = {r.info.precision: r for r in outcome.results}
         if "int8" not in pairs:
             continue
-        fp32, int8 = pairs["fp32"], pairs["int8"]
+        fp32, int8 = pairs["fp32"].info, pairs["int8"].info
+        metrics = int8.test_metrics
+        single, batch = metrics["speedup"]["single"], metrics["speedup"]["batch"]
+        batch_size = metrics["latency_ms"]["batch"]
         notes.append(
-            f"{outcome.name} int8 vs fp32: accuracy {int8.accuracy:.4f} vs {fp32.accuracy:.4f}, speed-up "
-            f"x{fp32.latency.single_ms / int8.latency.single_ms:.2f} (1 seq), "
-            f"x{fp32.latency.batch_ms / int8.latency.batch_ms:.2f} (batch of {int8.latency.batch}); "
-            f"quantized ops {int8.info.test_metrics.get('quantized_ops', {})}"
+            f"{int8.name} (int8) beside {fp32.name} (fp32), timed side by side on this machine just now: "
+            f"{_speed_text(single)} for one sequence, {_speed_text(batch)} for a batch of {batch_size}; "
+            f"accuracy {metrics['onnx_accuracy']:.4f} vs {metrics['fp32_onnx_accuracy']:.4f}. "
+            f"Static scales calibrated on the training split: answers do not depend on the batch. "
+            f"int8 reaches {', '.join(metrics['int8_op_types']) or 'no op'} only; the {int8.cell.upper()} "
+            f"layers stay fp32 (onnxruntime has no static int8 kernel for them)."
+            + (" fp32 is the better choice here." if max(single, batch) < 1.0 else "")
         )
     return notes
 
@@ -113,14 +129,28 @@ def export_command(
 ) -> None:
     from seqserve.cli import fail
     from seqserve.export.errors import ExportInputError
-    from seqserve.export.job import export_runs
+    from seqserve.export.job import export_runs, steps_of
 
-    try:
-        outcomes = export_runs(
-            runs, repository, name, version, quantize, opset, force, on_outcome=_print_outcome
-        )
-    except ExportInputError as exc:
-        fail(str(exc))
+    with ExitStack() as stack:
+
+        def progress_for(plans: list) -> Callable[[str], None]:
+            progress = stack.enter_context(steps("export", sum(steps_of(plan) for plan in plans)))
+            return progress.advance
+
+        try:
+            outcomes = export_runs(
+                runs,
+                repository,
+                name,
+                version,
+                quantize,
+                opset,
+                force,
+                on_outcome=_print_outcome,
+                on_plans=progress_for,
+            )
+        except ExportInputError as exc:
+            fail(str(exc))
     console.print(_summary_table(outcomes))
     for note in _int8_notes(outcomes):
         console.print(note, highlight=False)
@@ -136,22 +166,26 @@ def models_command(repository: Path) -> None:
 
     if not repository.is_dir():
         fail(f"repository {repository} is not a folder")
-    table = Table(title=str(repository))
-    for column in ("model", "version", "task", "cell", "layers x hidden", "precision", "accuracy", "parity"):
+    table = Table(title=str(repository), caption="default: the version a request that pins none gets")
+    columns = ("model", "version", "default", "task", "cell", "layers x hidden", "precision", "accuracy")
+    for column in (*columns, "parity"):
         table.add_column(column)
     broken = 0
     for name in contract.list_models(repository):
-        for number in contract.list_versions(repository, name):
+        numbers = contract.list_versions(repository, name)
+        for number in numbers:
+            default = "default" if number == numbers[-1] else ""
             try:
                 info = contract.read_model_info(contract.version_dir(repository, name, number))
             except contract.ContractError as exc:
                 broken += 1
-                table.add_row(name, str(number), f"[red]unreadable: {exc}[/red]", *["-"] * 5)
+                table.add_row(name, str(number), default, f"[red]unreadable: {exc}[/red]", *["-"] * 5)
                 continue
             shape = f"{info.layers} x {info.hidden}" + (" bi" if info.bidirectional else "")
             table.add_row(
                 name,
                 str(number),
+                default,
                 info.task,
                 info.cell,
                 shape,

@@ -85,3 +85,35 @@ def measure_latency(
         batch_ms=_best_ms(lambda: session.run(*batched), repeats),
         batch=len(batched[1]),
     )
+
+
+def compare_latency(
+    first: OnnxClassifier,
+    second: OnnxClassifier,
+    sequences: list[np.ndarray],
+    batch: int = 32,
+    singles: int = 20,
+    repeats: int = 15,
+) -> tuple[Latency, Latency]:
+    """Both sessions timed in alternating passes on the same inputs, so a busy neighbour slows both alike
+    and the ratio between them holds even when the absolute figures are inflated."""
+    single_inputs = [(s[None], np.array([len(s)], dtype=np.int32)) for s in sequences[:singles]]
+    batched = pad_batch(sequences[:batch])
+    timings: list[dict[str, list[float]]] = [{"single": [], "batch": []}, {"single": [], "batch": []}]
+
+    def run_singles(session: OnnxClassifier) -> None:
+        for args in single_inputs:
+            session.run(*args)
+
+    for session in (first, second):  # warm-up
+        run_singles(session)
+        session.run(*batched)
+    for _ in range(repeats):
+        for index, session in enumerate((first, second)):
+            single = _best_ms(lambda s=session: run_singles(s), 1) / len(single_inputs)
+            timings[index]["single"].append(single)
+            timings[index]["batch"].append(_best_ms(lambda s=session: s.run(*batched), 1))
+    first_latency, second_latency = (
+        Latency(single_ms=min(t["single"]), batch_ms=min(t["batch"]), batch=len(batched[1])) for t in timings
+    )
+    return first_latency, second_latency

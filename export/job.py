@@ -1,10 +1,10 @@
 """The export job: run folders -> checked ONNX versions in a model repository.
 
 Per run: load the checkpoint and its data set's test split, build the graph, prove parity with PyTorch,
-measure accuracy and latency with onnxruntime, optionally quantize to int8 (its own version, the next
-number), then write every version atomically. All inputs are checked before anything is written
-(`ExportInputError`: nothing written); a model that fails its checks (`ExportError`) is skipped and the
-other runs still export.
+measure accuracy and latency with onnxruntime, optionally quantize to int8 (its own model, `<name>-int8`,
+so it never becomes the default of the fp32 model), then write every version atomically. All inputs are
+checked before anything is written (`ExportInputError`: nothing written); a model that fails its checks
+(`ExportError`) is skipped and the other runs still export.
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ from seqserve import contract
 from seqserve.contract import DEFAULT_OPSET, ModelInfo
 from seqserve.export import repository as repo
 from seqserve.export.errors import ExportError, ExportInputError
-from seqserve.export.evaluation import Latency, measure_latency, predict
+from seqserve.export.evaluation import Latency, compare_latency, measure_latency, predict
 from seqserve.export.graph import build_model, set_metadata
 from seqserve.export.inference import OnnxClassifier
-from seqserve.export.parity import check_parity, select_sequences
-from seqserve.export.quantize import INT8_MAX_ACCURACY_DROP, check_quantize, quantize_int8, quantized_ops
+from seqserve.export.parity import check_batch_invariance, check_parity, select_sequences
+from seqserve.export.quantize import (
+    INT8_MAX_ACCURACY_DROP,
+    check_quantize,
+    int8_name,
+    int8_op_types,
+    quantize_int8,
+    quantized_ops,
+)
 from seqserve.training.datasets import DatasetSplits, load_dataset, with_task
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.model import SequenceClassifier, load_checkpoint
@@ -51,7 +58,7 @@ class ExportPlan:
     model: SequenceClassifier
     splits: DatasetSplits
     info: ModelInfo  # the fp32 version
-    int8_version: int | None
+    int8_info: ModelInfo | None  # the int8 model (`<name>-int8`), when asked
     run_metrics: dict[str, Any]
     force: bool
 
@@ -179,11 +186,16 @@ def plan_export(
     model, payload = _load_run(run_dir)
     splits = _load_splits(run_dir / CHECKPOINT_FILE, model, payload["data"])
     run_metrics = _load_run_metrics(run_dir)
-    version = version if version is not None else repo.next_version(repository, name)
-    int8_version = version + 1 if quantize == "int8" else None
-    for number in (version, int8_version):
-        if number is not None:
-            repo.check_version_free(repository, name, number, force)
+    if quantize == "int8":
+        try:
+            contract.check_model_name(int8_name(name))
+        except contract.ContractError as exc:
+            raise ExportInputError(f"int8 model name: {exc}") from exc
+    targets = [name] + ([int8_name(name)] if quantize == "int8" else [])
+    versions = {n: version if version is not None else repo.next_version(repository, n) for n in targets}
+    for target, number in versions.items():
+        repo.check_version_free(repository, target, number, force)
+    version = versions[name]
     config = model.config
     try:
         info = ModelInfo(
@@ -201,7 +213,10 @@ def plan_export(
         )
     except contract.ContractError as exc:
         raise ExportInputError(f"{run_dir / CHECKPOINT_FILE}: {exc}") from exc
-    return ExportPlan(run_dir, repository, model, splits, info, int8_version, run_metrics, force)
+    int8_info = None
+    if quantize == "int8":
+        int8_info = replace(info, name=int8_name(name), version=versions[int8_name(name)], precision="int8")
+    return ExportPlan(run_dir, repository, model, splits, info, int8_info, run_metrics, force)
 
 
 def _measure(
@@ -214,31 +229,40 @@ def _measure(
 
 def _int8_version(
     plan: ExportPlan,
+    planned: ModelInfo,
     fp32_model: onnx.ModelProto,
     fp32_session: OnnxClassifier,
     fp32_accuracy: float,
-    fp32_latency: Latency,
+    on_step: StepCallback,
 ) -> tuple[onnx.ModelProto, ModelInfo, float, Latency]:
-    model = quantize_int8(fp32_model)
-    info = replace(plan.info, version=plan.int8_version, precision="int8")
-    session, accuracy, latency = _measure(model, info, plan.splits)
+    info = replace(planned)
+    model = quantize_int8(fp32_model, info, plan.splits.train.sequences)
+    on_step(f"{info.name}: calibrated on the training split")
+    session = OnnxClassifier(model.SerializeToString(), info)
+    sequences = plan.splits.test.sequences
+    accuracy = predict(session, sequences).accuracy(plan.splits.test.targets)
     drop = fp32_accuracy - accuracy
     if drop > INT8_MAX_ACCURACY_DROP:
         raise ExportError(
             f"{info.name}: int8 test accuracy {accuracy:.4f} is {drop * 100:.2f} points below fp32 "
             f"{fp32_accuracy:.4f}; at most {INT8_MAX_ACCURACY_DROP * 100:.0f} point allowed"
         )
-    sequences = plan.splits.test.sequences
-    agreement = predict(session, sequences).agreement(predict(fp32_session, sequences))
-    # Quantization error, recorded not gated. Activation scales are computed per call over the whole input,
-    # padding included, so int8 rows depend on their batch: measured with zero padding, as a server pads.
-    with torch.no_grad():
-        error = check_parity(
-            plan.model, session, select_sequences(sequences, PARITY_SEQUENCES), pad_value=0.0
+    checked = select_sequences(sequences, PARITY_SEQUENCES)
+    # The promise static scales make: a row's answer is the same alone, in any batch, in any chunks.
+    invariance = check_batch_invariance(session, checked)
+    if not invariance.passed:
+        raise ExportError(
+            f"{info.name}: int8 answers depend on the batch or on chunking: max abs diff "
+            f"{invariance.max_abs_diff:.3e} > {invariance.tolerance:.0e} ({invariance.describe()})"
         )
+    with torch.no_grad():
+        error = check_parity(plan.model, session, checked)  # quantization error: recorded, not gated
+    # Timed in alternating passes in this same run, so the ratio holds on a busy machine.
+    fp32_latency, latency = compare_latency(fp32_session, session, sequences)
     info.parity = {
-        "reference": f"fp32 version {plan.info.version}",
-        "prediction_agreement": agreement,
+        "reference": f"{plan.info.name} version {plan.info.version} (fp32)",
+        "prediction_agreement": predict(session, sequences).agreement(predict(fp32_session, sequences)),
+        "batch_invariance": invariance.to_dict(),
         "vs_pytorch": {"whole": error.whole, "batch": error.batch, "chunked": error.chunked},
     }
     info.test_metrics = {
@@ -248,16 +272,16 @@ def _int8_version(
         "accuracy_drop": drop,
         "latency_ms": latency.to_dict(),
         "fp32_latency_ms": fp32_latency.to_dict(),
+        "speedup": {
+            "single": fp32_latency.single_ms / latency.single_ms,
+            "batch": fp32_latency.batch_ms / latency.batch_ms,
+        },
         "quantized_ops": quantized_ops(model),
+        "int8_op_types": int8_op_types(model),
+        "calibration": "static, MinMax over the training split",
     }
     set_metadata(model, info)
-    log.info(
-        "%s int8: accuracy %.4f (fp32 %.4f), quantized %s",
-        info.name,
-        accuracy,
-        fp32_accuracy,
-        quantized_ops(model),
-    )
+    on_step(f"{info.name}: batch invariance, accuracy and speed checked")
     return model, info, accuracy, latency
 
 
@@ -265,8 +289,21 @@ def _accuracy_unit(info: ModelInfo) -> str:
     return "step" if info.task == "many_to_many" else "sequence"
 
 
-def execute(plan: ExportPlan) -> list[ExportResult]:
-    """Build, check, measure and write the plan's versions; raises ExportError if any check fails."""
+StepCallback = Callable[[str], None]
+
+
+def steps_of(plan: ExportPlan) -> int:
+    """How many times `execute` calls its `on_step`: the progress bar's length."""
+    return 3 + (2 if plan.int8_info is not None else 0)
+
+
+def _no_step(label: str) -> None:
+    return None
+
+
+def execute(plan: ExportPlan, on_step: StepCallback = _no_step) -> list[ExportResult]:
+    """Build, check, measure and write the plan's versions; raises ExportError if any check fails.
+    `on_step(label)` is called after each of the `steps_of(plan)` steps."""
     info = replace(plan.info)
     try:
         fp32_model = build_model(plan.model, info, info.opset)
@@ -274,6 +311,7 @@ def execute(plan: ExportPlan) -> list[ExportResult]:
         raise ExportError(f"{info.name}: the ONNX graph fails its check: {exc}") from exc
     with torch.no_grad():
         session, accuracy, latency = _measure(fp32_model, info, plan.splits)
+        on_step(f"{info.name}: graph built, accuracy and latency measured")
         parity = check_parity(
             plan.model, session, select_sequences(plan.splits.test.sequences, PARITY_SEQUENCES)
         )
@@ -291,15 +329,21 @@ def execute(plan: ExportPlan) -> list[ExportResult]:
         "latency_ms": latency.to_dict(),
     }
     set_metadata(fp32_model, info)
+    on_step(f"{info.name}: parity with PyTorch {parity.max_abs_diff:.1e}")
     versions = [repo.VersionFiles(fp32_model, info)]
     measured = [(accuracy, latency)]
-    if plan.int8_version is not None:
+    if plan.int8_info is not None:
         int8_model, int8_info, int8_accuracy, int8_latency = _int8_version(
-            plan, fp32_model, session, accuracy, latency
+            plan, plan.int8_info, fp32_model, session, accuracy, on_step
         )
+        # fp32 keeps the figures timed side by side with int8, so both model.json files tell one story.
+        latency = Latency(**int8_info.test_metrics["fp32_latency_ms"])
+        info.test_metrics["latency_ms"] = latency.to_dict()
+        set_metadata(fp32_model, info)
+        measured = [(accuracy, latency), (int8_accuracy, int8_latency)]
         versions.append(repo.VersionFiles(int8_model, int8_info))
-        measured.append((int8_accuracy, int8_latency))
     written = repo.write_versions(plan.repository, versions, force=plan.force)
+    on_step(f"{info.name}: written")
     return [
         ExportResult(plan.run_dir, path, written_info, acc, lat)
         for (path, written_info), (acc, lat) in zip(written, measured, strict=True)
@@ -328,6 +372,7 @@ def export_runs(
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     on_outcome: Callable[[RunOutcome], None] | None = None,
+    on_plans: Callable[[list[ExportPlan]], StepCallback] | None = None,
 ) -> list[RunOutcome]:
     """Export many runs: every input is checked first (ExportInputError: nothing written), then each run is
     exported on its own; a failed model is reported in its outcome and the others go on."""
@@ -338,17 +383,18 @@ def export_runs(
             f"--name {name} given with {len(runs)} run folders; it names one run, leave it out"
         )
     plans = [plan_export(run, repository, name, version, quantize, opset, force) for run in runs]
-    names = [plan.info.name for plan in plans]
+    names = [p.info.name for p in plans] + [p.int8_info.name for p in plans if p.int8_info is not None]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ExportInputError(
             f"several run folders would export as model {', '.join(duplicated)}; rename them"
         )
+    on_step = on_plans(plans) if on_plans is not None else _no_step
     outcomes = []
     for plan in plans:
         outcome = RunOutcome(plan.run_dir, plan.info.name)
         try:
-            outcome.results = execute(plan)
+            outcome.results = execute(plan, on_step)
         except Exception as exc:  # one model's failure, whatever its kind, must not stop the others
             log.debug("export of %s failed", plan.run_dir, exc_info=True)
             # ExportError messages start with the model's name; anything else gets it here.

@@ -143,3 +143,27 @@ def select_sequences(sequences: list[np.ndarray], limit: int) -> list[np.ndarray
         return list(sequences)
     picks = np.linspace(0, len(sequences) - 1, num=limit).round().astype(int)
     return [sequences[i] for i in picks]
+
+
+def check_batch_invariance(
+    session: OnnxClassifier,
+    sequences: list[np.ndarray],
+    seed: int = 0,
+    batch_size: int = 16,
+) -> ParityReport:
+    """A model against itself: each sequence alone and whole is the reference; as a row of mixed-length
+    batches (padded with PAD_PROBE) and in chunks it must give the same outputs. This is what makes an
+    int8 answer independent of what else is in its batch."""
+    if not sequences:
+        raise ExportError(f"{session.info.name}: batch invariance needs test sequences, got none")
+    rng = np.random.default_rng(seed)
+    reference = [_onnx_whole(session, s) for s in sequences]
+    batched = _onnx_batched(session, sequences, batch_size, PAD_PROBE)
+    batch = max(_max_diff(got, ref) for got, ref in zip(batched, reference, strict=True))
+    chunked = None
+    if session.info.streamable:
+        chunked = max(
+            _max_diff(_onnx_chunked(session, s, rng), ref)
+            for s, ref in zip(sequences, reference, strict=True)
+        )
+    return ParityReport(sequences=len(sequences), whole=0.0, batch=batch, chunked=chunked)

@@ -104,23 +104,25 @@ def _move_into_place(staging: Path, target: Path, force: bool) -> Path | None:
 def write_versions(
     repository: Path, versions: list[VersionFiles], force: bool = False
 ) -> list[tuple[Path, ModelInfo]]:
-    """Write every version of one model (all staged, then renamed); on failure the repository is as before."""
+    """Write versions of one or more models (an fp32 model and its `-int8` twin): all staged, then renamed;
+    on failure the repository is as before."""
     repository = check_repository(repository)
-    model_dir = repository / contract.check_model_name(versions[0].info.name)
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dirs = [repository / contract.check_model_name(files.info.name) for files in versions]
+    created = [d for d in dict.fromkeys(model_dirs) if not d.exists()]
     stagings: list[Path] = []
     staged: list[tuple[Path, ModelInfo]] = []
     written: list[tuple[Path, Path | None]] = []
     try:
-        for files in versions:
+        for model_dir, files in zip(model_dirs, versions, strict=True):
+            model_dir.mkdir(parents=True, exist_ok=True)
             stagings.append(model_dir / f".tmp-{files.info.version}-{uuid.uuid4().hex}")
             stagings[-1].mkdir()
             staged.append((stagings[-1], _stage(stagings[-1], files)))
-        for staging, info in staged:
+        for model_dir, (staging, info) in zip(model_dirs, staged, strict=True):
             target = model_dir / str(info.version)
             written.append((target, _move_into_place(staging, target, force)))
-        _fsync_dir(model_dir)
+        for model_dir in dict.fromkeys(model_dirs):
+            _fsync_dir(model_dir)
     except BaseException:
         for target, retired in reversed(written):
             shutil.rmtree(target, ignore_errors=True)
@@ -128,7 +130,7 @@ def write_versions(
                 retired.rename(target)
         for staging in stagings:
             shutil.rmtree(staging, ignore_errors=True)
-        if created:
+        for model_dir in created:
             shutil.rmtree(model_dir, ignore_errors=True)
         raise
     for (target, retired), (_, info) in zip(written, staged, strict=True):

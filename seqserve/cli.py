@@ -7,6 +7,7 @@ must never import the training stage.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,14 +29,34 @@ experiment_app = typer.Typer(help="Experiments that reproduce known results.", n
 app.add_typer(experiment_app, name="experiment")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"seqserve {version('seqserve')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _configure(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, third-party libraries' INFO lines too.")
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
 ) -> None:
+    """Quiet by default: warnings from everything, INFO only from the server, whose log is its output."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("seqserve").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("seqserve.service").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # gRPC's C core logs to stderr by itself (an `E... add_port.cc` line before our own "port in use"
+    # error); our errors already say what went wrong. Read when grpc is first imported, which is later.
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if verbose else "NONE")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -106,7 +127,13 @@ def export(
     version: Annotated[
         int | None, typer.Option(help="Version (default: one above the highest present).", min=1)
     ] = None,
-    quantize: Annotated[str | None, typer.Option(help="Also write an int8 version: 'int8'.")] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="'int8': also write a statically quantized model named <name>-int8 (never the fp32 "
+            "model's default), with its speed measured beside fp32."
+        ),
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
     force: Annotated[bool, typer.Option(help="Overwrite a version that exists.")] = False,
 ) -> None:

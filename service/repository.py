@@ -80,8 +80,9 @@ class ModelRepository:
                     max_in_flight=config.calls_in_flight,
                 )
                 models[name][version] = ServedModel(runtime, batcher, bound, default=version == versions[-1])
-                log.info("loaded %s (%s, %s, %s) on %s", models[name][version].key, info.cell, info.task,
-                         info.precision, runtime.provider)  # fmt: skip
+                log.info("loaded %s (%s, %s, %s) on %s%s", models[name][version].key, info.cell, info.task,
+                         info.precision, runtime.provider,
+                         ", the default" if version == versions[-1] else "")  # fmt: skip
         return cls(models)
 
     def resolve(self, name: str, version: int = 0) -> ServedModel:

@@ -6,6 +6,7 @@ event loop keeps serving while a batch runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -28,13 +29,19 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
+@functools.cache
+def _warn_no_cuda() -> None:
+    """Once per process, not once per model version: it is one condition."""
+    log.warning("--device cuda asked for, but onnxruntime has no %s here: serving on %s", CUDA, CPU)
+
+
 def providers_for(device: str) -> list[str]:
     """The providers to ask for; CUDA asked for but absent falls back to CPU with a warning."""
     if device != "cuda":
         return [CPU]
     if CUDA in ort.get_available_providers():
         return [CUDA, CPU]
-    log.warning("--device cuda asked for, but onnxruntime has no %s here: serving on %s", CUDA, CPU)
+    _warn_no_cuda()
     return [CPU]
 
 

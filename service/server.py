@@ -134,9 +134,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
         executor,
         metrics_http,
     )
-    log.info(
-        "serving %d model versions on %s (metrics %s)", len(repository.all()), grpc_address, metrics_address
-    )
+    served, metrics_text = len(repository.all()), metrics_address or "off"
+    log.info("serving %d model versions on %s (metrics %s)", served, grpc_address, metrics_text)
     return running
 
 

@@ -151,7 +151,12 @@ def read_npz(path: Path | str) -> LabelledFile:
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
+        # numpy's own message here suggests allow_pickle=True, which would run code from the file: never.
+        raise DataError(
+            f"{path}: not a .npz archive (numpy.savez writes one); expected arrays x, lengths, y"
+        ) from exc
+    except OSError as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: holds one array, not a .npz archive; expected arrays x, lengths, y")
@@ -172,6 +177,9 @@ def read_npz(path: Path | str) -> LabelledFile:
         raise DataError(f"{path}: array 'lengths'[{bad[0]}] = {lengths[bad[0]]}; expected 1..{steps}")
     if y.shape not in ((n,), (n, steps)):
         raise DataError(f"{path}: array 'y' has shape {y.shape}; expected [{n}] or [{n}, {steps}]")
+    class_names = [str(v) for v in names.tolist()] if names is not None else None
+    if class_names is not None and np.issubdtype(y.dtype, np.integer):
+        y = _label_names(path, y, lengths, class_names)
     sequences, labels = [], []
     for i, length in enumerate(lengths.tolist()):
         sequence = x[i, :length].astype(np.float32)
@@ -180,7 +188,19 @@ def read_npz(path: Path | str) -> LabelledFile:
             raise DataError(f"{path}: array 'x'[{i}, {step}] holds NaN/Inf; expected finite numbers")
         sequences.append(sequence)
         labels.append(str(y[i]) if y.ndim == 1 else y[i, :length].astype(str))
-    return LabelledFile(sequences, labels, [str(v) for v in names.tolist()] if names is not None else None)
+    return LabelledFile(sequences, labels, class_names)
+
+
+def _label_names(path: Path, y: np.ndarray, lengths: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """Integer `y` with a `labels` array: each value indexes the class names."""
+    valid = y if y.ndim == 1 else np.concatenate([y[i, :n] for i, n in enumerate(lengths.tolist())])
+    bad = np.flatnonzero((valid < 0) | (valid >= len(class_names)))
+    if bad.size:
+        raise DataError(
+            f"{path}: array 'y' holds {valid[bad[0]]}; with 'labels' of {len(class_names)} class names, "
+            f"expected integers 0..{len(class_names) - 1}"
+        )
+    return np.asarray(class_names, dtype=object)[np.clip(y, 0, len(class_names) - 1)]
 
 
 # --- .csv --------------------------------------------------------------------------------------------

@@ -18,17 +18,31 @@ def test_export_prints_a_line_per_model_and_a_summary(trained_runs, tmp_path: Pa
     runs = [str(trained_runs["jv-gru"]), str(trained_runs["jv-bigru"])]
     result = runner.invoke(app, ["export", *runs, "--repository", str(repository), "--quantize", "int8"])
     assert result.exit_code == 0, result.output
-    assert "ok jv-gru: v1 fp32 accuracy" in result.stdout and "v2 int8" in result.stdout
-    assert "ok jv-bigru: v1 fp32" in result.stdout
-    assert "jv-gru int8 vs fp32: accuracy" in result.stdout and "speed-up x" in result.stdout
-    assert sorted(p.name for p in (repository / "jv-bigru").iterdir()) == ["1", "2"]
+    assert "ok jv-gru v1 fp32 accuracy" in result.stdout and "jv-gru-int8 v1 int8" in result.stdout
+    assert "ok jv-bigru v1 fp32" in result.stdout
+    # The speed-up is measured side by side in this run and said in words, whichever way it went.
+    note = next(line for line in result.stdout.splitlines() if line.startswith("jv-gru-int8 (int8) beside"))
+    assert "for one sequence" in note and any(w in note for w in ("faster", "SLOWER", "no faster"))
+    assert "answers do not depend on the batch" in note and "GRU layers stay fp32" in note
+    # int8 is its own model: the fp32 model keeps its one version, so it stays the default.
+    assert sorted(p.name for p in repository.iterdir()) == [
+        "jv-bigru",
+        "jv-bigru-int8",
+        "jv-gru",
+        "jv-gru-int8",
+    ]
+    assert sorted(p.name for p in (repository / "jv-gru").iterdir()) == ["1"]
 
+    export_again = runner.invoke(app, ["export", runs[0], "--repository", str(repository)])
+    assert export_again.exit_code == 0, export_again.output
     listing = runner.invoke(app, ["models", "--repository", str(repository)])
     assert listing.exit_code == 0, listing.output
     rows = [line for line in listing.stdout.splitlines() if "jv-" in line]
-    assert len(rows) == 4
-    assert any("jv-bigru" in row and "1 x 32 bi" in row and "fp32" in row and "ok " in row for row in rows)
-    assert any("jv-gru" in row and "int8" in row and "agrees" in row for row in rows)
+    assert len(rows) == 5
+    assert any("jv-bigru " in row and "1 x 32 bi" in row and "fp32" in row and "ok " in row for row in rows)
+    assert any("jv-gru-int8" in row and "int8" in row and "agrees" in row for row in rows)
+    cells = [[cell.strip() for cell in row.strip(" │").split("│")] for row in rows]
+    assert [(c[1], c[2]) for c in cells if c[0] == "jv-gru"] == [("1", ""), ("2", "default")]
 
 
 def test_a_failed_model_exits_non_zero_after_exporting_the_others(

@@ -125,9 +125,9 @@ def test_bad_options_are_refused_and_nothing_is_written(
 
 
 def test_int8_version_must_be_free_too(trained_runs, tmp_path: Path) -> None:
-    export_run(trained_runs["jv-gru"], tmp_path, version=2)
+    export_run(trained_runs["jv-gru"], tmp_path, name="jv-gru-int8", version=1)
     before = tree(tmp_path)
-    with pytest.raises(ExportInputError, match="version 2 of model jv-gru already exists"):
+    with pytest.raises(ExportInputError, match="version 1 of model jv-gru-int8 already exists"):
         export_run(trained_runs["jv-gru"], tmp_path, version=1, quantize="int8")
     assert tree(tmp_path) == before
 

@@ -10,19 +10,24 @@ import onnxruntime as ort
 import pytest
 
 from seqserve.contract import MODEL_FILE, read_model_info, version_dir
+from seqserve.service import runtime as runtime_module
 from seqserve.service.runtime import CPU, CUDA, ModelRuntime, providers_for
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="CUDA is present: no fallback to see")
-def test_cuda_asked_for_and_absent_falls_back_to_cpu_with_a_warning(
+def test_cuda_asked_for_and_absent_falls_back_to_cpu_with_one_warning(
     model_repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    runtime_module._warn_no_cuda.cache_clear()  # another test may have seen the condition already
     with caplog.at_level(logging.WARNING, logger="seqserve.service.runtime"):
         assert providers_for("cuda") == [CPU]
-        path = version_dir(model_repository, "jv-gru", 1)
-        runtime = ModelRuntime(read_model_info(path), path / MODEL_FILE, "cuda", threads=1)
-    assert runtime.provider == CPU
-    assert "--device cuda asked for" in caplog.text
+        runtimes = [
+            ModelRuntime(read_model_info(path), path / MODEL_FILE, "cuda", threads=1)
+            for path in (version_dir(model_repository, name, 1) for name in ("jv-gru", "jv-lstm"))
+        ]
+    assert [runtime.provider for runtime in runtimes] == [CPU, CPU]
+    # One condition, one warning, however many versions are loaded.
+    assert caplog.text.count("--device cuda asked for") == 1
 
 
 def test_zero_state_is_shared_and_read_only(model_repository: Path) -> None:

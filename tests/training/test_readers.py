@@ -156,5 +156,22 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
 
 def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
     write(tmp_path, "junk.npz", "not a zip")
-    with pytest.raises(DataError, match="junk.npz: not a readable .npz archive"):
+    with pytest.raises(DataError) as caught:
         read_npz(tmp_path / "junk.npz")
+    # numpy's own message suggests allow_pickle=True, which would run code from the file: never passed on.
+    assert "junk.npz: not a .npz archive" in str(caught.value) and "pickle" not in str(caught.value)
+
+
+def test_npz_integer_y_indexes_the_labels_array(tmp_path: Path) -> None:
+    x = np.zeros((2, 3, 1))
+    names = np.array(["walk", "run"])
+    np.savez(tmp_path / "one.npz", x=x, lengths=np.array([3, 2]), y=np.array([1, 0]), labels=names)
+    assert read_npz(tmp_path / "one.npz").labels == ["run", "walk"]
+    y = np.array([[0, 1, 1], [1, 1, 7]])  # 7 lies past row 1's length: ignored
+    np.savez(tmp_path / "many.npz", x=x, lengths=np.array([3, 2]), y=y, labels=names)
+    assert read_npz(tmp_path / "many.npz").labels[0].tolist() == ["walk", "run", "run"]
+    np.savez(tmp_path / "bad.npz", x=x, lengths=np.array([3, 2]), y=np.array([2, 0]), labels=names)
+    with pytest.raises(
+        DataError, match=r"'y' holds 2; with 'labels' of 2 class names, expected integers 0\.\.1"
+    ):
+        read_npz(tmp_path / "bad.npz")
