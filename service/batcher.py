@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class RowResult:
-    """One row's answer: labels and softmax scores per output step, and the state after its last step."""
+    """One row's answer: labels, logits and softmax scores per output step, and the state after its last
+    step."""
 
     labels: np.ndarray  # int64 [steps] (many-to-many) or [1] (many-to-one)
     scores: np.ndarray  # float32 [len(labels), classes]
     states: tuple[np.ndarray, ...]  # each [layers * directions, hidden]
+    logits: np.ndarray  # float32 [len(labels), classes], what the graph returned
 
 
 @dataclass(slots=True, eq=False)
@@ -183,7 +185,10 @@ class Batcher:
         states = tuple(np.stack(column, axis=1) for column in zip(*(row.states for row in rows), strict=True))
         start = time.perf_counter()
         logits, new_states = self.runtime.run(x, states, lengths)
-        self.metrics.inference.observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.metrics.inference.observe(elapsed)
+        # Each row waited for the whole call: per-row compute, as Triton's ModelStatistics reports it.
+        self.metrics.row_compute.inc(elapsed * len(rows))
         self.metrics.batch_size.observe(len(rows))
         labels = logits.argmax(axis=-1)
         scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
@@ -191,5 +196,6 @@ class Batcher:
         out = []
         for index, n in enumerate(lengths.tolist()):
             pick = (index, slice(0, n)) if self._many_to_many else slice(index, index + 1)
-            out.append(RowResult(labels[pick], scores[pick], tuple(state[:, index] for state in new_states)))
+            states_after = tuple(state[:, index] for state in new_states)
+            out.append(RowResult(labels[pick], scores[pick], states_after, logits[pick]))
         return out

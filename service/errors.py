@@ -45,6 +45,10 @@ class InferenceFailed(ServiceError):
     """An onnxruntime call failed: the rows in that call end, every other row goes on."""
 
 
+class Unsupported(ServiceError):
+    """An RPC a protocol defines that seqserve does not serve (Triton's shared memory, load/unload...)."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
@@ -54,6 +58,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     Draining: grpc.StatusCode.UNAVAILABLE,
     InferenceFailed: grpc.StatusCode.INTERNAL,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

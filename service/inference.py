@@ -14,6 +14,7 @@ from seqserve.service.batcher import RowResult
 from seqserve.service.config import ServerConfig
 from seqserve.service.errors import Draining, LimitExceeded
 from seqserve.service.repository import ModelRepository, ServedModel
+from seqserve.service.sequences import SequenceTable
 from seqserve.service.state import StateStore, StreamState
 
 
@@ -22,6 +23,10 @@ class InferenceEngine:
         self.repository = repository
         self.store = store
         self.config = config
+        # Triton-style sequences: streams of the same store, named by the client's id, one request each.
+        self.sequences = SequenceTable(
+            store, lambda model: store.open(model, self.idle_timeout_s(0)), self.chunk
+        )
 
     def idle_timeout_s(self, requested_ms: int) -> float:
         """0 asks for the server default; more than the server's maximum is clamped to it."""

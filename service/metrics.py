@@ -24,6 +24,24 @@ _MODEL = ("model", "version")
 
 
 @dataclass(frozen=True)
+class ModelTotals:
+    """Cumulative figures of one version, read back from its families (Triton's ModelStatistics)."""
+
+    rows: int  # rows inferred: one per chunk, sequence request or Classify sequence
+    calls: int  # onnxruntime calls
+    queue_s: float  # summed over rows
+    compute_s: float  # summed over rows (a call of B rows counts B times)
+
+
+def _sample(child: Counter | Histogram, suffix: str) -> float:
+    for family in child.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix):
+                return sample.value
+    return 0.0
+
+
+@dataclass(frozen=True)
 class ModelMetrics:
     """The children of every per-version family, bound once at load."""
 
@@ -36,7 +54,16 @@ class ModelMetrics:
     chunk_latency: Histogram
     queue: Histogram
     inference: Histogram
+    row_compute: Counter
     batch_size: Histogram
+
+    def totals(self) -> ModelTotals:
+        return ModelTotals(
+            rows=int(_sample(self.queue, "_count")),
+            calls=int(_sample(self.inference, "_count")),
+            queue_s=_sample(self.queue, "_sum"),
+            compute_s=_sample(self.row_compute, "_total"),
+        )
 
 
 class ServiceMetrics:
@@ -72,6 +99,13 @@ class ServiceMetrics:
             "seqserve_inference_seconds", "One onnxruntime call (one batch).", _MODEL,
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.row_compute = Counter(
+            "seqserve_row_compute_seconds",
+            "onnxruntime time summed over the rows of each call (B rows for t s add B*t): the per-request "
+            "compute that Triton's ModelStatistics reports.",
+            _MODEL,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "seqserve_batch_size", "Rows per onnxruntime call.", _MODEL, buckets=BATCH_BUCKETS, registry=r
         )
@@ -103,6 +137,7 @@ class ServiceMetrics:
             chunk_latency=self.chunk_latency.labels(*labels),
             queue=self.queue.labels(*labels),
             inference=self.inference.labels(*labels),
+            row_compute=self.row_compute.labels(*labels),
             batch_size=self.batch_size.labels(*labels),
         )
 

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
 from seqserve.service.config import ServerConfig
+from seqserve.service.frontends import kserve_v2
 from seqserve.service.frontends.recording import RecordingInterceptor
 from seqserve.service.frontends.registration import add_service, receive_ceiling
 from seqserve.service.frontends.seqserve_v1 import InferenceServicer
@@ -109,11 +110,13 @@ async def start_server(config: ServerConfig) -> RunningServer:
         ],
     )
     add_service(server, InferenceServicer(engine), SERVICE, limit)
+    # The KServe V2 / Triton protocol on the same port, over the same engine.
+    add_service(server, kserve_v2.KServeV2Servicer(engine, metrics), kserve_v2.SERVICE, limit)
     health_servicer = health.aio.HealthServicer()
     add_service(server, health_servicer, HEALTH, limit)
-    for name in ("", SERVICE_NAME, *repository.names()):
+    for name in ("", SERVICE_NAME, kserve_v2.SERVICE.full_name, *repository.names()):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    services = (SERVICE_NAME, HEALTH.full_name, reflection.SERVICE_NAME)
+    services = (SERVICE_NAME, kserve_v2.SERVICE.full_name, HEALTH.full_name, reflection.SERVICE_NAME)
     add_service(server, reflection.aio.ReflectionServicer(services), REFLECTION, limit)
     address = host_port(config.host, config.port)
     try:

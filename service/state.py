@@ -4,6 +4,8 @@ Each stream starts from its model's shared zero rows and owns the rows the batch
 chunk. A stream is freed exactly once (`close`), whatever ended it: the client's end, a cancel or
 disconnect, a bad message, the idle timeout or shutdown. The server ends a stream itself (`interrupt`)
 only while the stream's handler is waiting for the client, so a chunk in flight always completes first.
+A stream that no handler reads for (a sequence, `sequences.py`) is idle between its requests; its owner
+gives it an `evict` callback, which the store calls instead of cancelling a handler.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +49,8 @@ class StreamState:
     interrupted: str | None = None
     closed: bool = False
     timer: asyncio.TimerHandle | None = None
+    # Set by an owner that no task reads for: ends the idle stream (stream, reason) when interrupted.
+    evict: Callable[[StreamState, str], None] | None = None
 
 
 class StateStore:
@@ -112,7 +117,11 @@ class StateStore:
     def interrupt(self, stream: StreamState, reason: str) -> None:
         """End a stream from the server side: at once if it waits for the client, else at its next read."""
         stream.interrupted = reason
-        if stream.reading and stream.task is not None:
+        if not stream.reading:
+            return
+        if stream.evict is not None:
+            stream.evict(stream, reason)
+        elif stream.task is not None:
             stream.task.cancel()
 
     def _check_idle(self, stream: StreamState) -> None:

@@ -1,0 +1,210 @@
+"""The KServe V2 / Triton endpoint with the real clients: tritonclient.grpc (sync streaming and unary) and
+tritonclient.grpc.aio drive interleaved sequences, and every answer equals the seqserve.v1 Stream result and
+the offline onnxruntime result."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+
+from seqserve.service.client import stream_sequence
+from seqserve.service.launch import ServerThread
+from seqserve.v1 import seqserve_pb2_grpc
+
+from .reference import MODEL_DATA, Offline
+from .triton_requests import OUTPUT_NAMES, Joined, Part, interleaved, join, softmax
+
+TOLERANCE = 1e-5
+SEQUENCES = 16
+
+
+def _workload(sequences: dict, model: str) -> tuple[list[np.ndarray], list[int]]:
+    """16 sequences of the model's test set (repeated where the set has fewer), chunks of 1 to 7 steps."""
+    pool = sequences[MODEL_DATA[model]]
+    xs = [pool[i % len(pool)] for i in range(SEQUENCES)]
+    return xs, [1 + i % 7 for i in range(SEQUENCES)]
+
+
+def _inputs(x: np.ndarray) -> list[grpcclient.InferInput]:
+    tensor = grpcclient.InferInput("x", [1, *x.shape], "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
+    return [tensor]
+
+
+def _outputs(result) -> dict[str, np.ndarray]:
+    return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+
+
+def _by_sequence(parts: list[Part], answers: dict[str, dict], count: int) -> list[list[dict]]:
+    grouped: list[list[dict]] = [[] for _ in range(count)]
+    for part in sorted(parts, key=lambda p: (p.index, p.number)):
+        grouped[part.index].append(answers[part.request_id])
+    return grouped
+
+
+def _check(
+    model: str, xs: list[np.ndarray], chunks: list[int], joined: list[Joined], offline: Offline, v1: list
+) -> None:
+    for x, chunk, got, stream in zip(xs, chunks, joined, v1, strict=True):
+        expected = offline.scores(model, x)
+        where = f"{model}, {len(x)} steps in chunks of {chunk}"
+        if expected.shape[0] == 1:  # many-to-one: one answer per request, the last one is the sequence's
+            prefixes = [min(n, len(x)) for n in range(chunk, len(x) + chunk, chunk)]
+            assert got.labels.tolist() == [int(offline.scores(model, x[:n]).argmax()) for n in prefixes], (
+                where
+            )
+            assert got.labels.tolist() == stream.running, where
+            final = got.scores[-1:]
+        else:
+            final = got.scores
+            assert got.labels.tolist() == stream.labels.tolist(), where
+        np.testing.assert_allclose(final, expected, atol=TOLERANCE, err_msg=where)
+        np.testing.assert_allclose(final, stream.scores, atol=TOLERANCE, err_msg=where)
+        assert final.argmax(axis=-1).tolist() == expected.argmax(axis=-1).tolist(), where
+        np.testing.assert_allclose(softmax(got.logits), got.scores, atol=TOLERANCE, err_msg=where)
+
+
+def _v1_streams(server: ServerThread, model: str, xs: list[np.ndarray], chunks: list[int]) -> list:
+    async def run() -> list:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = seqserve_pb2_grpc.InferenceServiceStub(channel)
+            return await asyncio.gather(
+                *(
+                    stream_sequence(stub, model, x, c, include_scores=True)
+                    for x, c in zip(xs, chunks, strict=True)
+                )
+            )
+
+    return server.call(run())
+
+
+def _sync_stream(target: str, model: str, xs: list, parts: list[Part], ids: list) -> dict[str, dict]:
+    """tritonclient.grpc: every part on one stream, as fast as it can send; answers keyed by request id."""
+    received: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url=target)
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    try:
+        for part in parts:
+            client.async_stream_infer(
+                model,
+                _inputs(xs[part.index][part.start : part.stop]),
+                request_id=part.request_id,
+                sequence_id=ids[part.index],
+                sequence_start=part.first,
+                sequence_end=part.last,
+            )
+        answers, order = {}, []
+        for _ in parts:
+            result, error = received.get(timeout=60)
+            assert error is None, error
+            request_id = result.get_response().id
+            answers[request_id] = _outputs(result)
+            order.append(request_id)
+    finally:
+        client.stop_stream()
+        client.close()
+    for index in range(len(xs)):  # each sequence's answers came back in the order it sent them
+        numbers = [int(r.split(":")[1]) for r in order if r.split(":")[0] == str(index)]
+        assert numbers == sorted(numbers)
+    return answers
+
+
+@pytest.mark.parametrize("model", ["jv-gru", "jv-lstm", "bms-gru", "bms-lstm"])
+def test_sync_stream_of_16_interleaved_sequences_equals_v1_and_offline(
+    server: ServerThread, offline: Offline, sequences: dict, model: str
+) -> None:
+    xs, chunks = _workload(sequences, model)
+    parts = interleaved([len(x) for x in xs], chunks)
+    answers = _sync_stream(server.target, model, xs, parts, ids=[1000 + i for i in range(SEQUENCES)])
+    many_to_many = model.startswith("bms")
+    joined = [join(group, many_to_many) for group in _by_sequence(parts, answers, len(xs))]
+    _check(model, xs, chunks, joined, offline, _v1_streams(server, model, xs, chunks))
+    assert server.running.store.open_count == 0  # every sequence_end freed its state
+
+
+async def _aio_stream(target: str, model: str, xs: list, parts: list[Part], ids: list) -> dict[str, dict]:
+    async def requests():
+        for part in parts:
+            yield {
+                "model_name": model,
+                "inputs": _inputs(xs[part.index][part.start : part.stop]),
+                "request_id": part.request_id,
+                "sequence_id": ids[part.index],
+                "sequence_start": part.first,
+                "sequence_end": part.last,
+            }
+
+    answers = {}
+    async with aioclient.InferenceServerClient(url=target) as client:
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            answers[result.get_response().id] = _outputs(result)
+            if len(answers) == len(parts):
+                break
+    return answers
+
+
+@pytest.mark.parametrize("model", ["jv-lstm", "bms-gru"])
+def test_aio_stream_with_string_ids_equals_v1_and_offline_and_shares_calls(
+    make_server, offline: Offline, sequences: dict, model: str
+) -> None:
+    running = make_server(max_delay_ms=20.0)
+    xs, chunks = _workload(sequences, model)
+    parts = interleaved([len(x) for x in xs], chunks)
+    ids = [f"sensor-{i}" for i in range(SEQUENCES)]
+    answers = running.call(_aio_stream(running.target, model, xs, parts, ids))
+    many_to_many = model.startswith("bms")
+    joined = [join(group, many_to_many) for group in _by_sequence(parts, answers, len(xs))]
+    _check(model, xs, chunks, joined, offline, _v1_streams(running, model, xs, chunks))
+    registry = running.running.metrics.registry
+    labels = {"model": model, "version": "1"}
+    calls = registry.get_sample_value("seqserve_batch_size_count", labels)
+    rows = registry.get_sample_value("seqserve_batch_size_sum", labels)
+    assert rows >= len(parts) and calls < len(parts)  # requests of different sequences shared calls
+
+
+def test_model_infer_with_sequence_ids_over_unary_calls(
+    server: ServerThread, offline: Offline, sequences: dict
+):
+    model = "jv-gru"
+    xs, chunks = _workload(sequences, model)
+    xs, chunks = xs[:4], chunks[:4]
+    parts = interleaved([len(x) for x in xs], chunks)
+    client = grpcclient.InferenceServerClient(url=server.target)
+    answers = {}
+    for part in parts:
+        result = client.infer(
+            model,
+            _inputs(xs[part.index][part.start : part.stop]),
+            request_id=part.request_id,
+            sequence_id=77 + part.index if part.index % 2 else f"unary-{part.index}",
+            sequence_start=part.first,
+            sequence_end=part.last,
+        )
+        assert result.get_response().id == part.request_id
+        answers[part.request_id] = _outputs(result)
+    joined = [join(group, False) for group in _by_sequence(parts, answers, len(xs))]
+    _check(model, xs, chunks, joined, offline, _v1_streams(server, model, xs, chunks))
+    client.close()
+
+
+@pytest.mark.parametrize("model", ["jv-bigru", "bms-lstm"])
+def test_model_infer_without_sequence_id_is_a_whole_sequence(
+    server: ServerThread, offline: Offline, sequences: dict, model: str
+) -> None:
+    x = sequences[MODEL_DATA[model]][3]
+    client = grpcclient.InferenceServerClient(url=server.target)
+    outputs = [grpcclient.InferRequestedOutput("scores"), grpcclient.InferRequestedOutput("label")]
+    result = client.infer(model, _inputs(x), outputs=outputs)
+    client.close()
+    scores, label = result.as_numpy("scores"), result.as_numpy("label")
+    assert result.as_numpy("logits") is None  # only what was asked for
+    expected = offline.scores(model, x)
+    np.testing.assert_allclose(scores[0] if model.startswith("bms") else scores, expected, atol=TOLERANCE)
+    assert label.dtype == np.int64 and label.reshape(-1).tolist() == expected.argmax(axis=-1).tolist()
