@@ -186,6 +186,14 @@ def serve(
             min=1,
         ),
     ] = 2,
+    inline_max_us: Annotated[
+        float,
+        typer.Option(
+            help="A call runs on the event loop, without a thread hop, when no other call is in flight and "
+            "calls of its size took at most this long (microseconds); 0 always uses the executor.",
+            min=0.0,
+        ),
+    ] = 500.0,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

@@ -27,6 +27,7 @@ def serve_command(
     grace_s: float,
     inference_threads: int,
     calls_in_flight: int,
+    inline_max_us: float,
 ) -> None:
     options = dict(locals())
     import asyncio

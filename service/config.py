@@ -25,6 +25,7 @@ class ServerConfig:
     grace_s: float = 10.0
     inference_threads: int = 1
     calls_in_flight: int = 2
+    inline_max_us: float = 500.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -42,6 +43,8 @@ class ServerConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if self.inline_max_us < 0:
+            raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
         if self.max_delay_ms < 0 or self.grace_s < 0:
             raise ValueError(
                 f"max_delay_ms and grace_s must be >= 0, got {self.max_delay_ms}, {self.grace_s}"

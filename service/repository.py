@@ -78,6 +78,7 @@ class ModelRepository:
                     config.max_batch,
                     config.max_delay_ms / 1000.0,
                     max_in_flight=config.calls_in_flight,
+                    inline_budget_s=config.inline_max_us / 1e6,
                 )
                 models[name][version] = ServedModel(runtime, batcher, bound, default=version == versions[-1])
                 log.info("loaded %s (%s, %s, %s) on %s%s", models[name][version].key, info.cell, info.task,

@@ -28,11 +28,13 @@ class RecordingRuntime:
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
         self.entered = 0  # calls that reached the runtime, held or not
+        self.threads: list[str] = []  # where each call ran
         self.release = threading.Event()
         self.release.set()
 
     def run(self, x: np.ndarray, states: tuple, lengths: np.ndarray) -> tuple:
         self.entered += 1
+        self.threads.append(threading.current_thread().name)
         self.release.wait(5)
         self.calls.append(lengths.tolist())
         logits = np.concatenate([x, -x], axis=-1)
@@ -147,6 +149,60 @@ def test_max_batch_splits_a_long_queue(batcher: Batcher) -> None:
 
     run_on_loop(run())
     assert [len(call) for call in batcher.runtime.calls] == [1, 8, 3]
+
+
+LOOP_THREAD = "seqserve-loop"
+
+
+def _one_row_calls(batcher: Batcher, steps: list[int]) -> list[str]:
+    """One lone row per entry, one after the other; the thread each call ran on."""
+    for n in steps:
+        run_on_loop(batcher.infer(_row(n), ZERO, "a"))
+    return batcher.runtime.threads
+
+
+def test_no_budget_keeps_every_call_off_the_loop(batcher: Batcher) -> None:
+    assert LOOP_THREAD not in _one_row_calls(batcher, [1, 1, 1])
+
+
+def test_a_size_measured_within_budget_runs_inline_and_a_new_size_goes_to_the_executor_first(
+    batcher: Batcher,
+) -> None:
+    batcher.inline_budget_s = 60.0  # the stand-in takes microseconds
+    threads = _one_row_calls(batcher, [1, 1, 1, 64, 64])
+    assert [name == LOOP_THREAD for name in threads] == [False, True, True, False, True]
+
+
+def test_a_size_measured_above_budget_stays_on_the_executor(batcher: Batcher) -> None:
+    batcher.inline_budget_s = 1e-12
+    assert LOOP_THREAD not in _one_row_calls(batcher, [1, 1, 1])
+
+
+def test_a_call_that_leaves_an_active_stream_out_goes_to_the_executor(batcher: Batcher) -> None:
+    batcher.inline_budget_s, batcher.active_window_s = 60.0, 60.0
+    _one_row_calls(batcher, [1, 1])  # measured, and inline while "a" is the only active stream
+    _timed(batcher, ["b"], steps=1)  # "b" is active now too
+    batcher.runtime.threads.clear()
+    assert LOOP_THREAD not in _one_row_calls(batcher, [1])
+
+
+def test_no_call_runs_inline_while_another_is_in_flight(batcher: Batcher) -> None:
+    batcher.inline_budget_s, batcher.max_in_flight = 60.0, 2
+    _one_row_calls(batcher, [1])  # size 1 measured: inline from now on, when alone
+    runtime = batcher.runtime
+    runtime.release.clear()
+
+    async def run() -> None:
+        held = asyncio.ensure_future(batcher.infer(_row(8), ZERO, "a"))  # a size never measured: executor
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.infer(_row(1), ZERO, "b"))
+        await asyncio.sleep(0.05)
+        runtime.release.set()
+        await asyncio.gather(held, second)
+
+    runtime.threads.clear()
+    run_on_loop(run())
+    assert len(runtime.threads) == 2 and LOOP_THREAD not in runtime.threads
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""`python -m bench.ab`: seqserve variants (flag sets) and the naive server, side by side in one run.
+
+Every variant runs as its own server for the whole run; each scenario (chunk x streams) runs on every
+server back to back, `--rounds` times, and the median of each figure is printed, so a change is judged
+against its neighbour in time, not against a run from another hour on a shared box.
+
+    python -m bench.ab --variant executor='--inline-max-us 0' --variant inline='' --streams 1,4,64
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_model import write_bench_model
+from bench.load_pool import LoadPool
+from bench.scenarios import BenchConfig, BenchRun, ServedFigures
+from bench.server_process import running_server
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _thread(f: ServedFigures, name: str) -> float:
+    return f.server_cpu_us_per_msg_by_thread.get(name, 0.0)
+
+
+# Server CPU per message: the event loop (main thread), Python's other threads, grpc's C threads.
+_THREADS = (
+    lambda f: _thread(f, "main"),
+    lambda f: _thread(f, "python"),
+    lambda f: sum(f.server_cpu_us_per_msg_by_thread.values()) - _thread(f, "main") - _thread(f, "python"),
+)
+
+
+def _median(figures: list[ServedFigures], value) -> float:  # noqa: ANN001
+    return statistics.median(value(f) for f in figures)
+
+
+def _command(run: BenchRun, flags: str, repository: Path) -> list[str]:
+    """seqserve with these flags; `@echo` or `@naive` a baseline; `!command line` any server ({repo})."""
+    if flags.startswith("@"):
+        return run.command(flags[1:])
+    if flags.startswith("!"):
+        return shlex.split(flags[1:].replace("{repo}", str(repository)))
+    return [*run.command("seqserve"), *shlex.split(flags)]
+
+
+@app.command()
+def main(
+    variant: Annotated[
+        list[str], typer.Option(help="NAME='seqserve serve flags', NAME=@echo, NAME='!command {repo}'.")
+    ],
+    streams: Annotated[str, typer.Option(help="Comma-separated stream counts.")] = "1,4,16,64",
+    chunks: Annotated[str, typer.Option(help="Comma-separated chunk sizes.")] = "1,32",
+    naive: Annotated[bool, typer.Option(help="Also run the naive server.")] = True,
+    rounds: Annotated[int, typer.Option(min=1)] = 3,
+    duration_s: Annotated[float, typer.Option()] = 2.0,
+    processes: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    config = BenchConfig(warmup_s=0.5, duration_s=duration_s)
+    console = Console(width=200)
+    variants = dict(item.split("=", 1) for item in variant)
+    console.print(f"load average at start {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(prefix="seqserve-ab-") as work:
+        repository = Path(work) / "repository"
+        info = write_bench_model(repository, Path(work))
+        with contextlib.closing(LoadPool(processes)) as pool, contextlib.ExitStack() as stack:
+            run = BenchRun(config, pool, repository, info, "cpu", Path(work) / "logs")
+            commands = {name: _command(run, flags, repository) for name, flags in variants.items()}
+            if naive:
+                commands["naive"] = run.command("naive")
+            servers = {
+                name: stack.enter_context(running_server(command, Path(work) / f"{name}.log"))
+                for name, command in commands.items()
+            }
+            table = Table(title="A/B, median of rounds")
+            for column in ("chunk", "streams", "server", "msgs/s", "p50 ms", "p99 ms", "batch",
+                           "cpu us/msg", "loop/py/C us/msg", "load avg"):  # fmt: skip
+                table.add_column(column, justify="right")
+            for chunk in (int(c) for c in chunks.split(",")):
+                for count in (int(s) for s in streams.split(",")):
+                    results: dict[str, list[ServedFigures]] = {name: [] for name in servers}
+                    for _ in range(rounds):
+                        for name, server in servers.items():
+                            results[name].append(run.served(server, name, "stream", count, chunk))
+                    load = os.getloadavg()[0]
+                    for name, figures in results.items():
+                        split = "/".join(f"{_median(figures, lambda f, g=g: g(f)):.0f}" for g in _THREADS)
+                        batch = [f.mean_batch_size for f in figures if f.mean_batch_size]
+                        table.add_row(
+                            str(chunk), str(count), name,
+                            f"{_median(figures, lambda f: f.load.msgs_per_s):,.0f}",
+                            f"{_median(figures, lambda f: f.load.p50_ms):.2f}",
+                            f"{_median(figures, lambda f: f.load.p99_ms):.2f}",
+                            f"{statistics.median(batch):.1f}" if batch else "",
+                            f"{_median(figures, lambda f: f.server_cpu_us_per_step * chunk):.0f}",
+                            split, f"{load:.1f}",
+                        )  # fmt: skip
+            console.print(table)
+
+
+if __name__ == "__main__":
+    app()
