@@ -102,7 +102,7 @@ def main(
                             f"{_median(figures, lambda f: f.load.p50_ms):.2f}",
                             f"{_median(figures, lambda f: f.load.p99_ms):.2f}",
                             f"{statistics.median(batch):.1f}" if batch else "",
-                            f"{_median(figures, lambda f: f.server_cpu_us_per_step * chunk):.0f}",
+                            f"{_median(figures, lambda f, c=chunk: f.server_cpu_us_per_step * c):.0f}",
                             split, f"{load:.1f}",
                         )  # fmt: skip
             console.print(table)

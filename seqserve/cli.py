@@ -194,6 +194,14 @@ def serve(
             min=0.0,
         ),
     ] = 500.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes on one port (SO_REUSEPORT), each with its own event loop, batcher and "
+            "onnxruntime session; --max-streams is split across them, /metrics sums them.",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

@@ -28,6 +28,7 @@ def serve_command(
     inference_threads: int,
     calls_in_flight: int,
     inline_max_us: float,
+    workers: int,
 ) -> None:
     options = dict(locals())
     import asyncio
@@ -47,9 +48,22 @@ def serve_command(
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(config, announce))
-    except (ContractError, OSError) as exc:
+        if config.workers > 1:
+            from seqserve.service.server import listening_line
+            from seqserve.service.workers import serve_workers
+
+            def announce_workers(grpc_address: str, metrics_address: str | None) -> None:
+                typer.echo(listening_line(grpc_address, metrics_address))
+                sys.stdout.flush()
+
+            code = serve_workers(config, announce_workers)
+        else:
+            asyncio.run(serve(config, announce))
+            code = 0
+    except (ContractError, OSError, RuntimeError) as exc:
         fail(str(exc))
+    if code:
+        raise typer.Exit(code)
 
 
 def _report(report, title: str) -> None:  # noqa: ANN001

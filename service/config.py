@@ -26,6 +26,11 @@ class ServerConfig:
     inference_threads: int = 1
     calls_in_flight: int = 2
     inline_max_us: float = 500.0
+    # `--workers N`: N processes on one port (service/workers.py). The next two are what the supervisor
+    # sets for each worker, not flags.
+    workers: int = 1
+    reuse_port: bool = False
+    stream_id_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -39,6 +44,7 @@ class ServerConfig:
             "max_idle_timeout_s": self.max_idle_timeout_s,
             "inference_threads": self.inference_threads,
             "calls_in_flight": self.calls_in_flight,
+            "workers": self.workers,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -49,6 +55,8 @@ class ServerConfig:
             raise ValueError(
                 f"max_delay_ms and grace_s must be >= 0, got {self.max_delay_ms}, {self.grace_s}"
             )
+        if self.max_streams < self.workers:
+            raise ValueError(f"max_streams {self.max_streams} is below workers {self.workers}, 1 each")
         if self.idle_timeout_s > self.max_idle_timeout_s:
             raise ValueError(
                 f"idle_timeout_s {self.idle_timeout_s} is above max_idle_timeout_s {self.max_idle_timeout_s}"

@@ -10,6 +10,7 @@ buffered sequence on a loaded server); batch sizes are powers of two up to the l
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -21,6 +22,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 END_REASONS = ("completed", "cancelled", "idle_timeout", "error", "shutdown")
 EVICTION_REASONS = ("idle_timeout", "shutdown")
 _MODEL = ("model", "version")
+_INFO_KEYS = ("cell", "task", "precision", "execution_provider")
+# Set by `--workers N` (service/workers.py) for its workers: their values go to files the supervisor sums.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.streams_active = Gauge("seqserve_streams_active", "Open streams.", _MODEL, registry=r)
+        self.streams_active = Gauge(
+            "seqserve_streams_active", "Open streams.", _MODEL, registry=r, multiprocess_mode="livesum"
+        )
         self.streams_total = Counter(
             "seqserve_streams", "Streams ended, by reason: " + ", ".join(END_REASONS) + ".",
             (*_MODEL, "reason"), registry=r,
@@ -79,7 +85,10 @@ class ServiceMetrics:
             "seqserve_stream_evictions", "Streams the server ended itself (idle timeout, shutdown).",
             (*_MODEL, "reason"), registry=r,
         )  # fmt: skip
-        self.state_bytes = Gauge("seqserve_state_bytes", "Bytes of recurrent state held.", _MODEL, registry=r)
+        self.state_bytes = Gauge(
+            "seqserve_state_bytes", "Bytes of recurrent state held.", _MODEL,
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.chunks = Counter("seqserve_chunks", "Stream chunks received.", _MODEL, registry=r)
         self.steps = Counter(
             "seqserve_steps",
@@ -113,20 +122,25 @@ class ServiceMetrics:
         self.requests = Counter(
             "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
         )
-        self.model_info = Info(
-            "seqserve_model",
-            "Served model versions: cell, task, precision, execution provider.",
-            _MODEL,
-            registry=r,
-        )
+        info_help = "Served model versions: cell, task, precision, execution provider."
+        self._multiprocess = MULTIPROC_ENV in os.environ
+        if self._multiprocess:
+            # Info has no multiprocess form; a gauge of 1 with the same labels reads the same when scraped.
+            self.model_info = Gauge(
+                "seqserve_model_info", info_help, (*_MODEL, *_INFO_KEYS), registry=r, multiprocess_mode="max"
+            )
+        else:
+            self.model_info = Info("seqserve_model", info_help, _MODEL, registry=r)
 
     def for_model(
         self, name: str, version: int, cell: str, task: str, precision: str, provider: str
     ) -> ModelMetrics:
         labels = (name, str(version))
-        self.model_info.labels(*labels).info(
-            {"cell": cell, "task": task, "precision": precision, "execution_provider": provider}
-        )
+        info = {"cell": cell, "task": task, "precision": precision, "execution_provider": provider}
+        if self._multiprocess:
+            self.model_info.labels(*labels, *(info[key] for key in _INFO_KEYS)).set(1)
+        else:
+            self.model_info.labels(*labels).info(info)
         return ModelMetrics(
             streams_active=self.streams_active.labels(*labels),
             streams_ended={reason: self.streams_total.labels(*labels, reason) for reason in END_REASONS},

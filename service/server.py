@@ -39,6 +39,11 @@ REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 _INTERRUPT_WAIT_S = 5.0
 
 
+def listening_line(grpc_address: str, metrics_address: str | None) -> str:
+    """The one line `seqserve serve` prints once serving; tests and benchmarks parse it."""
+    return f"seqserve listening grpc={grpc_address} metrics={metrics_address or 'off'}"
+
+
 def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -60,8 +65,7 @@ class RunningServer:
         return self.engine.store
 
     def listening_line(self) -> str:
-        """The one line `seqserve serve` prints once serving; tests and benchmarks parse it."""
-        return f"seqserve listening grpc={self.grpc_address} metrics={self.metrics_address or 'off'}"
+        return listening_line(self.grpc_address, self.metrics_address)
 
     async def drain(self) -> None:
         """Health NOT_SERVING, no new streams, open ones get the grace period, the rest end with SHUTDOWN."""
@@ -99,14 +103,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
     # Threads are made on demand; each model version has at most `calls_in_flight` calls running.
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
     repository = ModelRepository.load(config, metrics, executor)
-    engine = InferenceEngine(repository, StateStore(config.max_streams), config)
+    engine = InferenceEngine(repository, StateStore(config.max_streams, config.stream_id_prefix), config)
     limit = config.max_message_bytes
     server = grpc.aio.server(
         # Outermost, so every outcome is counted, whatever interceptor or handler decided it.
         interceptors=[RecordingInterceptor(metrics)],
         options=[
             ("grpc.max_receive_message_length", receive_ceiling(limit)),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ],
     )
     add_service(server, InferenceServicer(engine), SERVICE, limit)

@@ -54,8 +54,9 @@ class StreamState:
 
 
 class StateStore:
-    def __init__(self, max_streams: int) -> None:
+    def __init__(self, max_streams: int, id_prefix: str = "") -> None:
         self.max_streams = max_streams
+        self.id_prefix = id_prefix  # tells the workers of `--workers N` apart in stream ids
         self._streams: dict[str, StreamState] = {}
         self._ids = itertools.count(1)
         self._draining = False
@@ -76,7 +77,7 @@ class StateStore:
             )
         loop = asyncio.get_running_loop()
         stream = StreamState(
-            id=f"s{next(self._ids)}",
+            id=f"{self.id_prefix}s{next(self._ids)}",
             model=model,
             idle_timeout_s=idle_timeout_s,
             task=asyncio.current_task(),
