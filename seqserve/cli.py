@@ -202,6 +202,16 @@ def serve(
             min=1,
         ),
     ] = 1,
+    state_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key(s) that sign stream checkpoints: one per line, current then previous (still accepted, "
+            "for rotation). Without it (or $SEQSERVE_STATE_KEYS) checkpoints and resumes are refused.",
+        ),
+    ] = None,
+    checkpoint_ttl_s: Annotated[
+        float, typer.Option(help="How long a checkpoint token stays valid.", min=1.0)
+    ] = 3600.0,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -212,7 +222,13 @@ def serve(
 
 @app.command()
 def stream(
-    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    target: Annotated[
+        list[str],
+        typer.Option(
+            help="Server address HOST:PORT; repeat for failover targets: a stream whose server shuts down "
+            "or drops goes on at the next one from its latest checkpoint."
+        ),
+    ] = ["127.0.0.1:50051"],  # noqa: B006 (typer reads the default, never mutates it)
     model: Annotated[str, typer.Option(help="Model name.")] = ...,
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
     dataset: Annotated[str | None, typer.Option(help="Shipped data set to stream.")] = None,
@@ -222,6 +238,13 @@ def stream(
     chunk: Annotated[int, typer.Option(help="Time steps per chunk.", min=1)] = 8,
     concurrency: Annotated[int, typer.Option(help="Concurrent streams.", min=1)] = 8,
     limit: Annotated[int | None, typer.Option(help="Stream at most this many sequences.")] = None,
+    checkpoint_every_chunks: Annotated[
+        int,
+        typer.Option(
+            help="Ask for a state checkpoint every N chunks (0: never); a resume resends at most N chunks.",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()

@@ -29,12 +29,13 @@ def serve_command(
     calls_in_flight: int,
     inline_max_us: float,
     workers: int,
+    state_key_file: Path | None,
+    checkpoint_ttl_s: float,
 ) -> None:
     options = dict(locals())
     import asyncio
 
     from seqserve.cli import fail
-    from seqserve.contract import ContractError
     from seqserve.service.config import ServerConfig
     from seqserve.service.server import RunningServer, serve
 
@@ -58,9 +59,10 @@ def serve_command(
 
             code = serve_workers(config, announce_workers)
         else:
-            asyncio.run(serve(config, announce))
+            running = asyncio.run(serve(config, announce))
+            typer.echo(running.stopped_line())
             code = 0
-    except (ContractError, OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ContractError and a bad state key are ValueErrors
         fail(str(exc))
     if code:
         raise typer.Exit(code)
@@ -93,7 +95,7 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
 
 
 def stream_command(
-    target: str,
+    target: list[str],
     model: str,
     version: int,
     dataset: str | None,
@@ -103,12 +105,21 @@ def stream_command(
     chunk: int,
     concurrency: int,
     limit: int | None,
+    checkpoint_every_chunks: int,
 ) -> None:
     from seqserve.service.client import on_dataset, stream_load
 
-    options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
+    options = {
+        "chunk": chunk,
+        "concurrency": concurrency,
+        "version": version,
+        "progress": True,
+        "checkpoint_every_chunks": checkpoint_every_chunks,
+    }
     report = _run_client(on_dataset(stream_load, target, model, dataset, data, split, seed, limit, **options))
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
+    if len(target) > 1 or report.resumes:
+        typer.echo(f"resumes: {report.resumes} (streams that moved to another target and went on)")
 
 
 def classify_command(

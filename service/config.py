@@ -31,6 +31,10 @@ class ServerConfig:
     workers: int = 1
     reuse_port: bool = False
     stream_id_prefix: str = ""
+    # Signed state checkpoints (service/checkpoints.py): without a key (this file or $SEQSERVE_STATE_KEYS)
+    # the server issues none and resumes none.
+    state_key_file: Path | None = None
+    checkpoint_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -45,6 +49,7 @@ class ServerConfig:
             "inference_threads": self.inference_threads,
             "calls_in_flight": self.calls_in_flight,
             "workers": self.workers,
+            "checkpoint_ttl_s": self.checkpoint_ttl_s,
         }
         for name, value in positive.items():
             if value <= 0:

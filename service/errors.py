@@ -49,6 +49,20 @@ class Unsupported(ServiceError):
     """An RPC a protocol defines that seqserve does not serve (Triton's shared memory, load/unload...)."""
 
 
+class BadResumeToken(ServiceError):
+    """A resume token this server will not continue from: malformed, of another format version, signed by
+    a key it does not hold, tampered with, expired, or for a model version it does not serve.
+    `reason` (one of `checkpoints.REFUSAL_REASONS`) labels the refusal metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NoStateKey(ServiceError):
+    """Checkpoints or a resume asked of a server that was started without a state key."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
@@ -59,6 +73,8 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
     InferenceFailed: grpc.StatusCode.INTERNAL,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
+    NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

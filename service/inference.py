@@ -1,5 +1,9 @@
 """Stream and Classify on domain types: open a stream, run its chunks in order carrying its state, end it.
 
+Checkpoints live here too, so every protocol has them: a stream asked for them gets a signed token
+(`checkpoints.py`) with every Nth chunk's answer and one when the server ends it (drain, idle timeout);
+`open(resume_token=...)` continues a stream from a verified token, on any replica holding the key.
+
 Knows nothing of gRPC: the front doors (`service/frontends/`) translate messages to these calls and the
 results back.
 """
@@ -7,19 +11,44 @@ results back.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
+from seqserve.service import checkpoints
 from seqserve.service.batcher import RowResult
+from seqserve.service.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
 from seqserve.service.config import ServerConfig
-from seqserve.service.errors import Draining, LimitExceeded
+from seqserve.service.errors import (
+    BadResumeToken,
+    Draining,
+    InvalidChunk,
+    LimitExceeded,
+    ModelNotFound,
+    NoStateKey,
+)
+from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.repository import ModelRepository, ServedModel
 from seqserve.service.sequences import SequenceTable
-from seqserve.service.state import StateStore, StreamState
+from seqserve.service.state import DEFAULT_OPTIONS, StateStore, StreamOptions, StreamState
+
+_HOW_TO_KEY = (
+    f"start the server with --state-key-file FILE or ${checkpoints.KEYS_ENV} (one key per line: current, "
+    "then previous; make one with `openssl rand -hex 32`)"
+)
 
 
 class InferenceEngine:
-    def __init__(self, repository: ModelRepository, store: StateStore, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        store: StateStore,
+        config: ServerConfig,
+        keys: StateKeys | None = None,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self.repository = repository
         self.store = store
         self.config = config
@@ -27,6 +56,10 @@ class InferenceEngine:
         self.sequences = SequenceTable(
             store, lambda model: store.open(model, self.idle_timeout_s(0)), self.chunk
         )
+        self.keys = keys
+        self.metrics = metrics
+        # Streams the server ended (SHUTDOWN, IDLE_TIMEOUT) with a checkpoint, by reason.
+        self.final_checkpoints: Counter[str] = Counter()
 
     def idle_timeout_s(self, requested_ms: int) -> float:
         """0 asks for the server default; more than the server's maximum is clamped to it."""
@@ -34,12 +67,132 @@ class InferenceEngine:
             return self.config.idle_timeout_s
         return min(requested_ms / 1000.0, self.config.max_idle_timeout_s)
 
-    def open(self, model: str, version: int, idle_timeout_ms: int) -> StreamState:
+    def open(
+        self,
+        model: str,
+        version: int,
+        idle_timeout_ms: int,
+        options: StreamOptions = DEFAULT_OPTIONS,
+        resume_token: bytes = b"",
+    ) -> StreamState:
+        """A new stream, or with `resume_token` the stream the token holds, continued (model and version
+        may then be empty/0; given, they must be the token's). A resumed stream keeps the token's options
+        except an idle timeout or checkpoint interval the open sets."""
+        options = replace(options, idle_timeout_ms=idle_timeout_ms)
+        if resume_token:
+            return self._resume(model, version, options, resume_token)
         served = self.repository.resolve(model, version)
-        return self.store.open(served, self.idle_timeout_s(idle_timeout_ms))
+        if options.checkpoint_every_chunks:
+            self._check_checkpointable(served, f"checkpoint_every_chunks={options.checkpoint_every_chunks}")
+        stream = self.store.open(served, self.idle_timeout_s(idle_timeout_ms))
+        stream.options = options
+        return stream
+
+    def _check_checkpointable(self, served: ServedModel, asked: str) -> None:
+        if self.keys is None:
+            raise NoStateKey(f"{asked} needs a state key, and this server has none: {_HOW_TO_KEY}")
+        if not served.streamable:
+            raise InvalidChunk(
+                f"{asked} asked of model {served.key}, which is not streamable (bidirectional): its "
+                "streams hold no state to checkpoint; expected checkpoint_every_chunks=0"
+            )
+
+    def _resume(self, model: str, version: int, asked: StreamOptions, token: bytes) -> StreamState:
+        try:
+            if self.keys is None:
+                raise NoStateKey(f"resume_token needs a state key, and this server has none: {_HOW_TO_KEY}")
+            snapshot = checkpoints.decode(token, self.keys)
+            served = self._model_of(snapshot, model, version)
+        except (BadResumeToken, NoStateKey) as error:
+            if self.metrics is not None:
+                self.metrics.resume_refused(getattr(error, "reason", checkpoints.NO_KEY))
+            raise
+        options = StreamOptions(
+            include_scores=snapshot.include_scores,
+            final_only=snapshot.final_only,
+            idle_timeout_ms=asked.idle_timeout_ms or snapshot.idle_timeout_ms,
+            checkpoint_every_chunks=asked.checkpoint_every_chunks or snapshot.checkpoint_every_chunks,
+        )
+        stream = self.store.open(served, self.idle_timeout_s(options.idle_timeout_ms))
+        stream.options = options
+        stream.states, stream.steps, stream.chunks = snapshot.states, snapshot.steps, snapshot.chunks
+        if snapshot.answer is not None:
+            label, scores = snapshot.answer
+            stream.last = RowResult(np.array([label], dtype=np.int64), scores[np.newaxis], snapshot.states)
+        served.metrics.resumes.inc()
+        return stream
+
+    def _model_of(self, snapshot: StreamSnapshot, model: str, version: int) -> ServedModel:
+        """The served version the token was made on: same name, version, weights (sha256) and shapes."""
+        held = snapshot.model
+        if (model and model != held.name) or (version and version != held.version):
+            raise BadResumeToken(
+                checkpoints.OTHER_MODEL,
+                f"resume token is for model {held.name}:{held.version}, the open asks for "
+                f"{model or held.name}:{version or held.version}",
+            )
+        try:
+            served = self.repository.resolve(held.name, held.version)
+        except ModelNotFound as error:
+            raise BadResumeToken(
+                checkpoints.OTHER_MODEL,
+                f"resume token is for model {held.name}:{held.version}, which this server does not serve "
+                f"({error})",
+            ) from error
+        info = served.runtime.info
+        shapes = tuple(s.shape for s in snapshot.states)
+        classes = None if snapshot.answer is None else snapshot.answer[1].shape[-1]
+        if (
+            info.sha256 != held.sha256
+            or shapes != tuple(s.shape for s in served.runtime.zero_state)
+            or classes not in (None, info.classes)
+            or not served.streamable
+        ):
+            raise BadResumeToken(
+                checkpoints.OTHER_MODEL,
+                f"resume token is for model {served.key} with sha256 {held.sha256[:12]}... and state "
+                f"{shapes}; this server's {served.key} has sha256 {info.sha256[:12]}... and state "
+                f"{tuple(s.shape for s in served.runtime.zero_state)}",
+            )
+        return served
+
+    def checkpoint(self, stream: StreamState) -> IssuedCheckpoint | None:
+        """A token for the stream as it stands (after its last answered chunk); None without a key or for
+        a non-streamable model."""
+        model = stream.model
+        if self.keys is None or not model.streamable:
+            return None
+        info = model.runtime.info
+        last = stream.last if info.task == "many_to_one" else None
+        expires_at = int(time.time() + self.config.checkpoint_ttl_s)
+        snapshot = StreamSnapshot(
+            model=checkpoints.ModelIdentity(info.name, info.version, info.sha256),
+            steps=stream.steps,
+            chunks=stream.chunks,
+            states=stream.states,
+            answer=None if last is None else (int(last.labels[0]), last.scores[0]),
+            include_scores=stream.options.include_scores,
+            final_only=stream.options.final_only,
+            idle_timeout_ms=stream.options.idle_timeout_ms,
+            checkpoint_every_chunks=stream.options.checkpoint_every_chunks,
+            expires_at=expires_at,
+        )
+        token = checkpoints.encode(snapshot, self.keys.current)
+        model.metrics.checkpoints.inc()
+        return IssuedCheckpoint(token, stream.steps, stream.chunks, expires_at)
+
+    def final_checkpoint(self, stream: StreamState, reason: str) -> IssuedCheckpoint | None:
+        """The checkpoint a stream the server ends (`reason`: drain or idle timeout) ends with, taken
+        after its last answered chunk, so the client resumes instead of starting over."""
+        issued = self.checkpoint(stream)
+        if issued is not None:
+            self.final_checkpoints[reason] += 1
+        return issued
 
     async def chunk(self, stream: StreamState, x: np.ndarray) -> RowResult | None:
-        """The chunk's answer, or None for a non-streamable model, which buffers until end."""
+        """The chunk's answer, or None for a non-streamable model, which buffers until end. When the
+        stream's checkpoint interval is due, `stream.checkpoint` holds a token covering this chunk."""
+        stream.checkpoint = None
         stream.chunks += 1
         model = stream.model
         model.metrics.chunks.inc()
@@ -51,6 +204,9 @@ class InferenceEngine:
         stream.states = result.states
         stream.steps += x.shape[0]
         stream.last = result
+        every = stream.options.checkpoint_every_chunks
+        if every and stream.chunks % every == 0:
+            stream.checkpoint = self.checkpoint(stream)
         return result
 
     def _buffer(self, stream: StreamState, x: np.ndarray) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from seqserve.service.checkpoints import REFUSAL_REASONS
+
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
@@ -60,6 +62,8 @@ class ModelMetrics:
     inference: Histogram
     row_compute: Counter
     batch_size: Histogram
+    checkpoints: Counter
+    resumes: Counter
 
     def totals(self) -> ModelTotals:
         return ModelTotals(
@@ -118,6 +122,19 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "seqserve_batch_size", "Rows per onnxruntime call.", _MODEL, buckets=BATCH_BUCKETS, registry=r
         )
+        self.checkpoints = Counter(
+            "seqserve_checkpoints", "State checkpoints issued (every Nth chunk, drain, idle timeout).",
+            _MODEL, registry=r,
+        )  # fmt: skip
+        self.resumes = Counter(
+            "seqserve_resumes", "Streams resumed from a checkpoint token.", _MODEL, registry=r
+        )
+        # A refused token's model is the client's word, so only the reason labels refusals.
+        self.resumes_refused = Counter(
+            "seqserve_resumes_refused", "Resume tokens refused, by reason.", ("reason",), registry=r
+        )
+        for reason in REFUSAL_REASONS:
+            self.resumes_refused.labels(reason)
         # Unknown model names from clients stay out of the labels: only the RPC and the status code.
         self.requests = Counter(
             "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
@@ -153,7 +170,12 @@ class ServiceMetrics:
             inference=self.inference.labels(*labels),
             row_compute=self.row_compute.labels(*labels),
             batch_size=self.batch_size.labels(*labels),
+            checkpoints=self.checkpoints.labels(*labels),
+            resumes=self.resumes.labels(*labels),
         )
+
+    def resume_refused(self, reason: str) -> None:
+        self.resumes_refused.labels(reason).inc()
 
     def request_done(self, rpc: str, code: str) -> None:
         self.requests.labels(rpc, code).inc()

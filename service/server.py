@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
+from seqserve.service.checkpoints import StateKeys
 from seqserve.service.config import ServerConfig
 from seqserve.service.frontends import kserve_v2
 from seqserve.service.frontends.recording import RecordingInterceptor
@@ -67,6 +68,14 @@ class RunningServer:
     def listening_line(self) -> str:
         return listening_line(self.grpc_address, self.metrics_address)
 
+    def stopped_line(self) -> str:
+        """The line `seqserve serve` prints after its drain: streams still open (0 unless the drain
+        failed) and how many the drain ended with a checkpoint to resume from."""
+        return (
+            f"seqserve stopped open_streams={self.store.open_count} "
+            f"checkpointed_at_shutdown={self.engine.final_checkpoints[SHUTDOWN]}"
+        )
+
     async def drain(self) -> None:
         """Health NOT_SERVING, no new streams, open ones get the grace period, the rest end with SHUTDOWN."""
         log.info("draining: %d open streams get %.1f s to finish", self.store.open_count, self.config.grace_s)
@@ -103,7 +112,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     # Threads are made on demand; each model version has at most `calls_in_flight` calls running.
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
     repository = ModelRepository.load(config, metrics, executor)
-    engine = InferenceEngine(repository, StateStore(config.max_streams, config.stream_id_prefix), config)
+    keys = StateKeys.load(config.state_key_file)
+    store = StateStore(config.max_streams, config.stream_id_prefix)
+    engine = InferenceEngine(repository, store, config, keys, metrics)
     limit = config.max_message_bytes
     server = grpc.aio.server(
         # Outermost, so every outcome is counted, whatever interceptor or handler decided it.
@@ -142,11 +153,15 @@ async def start_server(config: ServerConfig) -> RunningServer:
         metrics_http,
     )
     served, metrics_text = len(repository.all()), metrics_address or "off"
-    log.info("serving %d model versions on %s (metrics %s)", served, grpc_address, metrics_text)
+    checkpointing = "on" if keys else "off: no state key"
+    log.info(
+        "serving %d model versions on %s (metrics %s; checkpoints %s)", served, grpc_address, metrics_text,
+        checkpointing,
+    )  # fmt: skip
     return running
 
 
-async def serve(config: ServerConfig, announce: Callable[[RunningServer], None]) -> None:
+async def serve(config: ServerConfig, announce: Callable[[RunningServer], None]) -> RunningServer:
     """Run until SIGTERM or SIGINT, then drain; `announce` is called once the server is serving."""
     running = await start_server(config)
     stop = asyncio.Event()
@@ -156,3 +171,4 @@ async def serve(config: ServerConfig, announce: Callable[[RunningServer], None])
     announce(running)
     await stop.wait()
     await running.drain()
+    return running

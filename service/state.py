@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqserve.service.batcher import RowResult
+from seqserve.service.checkpoints import IssuedCheckpoint
 from seqserve.service.errors import Draining, LimitExceeded
 from seqserve.service.repository import ServedModel
 
@@ -26,6 +27,19 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = "idle_timeout"
 SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """What the client asked of its stream; a checkpoint carries them, so a resume keeps them."""
+
+    include_scores: bool = False
+    final_only: bool = False  # answer only at end
+    idle_timeout_ms: int = 0  # 0: the server default
+    checkpoint_every_chunks: int = 0  # 0: never
+
+
+DEFAULT_OPTIONS = StreamOptions()
 
 
 @dataclass(eq=False, slots=True)  # slots: thousands of idle streams each hold one
@@ -51,6 +65,9 @@ class StreamState:
     timer: asyncio.TimerHandle | None = None
     # Set by an owner that no task reads for: ends the idle stream (stream, reason) when interrupted.
     evict: Callable[[StreamState, str], None] | None = None
+    options: StreamOptions = DEFAULT_OPTIONS
+    # The checkpoint issued with the latest chunk's answer (None when none was due).
+    checkpoint: IssuedCheckpoint | None = None
 
 
 class StateStore:

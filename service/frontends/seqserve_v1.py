@@ -28,8 +28,6 @@ class _StreamCall:
         self.engine = engine
         self.context = context
         self.stream: StreamState | None = None
-        self.include_scores = False
-        self.final_only = False
         self.labels: list[str] = []
 
     async def run(self) -> None:
@@ -40,12 +38,14 @@ class _StreamCall:
         if kind != "open":
             raise OutOfOrder(f"the first message of a stream must be open, got {kind or 'an empty message'}")
         stream = self.stream = self.engine.open(
-            first.open.model, first.open.version, first.open.idle_timeout_ms
+            first.open.model,
+            first.open.version,
+            first.open.idle_timeout_ms,
+            converters.stream_options(first.open),
+            first.open.resume_token,
         )
-        self.include_scores = first.open.include_scores
-        self.final_only = first.open.emit == pb.EMIT_MODE_FINAL_ONLY
         self.labels = stream.model.runtime.info.labels
-        await self.context.write(converters.opened(stream.id, stream.model, stream.idle_timeout_s))
+        await self.context.write(converters.opened(stream, bool(first.open.resume_token)))
         while True:
             request = await self._read()
             kind = None if request is grpc.aio.EOF else request.WhichOneof("kind")
@@ -60,7 +60,9 @@ class _StreamCall:
         final = await self.engine.end(stream)
         # A cancelled client also reads as EOF here; its write fails, so the stream counts as cancelled.
         await self.context.write(
-            converters.ended(pb.END_REASON_COMPLETED, stream.steps, final, self.labels, self.include_scores)
+            converters.ended(
+                pb.END_REASON_COMPLETED, stream.steps, final, self.labels, stream.options.include_scores
+            )
         )
         self.engine.store.close(stream, "completed")
         if kind == "end":
@@ -73,13 +75,15 @@ class _StreamCall:
             chunk, stream.model, "chunk", stream.chunks, self.engine.config.max_chunk_steps
         )
         result = await self.engine.chunk(stream, x)
+        options = stream.options
         await self.context.write(
             converters.chunk_response(
                 stream.chunks - 1,
-                None if self.final_only else result,
+                None if options.final_only else result,
                 stream.steps - 1,
                 self.labels,
-                self.include_scores,
+                options.include_scores,
+                stream.checkpoint,
             )  # fmt: skip
         )
         stream.model.metrics.chunk_latency.observe(time.perf_counter() - received)
@@ -110,10 +114,14 @@ class _StreamCall:
         else:
             message = "server shut down before the stream ended; reopen it on another replica"
             error = Draining(message)
+        checkpoint = self.engine.final_checkpoint(stream, reason)
+        if checkpoint is not None:
+            message += f"; resume from the checkpoint at chunk {checkpoint.chunks}"
         self.engine.store.close(stream, reason)
-        await self.context.write(
-            converters.ended(_END_REASONS[reason], stream.steps, None, self.labels, False, message)
+        ended = converters.ended(
+            _END_REASONS[reason], stream.steps, None, self.labels, False, message, checkpoint
         )
+        await self.context.write(ended)
         raise error
 
     async def _await_half_close(self, stream: StreamState) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from seqserve.service.batcher import RowResult
+from seqserve.service.checkpoints import IssuedCheckpoint
 from seqserve.service.errors import InvalidChunk, LimitExceeded, ServiceError
 from seqserve.service.repository import ServedModel
+from seqserve.service.state import StreamOptions, StreamState
 from seqserve.v1 import seqserve_pb2 as pb
 
 _FLOAT32 = np.dtype("<f4")
@@ -92,24 +94,50 @@ def fill_steps(container, result: RowResult, last_step: int, labels: list[str], 
             step.scores.extend(scores[offset])
 
 
-def opened(stream_id: str, model: ServedModel, idle_timeout_s: float) -> pb.StreamResponse:
+def stream_options(message: pb.StreamOpen) -> StreamOptions:
+    return StreamOptions(
+        include_scores=message.include_scores,
+        final_only=message.emit == pb.EMIT_MODE_FINAL_ONLY,
+        idle_timeout_ms=message.idle_timeout_ms,
+        checkpoint_every_chunks=message.checkpoint_every_chunks,
+    )
+
+
+def opened(stream: StreamState, resumed: bool) -> pb.StreamResponse:
     return pb.StreamResponse(
         opened=pb.StreamOpened(
-            stream_id=stream_id,
-            model=model_info(model),
-            idle_timeout_ms=round(idle_timeout_s * 1000),
-            streamable=model.streamable,
+            stream_id=stream.id,
+            model=model_info(stream.model),
+            idle_timeout_ms=round(stream.idle_timeout_s * 1000),
+            streamable=stream.model.streamable,
+            resumed=resumed,
+            resumed_chunks=stream.chunks if resumed else 0,
+            resumed_steps=stream.steps if resumed else 0,
         )
     )
 
 
+def _fill_checkpoint(message: pb.Checkpoint, checkpoint: IssuedCheckpoint) -> None:
+    message.token = checkpoint.token
+    message.chunks = checkpoint.chunks
+    message.steps = checkpoint.steps
+    message.expires_unix_s = checkpoint.expires_at
+
+
 def chunk_response(
-    chunk_index: int, result: RowResult | None, last_step: int, labels: list[str], include_scores: bool
+    chunk_index: int,
+    result: RowResult | None,
+    last_step: int,
+    labels: list[str],
+    include_scores: bool,
+    checkpoint: IssuedCheckpoint | None = None,
 ) -> pb.StreamResponse:
     response = pb.StreamResponse()
     response.chunk.chunk_index = chunk_index
     if result is not None:
         fill_steps(response.chunk.results, result, last_step, labels, include_scores)
+    if checkpoint is not None:
+        _fill_checkpoint(response.chunk.checkpoint, checkpoint)
     return response
 
 
@@ -120,6 +148,7 @@ def ended(
     labels: list[str],
     include_scores: bool,
     message: str = "",
+    checkpoint: IssuedCheckpoint | None = None,
 ) -> pb.StreamResponse:
     response = pb.StreamResponse()
     response.ended.reason = reason
@@ -127,4 +156,6 @@ def ended(
     response.ended.message = message
     if final is not None:
         fill_steps(response.ended.final_results, final, steps - 1, labels, include_scores)
+    if checkpoint is not None:
+        _fill_checkpoint(response.ended.checkpoint, checkpoint)
     return response

@@ -65,6 +65,25 @@ def make_server(config: ServerConfig) -> Iterator:
         running.stop()
 
 
+STATE_KEYS = ("test-state-key-current-0123456789", "test-state-key-previous-0123456789")
+
+
+@pytest.fixture(scope="session")
+def state_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The key every checkpointing test server signs with (one line: the current key)."""
+    path = tmp_path_factory.mktemp("keys") / "state-keys"
+    path.write_text(STATE_KEYS[0] + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def keyed_server(config: ServerConfig, state_key_file: Path) -> Iterator[ServerThread]:
+    """A server with a state key and one row per onnxruntime call, so a stream's answers do not depend on
+    which other streams share its calls: resumed and uninterrupted answers compare exactly."""
+    with ServerThread(replace(config, state_key_file=state_key_file, max_batch=1)) as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def offline(service_repository: Path) -> Offline:
     return Offline(service_repository)

@@ -1,0 +1,251 @@
+"""Signed state checkpoints: a stream's state as an opaque token any replica holding the key resumes from.
+
+A token is a compact binary record (the layout is in docs/checkpoint_token.md, for clients in other
+languages): a fixed little-endian header, the model's name and sha256, the state rows as raw float32 bytes
+(so a resume continues bit for bit), the running many-to-one answer, and an HMAC-SHA256 over all of it
+under the server's current key. Verification accepts the current and the previous key, so keys rotate
+without dropping streams: roll out `current=new, previous=old`, then drop the old one once every token
+signed with it has expired.
+
+Knows no protocol; `InferenceEngine` issues and verifies tokens, the front doors only carry the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqserve.service.errors import BadResumeToken
+
+MAGIC = b"SQST"
+FORMAT_VERSION = 1
+KEYS_ENV = "SEQSERVE_STATE_KEYS"
+MIN_KEY_BYTES = 16
+MAC_BYTES = 32
+SHA256_BYTES = 32
+# magic, format version, state tensors, flags, name length, key id, expires_at (unix s), model version,
+# steps, chunks, idle timeout ms, checkpoint every N chunks, state rows, hidden, classes of the answer.
+HEADER = struct.Struct("<4sBBBB8sQqQQIIHIH")
+KEY_ID_OFFSET = 8
+_INCLUDE_SCORES, _FINAL_ONLY, _HAS_ANSWER = 1, 2, 4
+_FLOAT32 = np.dtype("<f4")
+
+# Why a token was refused: the label of seqserve_resumes_refused_total, and the first words of the message.
+MALFORMED = "malformed"
+FORMAT = "format_version"
+OTHER_KEY = "other_key"
+TAMPERED = "tampered"
+EXPIRED = "expired"
+OTHER_MODEL = "other_model"
+NO_KEY = "no_key"
+REFUSAL_REASONS = (MALFORMED, FORMAT, OTHER_KEY, TAMPERED, EXPIRED, OTHER_MODEL, NO_KEY)
+
+
+def key_id(key: bytes) -> bytes:
+    """8 bytes naming a key without revealing it: tells 'signed by another key' from 'tampered'."""
+    return hashlib.sha256(b"seqserve-state-key\0" + key).digest()[:8]
+
+
+@dataclass(frozen=True)
+class StateKeys:
+    """The key new tokens are signed with, and the previous one, still accepted for verification."""
+
+    current: bytes
+    previous: bytes | None = None
+
+    def __post_init__(self) -> None:
+        for key in (self.current, self.previous):
+            if key is not None and len(key) < MIN_KEY_BYTES:
+                raise ValueError(
+                    f"state key of {len(key)} bytes is too short: expected at least {MIN_KEY_BYTES} "
+                    "(make one with `openssl rand -hex 32`)"
+                )
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> StateKeys:
+        """One or two keys separated by newlines or commas: current first, then previous."""
+        keys = [k.strip() for k in text.replace(",", "\n").splitlines() if k.strip()]
+        if not keys or len(keys) > 2:
+            raise ValueError(
+                f"{source} holds {len(keys)} keys; expected 1 (current) or 2 (current, then previous), "
+                "one per line"
+            )
+        return cls(keys[0].encode(), keys[1].encode() if len(keys) == 2 else None)
+
+    @classmethod
+    def load(cls, path: Path | None, environ: Mapping[str, str] = os.environ) -> StateKeys | None:
+        """The keys from `path` (--state-key-file) if given, else from $SEQSERVE_STATE_KEYS, else None."""
+        if path is not None:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read --state-key-file {path}: {exc}") from exc
+            return cls.parse(text, f"--state-key-file {path}")
+        if environ.get(KEYS_ENV, "").strip():
+            return cls.parse(environ[KEYS_ENV], f"${KEYS_ENV}")
+        return None
+
+    def for_id(self, wanted: bytes) -> bytes | None:
+        for key in (self.current, self.previous):
+            if key is not None and hmac.compare_digest(key_id(key), wanted):
+                return key
+        return None
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a token is bound to: a resume on a replica with other weights under the same name is refused."""
+
+    name: str
+    version: int
+    sha256: str  # hex, as in model.json
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """Everything a stream needs to continue: what a token holds, decoded."""
+
+    model: ModelIdentity
+    steps: int
+    chunks: int
+    states: tuple[np.ndarray, ...]  # each float32 [layers * directions, hidden]
+    # Many-to-one: the running answer after the last chunk (label index, float32 scores [classes]).
+    answer: tuple[int, np.ndarray] | None
+    include_scores: bool
+    final_only: bool
+    idle_timeout_ms: int
+    checkpoint_every_chunks: int
+    expires_at: int  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCheckpoint:
+    """A token and the plain facts a client needs beside it: which chunks and steps it covers."""
+
+    token: bytes
+    steps: int
+    chunks: int
+    expires_at: int  # unix seconds
+
+
+def encode(snapshot: StreamSnapshot, key: bytes) -> bytes:
+    """The signed token of `snapshot`; its expiry is `snapshot.expires_at`."""
+    name = snapshot.model.name.encode()
+    rows, hidden = snapshot.states[0].shape
+    classes = 0 if snapshot.answer is None else snapshot.answer[1].shape[-1]
+    flags = (
+        (_INCLUDE_SCORES if snapshot.include_scores else 0)
+        | (_FINAL_ONLY if snapshot.final_only else 0)
+        | (_HAS_ANSWER if snapshot.answer is not None else 0)
+    )
+    parts = [
+        HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            len(snapshot.states),
+            flags,
+            len(name),
+            key_id(key),
+            snapshot.expires_at,
+            snapshot.model.version,
+            snapshot.steps,
+            snapshot.chunks,
+            snapshot.idle_timeout_ms,
+            snapshot.checkpoint_every_chunks,
+            rows,
+            hidden,
+            classes,
+        ),  # fmt: skip
+        name,
+        bytes.fromhex(snapshot.model.sha256),
+        *(np.ascontiguousarray(state, dtype=_FLOAT32).tobytes() for state in snapshot.states),
+    ]
+    if snapshot.answer is not None:
+        label, scores = snapshot.answer
+        parts += [struct.pack("<I", label), np.ascontiguousarray(scores, dtype=_FLOAT32).tobytes()]
+    body = b"".join(parts)
+    return body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def decode(token: bytes, keys: StateKeys, now: float | None = None) -> StreamSnapshot:
+    """The snapshot a valid token holds; anything else raises BadResumeToken saying what is wrong."""
+    minimum = HEADER.size + SHA256_BYTES + MAC_BYTES
+    if len(token) < minimum:
+        raise BadResumeToken(
+            MALFORMED, f"malformed resume token: {len(token)} bytes, a token has at least {minimum}"
+        )
+    magic, version = token[:4], token[4]
+    if magic != MAGIC:
+        raise BadResumeToken(MALFORMED, f"malformed resume token: starts with {magic!r}, expected {MAGIC!r}")
+    if version != FORMAT_VERSION:
+        raise BadResumeToken(
+            FORMAT, f"resume token has format version {version}; this server reads version {FORMAT_VERSION}"
+        )
+    body, mac = token[:-MAC_BYTES], token[-MAC_BYTES:]
+    wanted = body[KEY_ID_OFFSET : KEY_ID_OFFSET + 8]
+    key = keys.for_id(wanted)
+    if key is None:
+        raise BadResumeToken(
+            OTHER_KEY,
+            f"resume token is signed by another key (key id {wanted.hex()}); this server accepts key ids "
+            + ", ".join(key_id(k).hex() for k in (keys.current, keys.previous) if k is not None),
+        )
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        raise BadResumeToken(TAMPERED, "resume token was tampered with: its signature does not match it")
+    snapshot = _parse(body)
+    now = time.time() if now is None else now
+    if now >= snapshot.expires_at:
+        raise BadResumeToken(
+            EXPIRED,
+            f"resume token expired {now - snapshot.expires_at:.0f} s ago (at unix time "
+            f"{snapshot.expires_at}); resume sooner or raise the server's --checkpoint-ttl-s",
+        )
+    return snapshot
+
+
+def _parse(body: bytes) -> StreamSnapshot:
+    """The fields of a signed body. Only a server's own bug makes a signed body inconsistent."""
+    (_, _, n_states, flags, name_len, _, expires_at, version, steps, chunks, idle_ms, every, rows, hidden,
+     classes) = HEADER.unpack_from(body)  # fmt: skip
+    has_answer = bool(flags & _HAS_ANSWER)
+    state_bytes = rows * hidden * 4
+    expected = HEADER.size + name_len + SHA256_BYTES + n_states * state_bytes
+    expected += (4 + 4 * classes) if has_answer else 0
+    if len(body) != expected or n_states not in (1, 2):
+        raise BadResumeToken(
+            MALFORMED,
+            f"malformed resume token: {len(body)} bytes before the signature, its header says {expected}",
+        )
+    offset = HEADER.size
+    name = body[offset : offset + name_len].decode(errors="replace")
+    offset += name_len
+    sha256 = body[offset : offset + SHA256_BYTES].hex()
+    offset += SHA256_BYTES
+    states = []
+    for _ in range(n_states):
+        states.append(np.frombuffer(body, _FLOAT32, rows * hidden, offset).reshape(rows, hidden))
+        offset += state_bytes
+    answer = None
+    if has_answer:
+        (label,) = struct.unpack_from("<I", body, offset)
+        answer = (label, np.frombuffer(body, _FLOAT32, classes, offset + 4))
+    return StreamSnapshot(
+        model=ModelIdentity(name, version, sha256),
+        steps=steps,
+        chunks=chunks,
+        states=tuple(states),
+        answer=answer,
+        include_scores=bool(flags & _INCLUDE_SCORES),
+        final_only=bool(flags & _FINAL_ONLY),
+        idle_timeout_ms=idle_ms,
+        checkpoint_every_chunks=every,
+        expires_at=expires_at,
+    )
