@@ -1,9 +1,11 @@
 """The async load client behind `seqserve stream` and `seqserve classify`, reused by the demo and benchmarks.
 
 `stream_sequence` runs one sequence through one Stream RPC, chunk by chunk, each chunk awaiting its answer
-(so the latency of every chunk is measured alone). `stream_load` runs many sequences over K concurrent
-streams on one channel and returns a `LoadReport`; `classify_load` does the same with Classify batches;
-`on_dataset` runs either over a data set's split (what the CLI and the demo run).
+(so the latency of every chunk is measured alone). `stream_resumable` does the same over several targets:
+when a stream ends with SERVER_SHUTDOWN or its connection drops, it reopens on the next target with the
+latest checkpoint token and resends the chunks after it. `stream_load` runs many sequences over K
+concurrent streams (one channel per target) and returns a `LoadReport`; `classify_load` does the same
+with Classify batches; `on_dataset` runs either over a data set's split (what the CLI and the demo run).
 From synchronous code in a process that also runs a server, run these on `launch.run_on_loop`.
 Targets are label indices, in a data set's label order (`target_labels`) or the model's.
 """
@@ -11,6 +13,7 @@ Targets are label indices, in a data set's label order (`target_labels`) or the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,9 @@ class StreamResult:
     latencies_s: list[float]  # one per chunk: chunk written -> its answer read
     end_reason: int
     steps: int
+    step_indexes: list[int] = field(default_factory=list)  # the server's step index of each label
+    resumes: int = 0  # times the stream moved to another target (or reopened) and went on
+    resent_chunks: int = 0  # chunks written again after a resume (none a checkpoint covered)
 
 
 @dataclass
@@ -53,6 +59,10 @@ class LoadReport:
     elapsed_s: float
     latencies_s: np.ndarray  # per chunk (stream) or per Classify call
     results: list[StreamResult] = field(default_factory=list, repr=False)
+
+    @property
+    def resumes(self) -> int:
+        return sum(r.resumes for r in self.results)
 
     @property
     def accuracy(self) -> float:
@@ -84,6 +94,7 @@ class LoadReport:
             "steps_per_s": round(self.steps_per_s, 1),
             "p50_ms": round(self.latency_ms(50), 3),
             "p99_ms": round(self.latency_ms(99), 3),
+            "resumes": self.resumes,
         }
 
 
@@ -121,52 +132,162 @@ async def stream_sequence(
     version: int = 0,
     include_scores: bool = False,
     idle_timeout_ms: int = 0,
+    checkpoint_every_chunks: int = 0,
 ) -> StreamResult:
     """Stream x [steps, features] in chunks of `chunk` steps; raises grpc.aio.AioRpcError on a bad status."""
-    call = stub.Stream()
-    await call.write(
-        pb.StreamRequest(
-            open=pb.StreamOpen(
-                model=model, version=version, include_scores=include_scores, idle_timeout_ms=idle_timeout_ms
-            )
-        )
+    return await stream_resumable(
+        [stub], model, x, chunk, version, include_scores, idle_timeout_ms, checkpoint_every_chunks
     )
-    opened = (await call.read()).opened
-    many_to_many = opened.model.task == "many_to_many"
-    labels: list[int] = []
-    scores: list = []
-    running: list[int] = []
-    latencies: list[float] = []
-    for start in range(0, x.shape[0], chunk):
-        request = _chunk_request(x[start : start + chunk])
-        sent = time.perf_counter()
-        await call.write(request)
-        response = await call.read()
-        latencies.append(time.perf_counter() - sent)
-        results = response.chunk.results
-        if many_to_many:
-            _collect(results, labels, scores)
-        elif results:
-            running.append(results[-1].label_index)
-    await call.write(pb.StreamRequest(end=pb.StreamEnd()))
-    await call.done_writing()
-    ended = (await call.read()).ended
-    if many_to_many:
-        _collect(ended.final_results, labels, scores)  # non-streamable: every step's result comes at end
-    else:
-        _collect(ended.final_results[-1:], labels, scores)
+
+
+# Codes after which the same stream may go on elsewhere: the server went away or is draining.
+_FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class _Moved(Exception):
+    """This attempt's server is gone or draining; the stream goes on at another target."""
+
+    def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Progress:
+    """What a resumable stream has so far, kept across attempts: answers by chunk, the latest checkpoint."""
+
+    chunks: list[np.ndarray]
+    answers: dict[int, list[pb.StepResult]] = field(default_factory=dict)
+    latencies: dict[int, float] = field(default_factory=dict)
+    checkpoint: pb.Checkpoint | None = None
+    written: int = 0  # chunks written to some server so far (the highest index + 1)
+    resent: int = 0
+    ended: pb.StreamEnded | None = None
+    many_to_many: bool = False
+
+    def restart_at(self) -> int:
+        """The first chunk the next attempt sends: the latest checkpoint covers every one before it."""
+        start = self.checkpoint.chunks if self.checkpoint is not None else 0
+        for index in [i for i in self.answers if i >= start]:
+            del self.answers[index]  # answered, but no checkpoint holds the state after it: sent again
+        return start
+
+
+async def _attempt(stub: pb_grpc.InferenceServiceStub, opening: pb.StreamOpen, progress: _Progress) -> None:
+    """One Stream call from the latest checkpoint to the end; raises _Moved when the server goes away."""
+    start = progress.restart_at()
+    call = stub.Stream()
+    try:
+        await call.write(pb.StreamRequest(open=opening))
+        first = await call.read()
+        if first is grpc.aio.EOF or not first.HasField("opened"):
+            raise _Moved()
+        progress.many_to_many = first.opened.model.task == "many_to_many"
+        for index in range(start, len(progress.chunks)):
+            request = _chunk_request(progress.chunks[index])
+            progress.resent += index < progress.written
+            progress.written = max(progress.written, index + 1)
+            sent = time.perf_counter()
+            await call.write(request)
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise _Moved()
+            if response.HasField("ended"):  # the server ended the stream while this chunk was in flight
+                progress.ended = response.ended
+                break
+            progress.latencies[index] = time.perf_counter() - sent
+            progress.answers[index] = list(response.chunk.results)
+            if response.chunk.HasField("checkpoint"):
+                progress.checkpoint = response.chunk.checkpoint
+        else:
+            await call.write(pb.StreamRequest(end=pb.StreamEnd()))
+            await call.done_writing()
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                raise _Moved()
+            progress.ended = response.ended
+    except grpc.aio.AioRpcError as error:
+        if error.code() in _FAILOVER_CODES:
+            raise _Moved(error) from error
+        raise
+    except asyncio.InvalidStateError:  # a write after the server ended the call: read its status below
+        pass
+    if progress.ended is not None and progress.ended.HasField("checkpoint"):
+        progress.checkpoint = progress.ended.checkpoint
     code = await call.code()
+    if progress.ended is not None and progress.ended.reason == pb.END_REASON_SERVER_SHUTDOWN:
+        raise _Moved()
+    if code in _FAILOVER_CODES or progress.ended is None:
+        raise _Moved(None)
     if code != grpc.StatusCode.OK:
         raise grpc.aio.AioRpcError(
             code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
         )
+
+
+async def stream_resumable(
+    stubs: Sequence[pb_grpc.InferenceServiceStub],
+    model: str,
+    x: np.ndarray,
+    chunk: int,
+    version: int = 0,
+    include_scores: bool = False,
+    idle_timeout_ms: int = 0,
+    checkpoint_every_chunks: int = 0,
+    first: int = 0,
+) -> StreamResult:
+    """Stream x over `stubs` (one per target), starting at `stubs[first]`. When the stream's server shuts
+    down or its connection drops, reopen on the next target from the latest checkpoint (from the start
+    without one) and resend the chunks after it; every chunk is kept until a checkpoint covers it. With
+    one stub, a failure raises grpc.aio.AioRpcError as a plain stream would. Gives up after every target
+    failed twice in a row without an answer."""
+    progress = _Progress([x[start : start + chunk] for start in range(0, x.shape[0], chunk)])
+    target, failures, resumes = first % len(stubs), 0, 0
+    while True:
+        token = progress.checkpoint.token if progress.checkpoint is not None else b""
+        opening = pb.StreamOpen(
+            model=model, version=version, include_scores=include_scores, idle_timeout_ms=idle_timeout_ms,
+            checkpoint_every_chunks=checkpoint_every_chunks, resume_token=token,
+        )  # fmt: skip
+        answered = len(progress.answers)
+        progress.ended = None
+        try:
+            await _attempt(stubs[target], opening, progress)
+            break
+        except _Moved as moved:
+            failures = 0 if len(progress.answers) > answered or progress.ended is not None else failures + 1
+            if len(stubs) == 1 and moved.error is not None:
+                raise moved.error from None
+            if len(stubs) == 1 or failures >= 2 * len(stubs):
+                raise RuntimeError(f"stream of {model} failed on every target: {moved}") from moved
+            resumes += 1
+            target = (target + 1) % len(stubs)
+            if failures and failures % len(stubs) == 0:
+                await asyncio.sleep(0.05 * failures)  # every target refused: give them a moment
+    return _result(progress, progress.ended, resumes)
+
+
+def _result(progress: _Progress, ended: pb.StreamEnded, resumes: int) -> StreamResult:
+    answers = [progress.answers[index] for index in sorted(progress.answers)]
+    if progress.many_to_many:  # non-streamable: every step's result comes at end
+        final = [step for answer in answers for step in answer] + list(ended.final_results)
+        running = []
+    else:
+        final = list(ended.final_results[-1:])
+        running = [answer[-1].label_index for answer in answers if answer]
+    labels: list[int] = []
+    scores: list = []
+    _collect(final, labels, scores)
     return StreamResult(
         labels=np.asarray(labels, dtype=np.int64),
         scores=np.asarray(scores, dtype=np.float32) if scores else None,
         running=running,
-        latencies_s=latencies,
+        latencies_s=[progress.latencies[i] for i in sorted(progress.latencies)],
         end_reason=ended.reason,
         steps=ended.steps,
+        step_indexes=[step.step for step in final],
+        resumes=resumes,
+        resent_chunks=progress.resent,
     )
 
 
@@ -181,7 +302,7 @@ def _score(predictions: Sequence[np.ndarray], targets: Sequence | None) -> tuple
 
 
 async def stream_load(
-    target: str,
+    target: str | Sequence[str],
     model: str,
     sequences: Sequence[np.ndarray],
     targets: Sequence | None = None,
@@ -191,15 +312,22 @@ async def stream_load(
     include_scores: bool = False,
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
+    checkpoint_every_chunks: int = 0,
 ) -> LoadReport:
     """Stream every sequence over `concurrency` concurrent streams; `chunk` may differ per sequence.
 
+    `target` is one server address or several: streams open on the first and move to the next when
+    their server shuts down or drops (`stream_resumable`), resuming from their latest checkpoint.
     `targets` index `target_labels` (a data set's label order), or the model's labels when that is None.
     """
     chunks = [chunk] * len(sequences) if isinstance(chunk, int) else list(chunk)
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        info = (await stub.GetModel(pb.GetModelRequest(model=model, version=version))).model
+    addresses = [target] if isinstance(target, str) else list(target)
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = []
+        for address in addresses:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            stubs.append(pb_grpc.InferenceServiceStub(await channels.enter_async_context(channel)))
+        info = await _model_info(stubs, model, version)
         results: list[StreamResult | None] = [None] * len(sequences)
         queue = iter(range(len(sequences)))
         with Progress(disable=not progress, transient=True) as bar:
@@ -207,9 +335,10 @@ async def stream_load(
 
             async def worker() -> None:
                 for index in queue:
-                    results[index] = await stream_sequence(
-                        stub, model, sequences[index], chunks[index], info.version, include_scores
-                    )
+                    results[index] = await stream_resumable(
+                        stubs, model, sequences[index], chunks[index], info.version, include_scores,
+                        checkpoint_every_chunks=checkpoint_every_chunks,
+                    )  # fmt: skip
                     bar.advance(task)
 
             started = time.perf_counter()
@@ -218,6 +347,17 @@ async def stream_load(
     latencies = [s for r in results for s in r.latencies_s]
     predictions = [r.labels for r in results]
     return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies, results)
+
+
+async def _model_info(stubs: list[pb_grpc.InferenceServiceStub], model: str, version: int) -> pb.ModelInfo:
+    """The model's metadata from the first target that answers."""
+    for stub in stubs[:-1]:
+        try:
+            return (await stub.GetModel(pb.GetModelRequest(model=model, version=version))).model
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _FAILOVER_CODES:
+                raise
+    return (await stubs[-1].GetModel(pb.GetModelRequest(model=model, version=version))).model
 
 
 async def classify_load(
