@@ -147,8 +147,8 @@ _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE,)
 class _Moved(Exception):
     """This attempt's server is gone or draining; the stream goes on at another target."""
 
-    def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
-        super().__init__(str(error))
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"{error.code().name}: {error.details()}")
         self.error = error
 
 
@@ -177,52 +177,85 @@ async def _attempt(stub: pb_grpc.InferenceServiceStub, opening: pb.StreamOpen, p
     """One Stream call from the latest checkpoint to the end; raises _Moved when the server goes away."""
     start = progress.restart_at()
     call = stub.Stream()
+    responses: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
+
+    async def read_all() -> None:
+        # A read is always pending, so a StreamEnded the server sends while no chunk is in flight (drain,
+        # idle timeout) still arrives with its checkpoint; a write after it fails, a read would not.
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                responses.put_nowait(response)
+        except grpc.aio.AioRpcError:
+            pass  # the status is read below
+        finally:
+            responses.put_nowait(None)
+
+    reader = asyncio.create_task(read_all())
+    write_failed = False
     try:
-        await call.write(pb.StreamRequest(open=opening))
-        first = await call.read()
-        if first is grpc.aio.EOF or not first.HasField("opened"):
-            raise _Moved()
-        progress.many_to_many = first.opened.model.task == "many_to_many"
-        for index in range(start, len(progress.chunks)):
-            request = _chunk_request(progress.chunks[index])
-            progress.resent += index < progress.written
-            progress.written = max(progress.written, index + 1)
-            sent = time.perf_counter()
-            await call.write(request)
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise _Moved()
-            if response.HasField("ended"):  # the server ended the stream while this chunk was in flight
-                progress.ended = response.ended
-                break
-            progress.latencies[index] = time.perf_counter() - sent
-            progress.answers[index] = list(response.chunk.results)
-            if response.chunk.HasField("checkpoint"):
-                progress.checkpoint = response.chunk.checkpoint
-        else:
-            await call.write(pb.StreamRequest(end=pb.StreamEnd()))
-            await call.done_writing()
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                raise _Moved()
+        try:
+            await _exchange(call, responses, opening, start, progress)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The call ended while this side was about to write: the server ended it (what it said last
+            # is read below) or the connection dropped (gRPC then reports a local INTERNAL error).
+            write_failed = True
+        await reader
+    finally:
+        reader.cancel()
+    while not responses.empty():
+        response = responses.get_nowait()
+        if response is not None and response.HasField("ended"):
             progress.ended = response.ended
-    except grpc.aio.AioRpcError as error:
-        if error.code() in _FAILOVER_CODES:
-            raise _Moved(error) from error
-        raise
-    except asyncio.InvalidStateError:  # a write after the server ended the call: read its status below
-        pass
     if progress.ended is not None and progress.ended.HasField("checkpoint"):
         progress.checkpoint = progress.ended.checkpoint
     code = await call.code()
-    if progress.ended is not None and progress.ended.reason == pb.END_REASON_SERVER_SHUTDOWN:
-        raise _Moved()
-    if code in _FAILOVER_CODES or progress.ended is None:
-        raise _Moved(None)
+    status = grpc.aio.AioRpcError(
+        code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
+    )
+    if progress.ended is None:
+        dropped = write_failed or code in _FAILOVER_CODES or code == grpc.StatusCode.OK
+    else:
+        dropped = progress.ended.reason == pb.END_REASON_SERVER_SHUTDOWN
+    if dropped:
+        raise _Moved(status)
     if code != grpc.StatusCode.OK:
-        raise grpc.aio.AioRpcError(
-            code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
-        )
+        raise status
+
+
+async def _exchange(
+    call: grpc.aio.StreamStreamCall,
+    responses: asyncio.Queue,
+    opening: pb.StreamOpen,
+    start: int,
+    progress: _Progress,
+) -> None:
+    """Open, then each chunk from `start` awaiting its answer, then end; returns early when the call ends."""
+    await call.write(pb.StreamRequest(open=opening))
+    first = await responses.get()
+    if first is None or not first.HasField("opened"):
+        return
+    progress.many_to_many = first.opened.model.task == "many_to_many"
+    for index in range(start, len(progress.chunks)):
+        request = _chunk_request(progress.chunks[index])
+        progress.resent += index < progress.written
+        progress.written = max(progress.written, index + 1)
+        sent = time.perf_counter()
+        await call.write(request)
+        response = await responses.get()
+        if response is None:
+            return
+        if response.HasField("ended"):  # the server ended the stream while this chunk was in flight
+            progress.ended = response.ended
+            return
+        progress.latencies[index] = time.perf_counter() - sent
+        progress.answers[index] = list(response.chunk.results)
+        if response.chunk.HasField("checkpoint"):
+            progress.checkpoint = response.chunk.checkpoint
+    await call.write(pb.StreamRequest(end=pb.StreamEnd()))
+    await call.done_writing()
+    response = await responses.get()
+    if response is not None:
+        progress.ended = response.ended
 
 
 async def stream_resumable(
@@ -256,9 +289,9 @@ async def stream_resumable(
             break
         except _Moved as moved:
             failures = 0 if len(progress.answers) > answered or progress.ended is not None else failures + 1
-            if len(stubs) == 1 and moved.error is not None:
+            if len(stubs) == 1:
                 raise moved.error from None
-            if len(stubs) == 1 or failures >= 2 * len(stubs):
+            if failures >= 2 * len(stubs):
                 raise RuntimeError(f"stream of {model} failed on every target: {moved}") from moved
             resumes += 1
             target = (target + 1) % len(stubs)

@@ -98,7 +98,7 @@ def test_a_signed_token_whose_lengths_disagree_is_malformed_not_trusted() -> Non
     assert _refusal(bytes(lying) + resigned).reason == checkpoints.MALFORMED
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_flipping_any_bytes_of_a_token_never_gets_it_accepted(data: st.DataObject) -> None:
     token = encode(_snapshot(), KEY)

@@ -163,7 +163,7 @@ def test_a_bad_token_is_refused_and_harms_no_other_stream(
 ) -> None:
     make, reason, message = BAD_TOKENS[case]
     before = _refused_reasons(keyed_server)
-    outcome = with_bystanders(keyed_server, offline, lambda stub: drive(stub, [make(valid.token), END]))
+    outcome = with_bystanders(keyed_server, offline, lambda stub: drive(stub, [make(valid.token)]))
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.details
     assert message in outcome.details
     after = _refused_reasons(keyed_server)
@@ -176,14 +176,14 @@ def test_a_bad_token_is_refused_and_harms_no_other_stream(
 def test_a_server_without_a_key_refuses_checkpoints_and_says_how_to_configure_one(
     server: ServerThread, offline: Offline, request_: pb.StreamRequest
 ) -> None:
-    outcome = with_bystanders(server, offline, lambda stub: drive(stub, [request_, END]))
+    outcome = with_bystanders(server, offline, lambda stub: drive(stub, [request_]))
     assert outcome.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "needs a state key" in outcome.details and "--state-key-file" in outcome.details
     assert checkpoints.KEYS_ENV in outcome.details
 
 
 def test_checkpoints_of_a_bidirectional_model_are_refused(keyed_server: ServerThread) -> None:
-    requests = [open_request("jv-bigru", checkpoint_every_chunks=1), END]
+    requests = [open_request("jv-bigru", checkpoint_every_chunks=1)]
     outcome = run_on_loop(_on(keyed_server.target, [requests]))[0]
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT and "not streamable" in outcome.details
 
@@ -241,5 +241,5 @@ def test_keys_rotate_a_token_of_the_previous_key_resumes_and_new_ones_use_the_cu
         .chunk.checkpoint
     )
     assert checkpoints.decode(new.token, StateKeys(STATE_KEYS[1].encode())).chunks == 1
-    old_only = run_on_loop(_on(keyed_server.target, [[_resume_request(new.token), END]]))[0]
+    old_only = run_on_loop(_on(keyed_server.target, [[_resume_request(new.token)]]))[0]
     assert old_only.code == grpc.StatusCode.INVALID_ARGUMENT and "another key" in old_only.details
