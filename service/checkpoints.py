@@ -2,10 +2,10 @@
 
 A token is a compact binary record (the layout is in docs/checkpoint_token.md, for clients in other
 languages): a fixed little-endian header, the model's name and sha256, the state rows as raw float32 bytes
-(so a resume continues bit for bit), the running many-to-one answer, and an HMAC-SHA256 over all of it
-under the server's current key. Verification accepts the current and the previous key, so keys rotate
-without dropping streams: roll out `current=new, previous=old`, then drop the old one once every token
-signed with it has expired.
+(so a resume continues bit for bit), the running many-to-one answer (label, scores, logits), and an
+HMAC-SHA256 over all of it under the server's current key. Verification accepts the current and the
+previous key, so keys rotate without dropping streams: roll out `current=new, previous=old`, then drop the
+old one once every token signed with it has expired.
 
 Knows no protocol; `InferenceEngine` issues and verifies tokens, the front doors only carry the bytes.
 """
@@ -117,8 +117,9 @@ class StreamSnapshot:
     steps: int
     chunks: int
     states: tuple[np.ndarray, ...]  # each float32 [layers * directions, hidden]
-    # Many-to-one: the running answer after the last chunk (label index, float32 scores [classes]).
-    answer: tuple[int, np.ndarray] | None
+    # Many-to-one: the running answer after the last chunk (label index, float32 scores and logits, each
+    # [classes]).
+    answer: tuple[int, np.ndarray, np.ndarray] | None
     include_scores: bool
     final_only: bool
     idle_timeout_ms: int
@@ -169,8 +170,9 @@ def encode(snapshot: StreamSnapshot, key: bytes) -> bytes:
         *(np.ascontiguousarray(state, dtype=_FLOAT32).tobytes() for state in snapshot.states),
     ]
     if snapshot.answer is not None:
-        label, scores = snapshot.answer
-        parts += [struct.pack("<I", label), np.ascontiguousarray(scores, dtype=_FLOAT32).tobytes()]
+        label, scores, logits = snapshot.answer
+        parts.append(struct.pack("<I", label))
+        parts += [np.ascontiguousarray(values, dtype=_FLOAT32).tobytes() for values in (scores, logits)]
     body = b"".join(parts)
     return body + hmac.new(key, body, hashlib.sha256).digest()
 
@@ -218,7 +220,7 @@ def _parse(body: bytes) -> StreamSnapshot:
     has_answer = bool(flags & _HAS_ANSWER)
     state_bytes = rows * hidden * 4
     expected = HEADER.size + name_len + SHA256_BYTES + n_states * state_bytes
-    expected += (4 + 4 * classes) if has_answer else 0
+    expected += (4 + 2 * 4 * classes) if has_answer else 0
     if len(body) != expected or n_states not in (1, 2):
         raise BadResumeToken(
             MALFORMED,
@@ -236,7 +238,8 @@ def _parse(body: bytes) -> StreamSnapshot:
     answer = None
     if has_answer:
         (label,) = struct.unpack_from("<I", body, offset)
-        answer = (label, np.frombuffer(body, _FLOAT32, classes, offset + 4))
+        scores = np.frombuffer(body, _FLOAT32, classes, offset + 4)
+        answer = (label, scores, np.frombuffer(body, _FLOAT32, classes, offset + 4 + 4 * classes))
     return StreamSnapshot(
         model=ModelIdentity(name, version, sha256),
         steps=steps,

@@ -117,8 +117,9 @@ class InferenceEngine:
         stream.options = options
         stream.states, stream.steps, stream.chunks = snapshot.states, snapshot.steps, snapshot.chunks
         if snapshot.answer is not None:
-            label, scores = snapshot.answer
-            stream.last = RowResult(np.array([label], dtype=np.int64), scores[np.newaxis], snapshot.states)
+            label, scores, logits = snapshot.answer
+            labels = np.array([label], dtype=np.int64)
+            stream.last = RowResult(labels, scores[np.newaxis], snapshot.states, logits[np.newaxis])
         served.metrics.resumes.inc()
         return stream
 
@@ -170,7 +171,7 @@ class InferenceEngine:
             steps=stream.steps,
             chunks=stream.chunks,
             states=stream.states,
-            answer=None if last is None else (int(last.labels[0]), last.scores[0]),
+            answer=None if last is None else (int(last.labels[0]), last.scores[0], last.logits[0]),
             include_scores=stream.options.include_scores,
             final_only=stream.options.final_only,
             idle_timeout_ms=stream.options.idle_timeout_ms,

@@ -29,7 +29,9 @@ def _snapshot(cell_states: int = 2, answer: bool = True) -> StreamSnapshot:
         steps=17,
         chunks=5,
         states=states,
-        answer=(4, rng.random(9).astype(np.float32)) if answer else None,
+        answer=(4, rng.random(9).astype(np.float32), rng.standard_normal(9).astype(np.float32))
+        if answer
+        else None,
         include_scores=True,
         final_only=False,
         idle_timeout_ms=1500,
@@ -55,10 +57,11 @@ def test_a_token_round_trips_every_field_bit_for_bit(states: int, answer: bool) 
     for got, want in zip(back.states, snapshot.states, strict=True):
         assert got.tobytes() == want.tobytes()  # max difference 0.0: the same float32 bits
     if answer:
-        assert back.answer[0] == 4 and back.answer[1].tobytes() == snapshot.answer[1].tobytes()
+        assert back.answer[0] == 4
+        assert [v.tobytes() for v in back.answer[1:]] == [v.tobytes() for v in snapshot.answer[1:]]
     assert replace(back, states=(), answer=None) == replace(snapshot, states=(), answer=None)
     # The documented size: header, name, sha256, state rows, answer, signature.
-    expected = 64 + len("jv-lstm") + 32 + states * 2 * 32 * 4 + (4 + 9 * 4 if answer else 0) + 32
+    expected = 64 + len("jv-lstm") + 32 + states * 2 * 32 * 4 + (4 + 2 * 9 * 4 if answer else 0) + 32
     assert len(token) == expected
 
 
