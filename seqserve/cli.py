@@ -217,11 +217,19 @@ def stream(
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
     dataset: Annotated[str | None, typer.Option(help="Shipped data set to stream.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
-    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     chunk: Annotated[int, typer.Option(help="Time steps per chunk.", min=1)] = 8,
     concurrency: Annotated[int, typer.Option(help="Concurrent streams.", min=1)] = 8,
     limit: Annotated[int | None, typer.Option(help="Stream at most this many sequences.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -237,15 +245,48 @@ def classify(
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
     dataset: Annotated[str | None, typer.Option(help="Shipped data set to classify.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
-    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     batch: Annotated[int, typer.Option(help="Sequences per Classify call.", min=1)] = 32,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
 ) -> None:
     """Classify whole sequences with the unary Classify RPC and report accuracy."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import classify_command
 
     classify_command(**options)
+
+
+@app.command()
+def predict(
+    repository: Annotated[Path, typer.Option(help="Model repository written by `seqserve export`.")],
+    model: Annotated[str, typer.Option(help="Model name in the repository.")],
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the default (the highest).", min=0)] = 0,
+    dataset: Annotated[str | None, typer.Option(help="Shipped data set to predict.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "all",
+    seed: Annotated[int, typer.Option(help="Seed the data set's splits were built with.")] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="File for the predictions, .jsonl or .csv (default: JSON Lines on stdout)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+) -> None:
+    """Predict offline, no server: labels and probabilities per sequence (or per step) for your data."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.commands import predict_command
+
+    predict_command(**options)
 
 
 @app.command()
