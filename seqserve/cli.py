@@ -202,6 +202,14 @@ def serve(
             min=1,
         ),
     ] = 1,
+    poll_repository_s: Annotated[
+        float,
+        typer.Option(
+            help="Rescan the repository this often: new versions load beside the running ones, removed "
+            "ones unload after their last stream; 0 reads it once at start.",
+            min=0.0,
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

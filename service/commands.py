@@ -29,6 +29,7 @@ def serve_command(
     calls_in_flight: int,
     inline_max_us: float,
     workers: int,
+    poll_repository_s: float,
 ) -> None:
     options = dict(locals())
     import asyncio

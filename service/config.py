@@ -31,6 +31,7 @@ class ServerConfig:
     workers: int = 1
     reuse_port: bool = False
     stream_id_prefix: str = ""
+    poll_repository_s: float = 0.0  # 0: the repository is read once at start
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -51,6 +52,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.inline_max_us < 0:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
+        if self.poll_repository_s < 0:
+            raise ValueError(f"poll_repository_s must be >= 0, got {self.poll_repository_s}")
         if self.max_delay_ms < 0 or self.grace_s < 0:
             raise ValueError(
                 f"max_delay_ms and grace_s must be >= 0, got {self.max_delay_ms}, {self.grace_s}"

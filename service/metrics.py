@@ -21,6 +21,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 END_REASONS = ("completed", "cancelled", "idle_timeout", "error", "shutdown")
 EVICTION_REASONS = ("idle_timeout", "shutdown")
+REPOSITORY_EVENTS = ("loaded", "refused", "retired", "unloaded")
 _MODEL = ("model", "version")
 _INFO_KEYS = ("cell", "task", "precision", "execution_provider")
 # Set by `--workers N` (service/workers.py) for its workers: their values go to files the supervisor sums.
@@ -122,6 +123,14 @@ class ServiceMetrics:
         self.requests = Counter(
             "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
         )
+        self.repository_events = Counter(
+            "seqserve_repository_events",
+            "Live repository changes after start: " + ", ".join(REPOSITORY_EVENTS) + " versions.",
+            ("event",),
+            registry=r,
+        )
+        for event in REPOSITORY_EVENTS:
+            self.repository_events.labels(event)
         info_help = "Served model versions: cell, task, precision, execution provider."
         self._multiprocess = MULTIPROC_ENV in os.environ
         if self._multiprocess:
@@ -154,6 +163,20 @@ class ServiceMetrics:
             row_compute=self.row_compute.labels(*labels),
             batch_size=self.batch_size.labels(*labels),
         )
+
+    def forget_model(self, name: str, version: int) -> None:
+        """Drop an unloaded version's series, so a long-running server does not keep every version ever."""
+        labels = (name, str(version))
+        for family in (self.streams_active, self.state_bytes, self.chunks, self.steps, self.chunk_latency,
+                       self.queue, self.inference, self.batch_size, self.model_info):  # fmt: skip
+            family.remove(*labels)
+        for reason in END_REASONS:
+            self.streams_total.remove(*labels, reason)
+        for reason in EVICTION_REASONS:
+            self.evictions.remove(*labels, reason)
+
+    def repository_event(self, event: str) -> None:
+        self.repository_events.labels(event).inc()
 
     def request_done(self, rpc: str, code: str) -> None:
         self.requests.labels(rpc, code).inc()
