@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -166,14 +167,11 @@ class ServiceMetrics:
 
     def forget_model(self, name: str, version: int) -> None:
         """Drop an unloaded version's series, so a long-running server does not keep every version ever."""
-        labels = (name, str(version))
-        for family in (self.streams_active, self.state_bytes, self.chunks, self.steps, self.chunk_latency,
-                       self.queue, self.inference, self.batch_size, self.model_info):  # fmt: skip
-            family.remove(*labels)
-        for reason in END_REASONS:
-            self.streams_total.remove(*labels, reason)
-        for reason in EVICTION_REASONS:
-            self.evictions.remove(*labels, reason)
+        prefix = (name, str(version))
+        for family in vars(self).values():
+            if isinstance(family, MetricWrapperBase) and family._labelnames[:2] == _MODEL:
+                for labels in [key for key in family._metrics if key[:2] == prefix]:
+                    family.remove(*labels)
 
     def repository_event(self, event: str) -> None:
         self.repository_events.labels(event).inc()

@@ -15,6 +15,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as kserve_pb
+from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from seqserve.contract import METADATA_FILE, version_dir
 from seqserve.service.launch import ServerThread
@@ -63,6 +65,14 @@ async def _served(stub: pb_grpc.InferenceServiceStub) -> set[tuple[str, int, boo
     return {(m.name, m.version, m.default_version) for m in models}
 
 
+async def _index(channel: grpc.aio.Channel) -> set[tuple[str, str]]:
+    """What the Triton protocol's RepositoryIndex lists."""
+    index = await kserve_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+        kserve_pb.RepositoryIndexRequest()
+    )
+    return {(m.name, m.version) for m in index.models}
+
+
 async def _whole_stream(stub: pb_grpc.InferenceServiceStub, model: str, x: np.ndarray, version: int = 0):
     """Open (on `version`), stream `x` in two chunks, end: the opened version and the final scores."""
     call = stub.Stream()
@@ -100,7 +110,7 @@ def test_a_version_exported_into_the_repository_serves_without_restart(
             )
             await _until(lambda: server.running.engine.repository.resolve("jv-gru").runtime.info.version == 2,
                          "jv-gru:2 loaded")  # fmt: skip
-            served = await _served(stub)
+            served = await _served(stub), await _index(channel)
             new = await _whole_stream(stub, "jv-gru", x)
             await old.write(chunk_request(x[5:]))
             await old.read()
@@ -111,7 +121,8 @@ def test_a_version_exported_into_the_repository_serves_without_restart(
 
     old_version, served, (new_version, new_scores), old_final, old_code = server.call(run())
     assert old_version == 1 and new_version == 2
-    assert {("jv-gru", 1, False), ("jv-gru", 2, True)} <= served
+    assert {("jv-gru", 1, False), ("jv-gru", 2, True)} <= served[0]
+    assert {("jv-gru", "1"), ("jv-gru", "2")} <= served[1]
     # Version 2 is the same run exported again: the same answers, from its own session.
     np.testing.assert_allclose(new_scores, offline.scores("jv-gru", x), atol=1e-5)
     assert old_code == grpc.StatusCode.OK
@@ -142,6 +153,7 @@ def test_a_removed_version_finishes_its_streams_then_unloads(
             shutil.rmtree(repository / "bms-gru")  # a whole model gone
             await _until(lambda: repo.retired(), "jv-lstm:2 retired")
             seen["served"] = await _served(stub)
+            seen["index"] = await _index(channel)
             seen["new stream"] = (await _whole_stream(stub, "jv-lstm", x))[0]
             try:
                 await stub.GetModel(pb.GetModelRequest(model="jv-lstm", version=2))
@@ -163,6 +175,8 @@ def test_a_removed_version_finishes_its_streams_then_unloads(
     assert seen["opened on"] == 2 and seen["new stream"] == 1
     assert ("jv-lstm", 1, True) in seen["served"] and not {m for m in seen["served"] if m[0] == "bms-gru"}
     assert ("jv-lstm", 2, False) not in seen["served"] and ("jv-lstm", 2, True) not in seen["served"]
+    assert ("jv-lstm", "1") in seen["index"] and ("jv-lstm", "2") not in seen["index"]
+    assert not {m for m in seen["index"] if m[0] == "bms-gru"}
     assert seen["pinned"] == grpc.StatusCode.NOT_FOUND
     assert seen["gone model"] == Status.NOT_SERVING
     assert "jv-lstm:2" in seen["still retired"]  # its stream was still open
