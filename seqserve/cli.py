@@ -67,7 +67,12 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option(help="Run folder to write (checkpoint.pt, metrics.json, plots).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder to write (checkpoint.pt, metrics.json, plots); refused if it holds a run."
+        ),
+    ],
     dataset: Annotated[
         str | None, typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
     ] = None,
@@ -78,25 +83,38 @@ def train(
         str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
     ] = None,
     cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
-    layers: Annotated[int, typer.Option(min=1)] = 1,
-    hidden: Annotated[int, typer.Option(min=1)] = 64,
-    bidirectional: Annotated[bool, typer.Option("--bidirectional/--unidirectional")] = False,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,
+    hidden: Annotated[int, typer.Option(help="Hidden units per layer and direction.", min=1)] = 64,
+    bidirectional: Annotated[
+        bool,
+        typer.Option(
+            "--bidirectional/--unidirectional",
+            help="Read each sequence both ways (more accurate; the served model then answers only at the "
+            "end of a stream).",
+        ),
+    ] = False,
+    dropout: Annotated[
+        float,
+        typer.Option(help="Dropout between stacked layers (needs --layers 2 or more).", min=0.0, max=0.95),
+    ] = 0.0,
     layer_norm: Annotated[
         bool, typer.Option("--layer-norm/--no-layer-norm", help="LayerNorm before the head.")
     ] = True,
     clip: Annotated[float, typer.Option(help="Gradient clipping max norm; 0 disables.", min=0.0)] = 1.0,
-    epochs: Annotated[int, typer.Option(min=1)] = 60,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    epochs: Annotated[
+        int, typer.Option(help="Most epochs (early stopping usually ends sooner).", min=1)
+    ] = 60,
+    batch_size: Annotated[int, typer.Option(help="Sequences per training batch.", min=1)] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.", min=0.0)] = 3e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.", min=1)] = 10,
     chrono: Annotated[
         int, typer.Option(help="Chrono gate-bias initialisation for dependencies of ~N steps; 0 disables.")
     ] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and shuffling.")] = 0,
     threads: Annotated[
         int, typer.Option(help="Torch CPU threads; small recurrent models train fastest on one.", min=1)
     ] = 1,
+    force: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
 ) -> None:
     """Train a sequence classifier and write a run folder."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -107,10 +125,13 @@ def train(
 
 @experiment_app.command()
 def vanishing(
-    out: Annotated[Path, typer.Option(help="Folder for results.json and plots.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for results.json and plots; refused if it holds results.")
+    ],
     lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths T.")] = "50,100,200",
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the synthetic data and the models.")] = 0,
     quick: Annotated[bool, typer.Option(help="Tiny budget, for smoke tests.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace results already in --out.")] = False,
 ) -> None:
     """RNN vs GRU vs LSTM on a long-range task: accuracy against T and the gradient norm through time."""
     options = dict(locals())  # before the import, which would add itself to locals()

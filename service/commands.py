@@ -68,13 +68,14 @@ def serve_command(
 
 
 def _report(report, title: str) -> None:  # noqa: ANN001
-    from rich.console import Console
     from rich.table import Table
+
+    from seqserve.console import make_console
 
     table = Table(title=title, show_header=False)
     for key, value in report.summary().items():
         table.add_row(key, str(value))
-    Console().print(table)
+    make_console().print(table)
 
 
 def _run_client(coroutine) -> object:  # noqa: ANN001
