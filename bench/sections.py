@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bench.report import TextTable, by_thread
+from bench.report import TextTable
 from bench.scenarios import ServedFigures
 from bench.triton_peer import PerfFigures
 
