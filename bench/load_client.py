@@ -42,6 +42,8 @@ class LoadSpec:
     warmup_s: float = 1.0
     duration_s: float = 3.0
     idle_timeout_ms: int = 0
+    # Fewer streams per connection spread them over `--workers` (the kernel balances connections).
+    streams_per_channel: int = STREAMS_PER_CHANNEL
 
 
 @dataclass
@@ -172,7 +174,7 @@ async def run_share(spec: LoadSpec, streams: int, start_at: float, conn: Connect
     """Run `streams` of the scenario in this process; the window opens at start_at + warm-up (monotonic)."""
     channels = [
         grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS)
-        for _ in range(math.ceil(streams / STREAMS_PER_CHANNEL))
+        for _ in range(math.ceil(streams / spec.streams_per_channel))
     ]
     try:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))

@@ -18,6 +18,7 @@ class OrtResult:
     steps: int  # batch * chunk * calls
     seconds: float
     steps_per_s: float
+    cpu_us_per_step: float = 0.0  # thread CPU: with 1 intra-op thread onnxruntime computes on the caller
 
 
 def measure_ort(
@@ -31,10 +32,12 @@ def measure_ort(
     feeds.update(zip(names_in, state, strict=True))
     session.run(names_out, feeds)  # first call allocates; keep it out of the figure
     calls = 0
+    cpu_start = time.thread_time()
     start = time.perf_counter()
     while (elapsed := time.perf_counter() - start) < duration_s:
         _, *state = session.run(names_out, feeds)
         feeds.update(zip(names_in, state, strict=True))
         calls += 1
     steps = batch * chunk * calls
-    return OrtResult(batch, chunk, calls, steps, elapsed, steps / elapsed)
+    cpu_us = (time.thread_time() - cpu_start) / steps * 1e6
+    return OrtResult(batch, chunk, calls, steps, elapsed, steps / elapsed, cpu_us)

@@ -27,6 +27,8 @@ from bench.load_pool import LoadPool
 from bench.plot import plot_streams
 from bench.report import BenchResults
 from bench.scenarios import INFERENCE_THREADS, QUICK, BenchConfig, BenchRun
+from bench.sections import NaiveGrid, TritonPeer, Workers
+from bench.triton_peer import run_peer
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -89,14 +91,25 @@ def main(
             with run.servers() as servers:
                 ort = run.ort_ceiling()
                 echo = run.baseline(servers.echo, "echo")
-                naive = run.baseline(servers.naive, "naive")
-                grid = run.seqserve_grid(servers.seqserve)
+                naive = run.grid(servers.naive, "naive")
+                grid = run.grid(servers.seqserve, "seqserve")
                 rounds = run.ratio_rounds(servers)
+                run.advance("Triton peer (perf_analyzer, both servers)")
+                peer = run_peer(
+                    repository, info, servers.seqserve.target, servers.seqserve.cpu_seconds, config.chunks,
+                    config.triton_sequences, config.triton_window_ms, Path(work), install=not quick,
+                )  # fmt: skip
             idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
+            workers = run.workers()
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
-    results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle)
+    sections = [
+        NaiveGrid(naive, grid),
+        Workers(workers),
+        TritonPeer(peer.rows, peer.labels, peer.skipped),
+    ]
+    results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)
     results.write_json(out / "latest.json")
     results.write_markdown(out / "latest.md")

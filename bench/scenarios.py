@@ -45,6 +45,12 @@ class BenchConfig:
     warmup_s: float = 1.0
     duration_s: float = 4.0
     ort_duration_s: float = 2.0
+    # `seqserve serve --workers N` rows, at the ratio concurrency; connections of this many streams each.
+    worker_counts: tuple[int, ...] = (1, 2)
+    worker_streams_per_channel: int = 4
+    # Triton peer (bench/triton_peer.py): sequences in flight, perf_analyzer's window per trial.
+    triton_sequences: tuple[int, ...] = (1, 16, 64)
+    triton_window_ms: int = 1500
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -55,8 +61,11 @@ class BenchConfig:
         return (1, self.ratio_streams)
 
     def scenario_count(self) -> int:
-        """For the progress bar: ceiling, echo, naive, seqserve grid, ratio rounds, idle (echo, seqserve)."""
-        return 4 + 4 + 4 + 2 * len(self.stream_counts) + len(fields(RatioRound)) * self.ratio_rounds + 2
+        """For the progress bar: ceiling, echo, naive and seqserve grids, ratio rounds, idle, workers,
+        Triton."""
+        grids = 2 * 2 * len(self.stream_counts)
+        rounds = len(fields(RatioRound)) * self.ratio_rounds
+        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1
 
 
 QUICK = BenchConfig(
@@ -70,6 +79,9 @@ QUICK = BenchConfig(
     warmup_s=0.1,
     duration_s=0.3,
     ort_duration_s=0.1,
+    worker_counts=(2,),
+    triton_sequences=(1,),
+    triton_window_ms=300,
 )
 
 
@@ -117,6 +129,8 @@ class RatioRound:
         return {
             "service_vs_grpc_ceiling_chunk1_64": small.msgs_per_s / self.echo_small.load.msgs_per_s,
             "service_vs_ort_chunk32_64": large.steps_per_s / self.ort_large.steps_per_s,
+            "server_cpu_vs_ort_cpu_chunk32_64": self.seqserve_large.server_cpu_us_per_step
+            / self.ort_large.cpu_us_per_step,
             "service_vs_naive_chunk32_64": large.steps_per_s / self.naive_large.load.steps_per_s,
             "service_vs_resend_T256": small.steps_per_s / self.resend.load.steps_per_s,
             "p99_ms_chunk1_64": small.p99_ms,
@@ -171,7 +185,7 @@ class BenchRun:
     logs: Path
     advance: Callable[[str], None] = field(default=lambda name: None)
 
-    def _spec(self, target: str, mode: str, streams: int, chunk: int = 1) -> LoadSpec:
+    def _spec(self, target: str, mode: str, streams: int, chunk: int = 1, per_channel: int = 100) -> LoadSpec:
         return LoadSpec(
             target=target,
             model=BENCH_MODEL,
@@ -183,6 +197,7 @@ class BenchRun:
             warmup_s=self.config.warmup_s,
             duration_s=self.config.duration_s,
             idle_timeout_ms=IDLE_TIMEOUT_MS,
+            streams_per_channel=per_channel,
         )
 
     def command(self, kind: str) -> list[str]:
@@ -221,14 +236,16 @@ class BenchRun:
         session = open_session(model_path(self.repository), self.device, INFERENCE_THREADS)
         return measure_ort(session, self.info, batch, chunk, self.config.ort_duration_s)
 
-    def served(self, server: ServerProcess, name: str, mode: str, streams: int, chunk: int) -> ServedFigures:
+    def served(
+        self, server: ServerProcess, name: str, mode: str, streams: int, chunk: int, per_channel: int = 100
+    ) -> ServedFigures:
         """One load scenario; the server's CPU time and metrics are read as the window opens and closes."""
 
         def probe() -> tuple[float, dict[str, float], dict[str, float]]:
             metrics = scrape(server.metrics_url) if server.metrics_url else {}
             return server.cpu_seconds(), server.thread_cpu_seconds(), metrics
 
-        spec = self._spec(server.target, mode, streams, chunk)
+        spec = self._spec(server.target, mode, streams, chunk, per_channel)
         load, before, after = self.pool.run(spec, probe)
         (cpu_before, threads_before, metrics_before), (cpu_after, threads_after, metrics_after) = (
             before,
@@ -255,13 +272,27 @@ class BenchRun:
                 figures.append(self.served(server, kind, "stream", streams, chunk))
         return figures
 
-    def seqserve_grid(self, server: ServerProcess) -> list[ServedFigures]:
+    def grid(self, server: ServerProcess, kind: str) -> list[ServedFigures]:
+        """seqserve or the naive server at every concurrency of the grid, both chunk sizes."""
         grid = []
         for chunk in self.config.chunks:
             for streams in self.config.stream_counts:
-                self.advance(f"seqserve chunk {chunk} x {streams} streams")
-                grid.append(self.served(server, "seqserve", "stream", streams, chunk))
+                self.advance(f"{kind} chunk {chunk} x {streams} streams")
+                grid.append(self.served(server, kind, "stream", streams, chunk))
         return grid
+
+    def workers(self) -> list[ServedFigures]:
+        """`seqserve serve --workers N` at the ratio concurrency, both chunk sizes; CPU of all processes."""
+        figures = []
+        streams, per_channel = self.config.ratio_streams, self.config.worker_streams_per_channel
+        for count in self.config.worker_counts:
+            command = [*self.command("seqserve"), "--workers", str(count)]
+            with running_server(command, self.logs / f"seqserve-workers-{count}.log") as server:
+                for chunk in self.config.chunks:
+                    self.advance(f"seqserve --workers {count}: chunk {chunk} x {streams}")
+                    name = f"seqserve --workers {count}"
+                    figures.append(self.served(server, name, "stream", streams, chunk, per_channel))
+        return figures
 
     def ratio_rounds(self, servers: Servers) -> list[RatioRound]:
         return [self._ratio_round(servers, index) for index in range(1, self.config.ratio_rounds + 1)]

@@ -29,6 +29,21 @@ def _stat_cpu_seconds(stat: str) -> float:
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (workers, a backend's stub)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += _stat_cpu_seconds(Path(f"/proc/{current}/stat").read_text())
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+    return total
+
+
 class ServerStartError(RuntimeError):
     """The server exited or stayed silent instead of printing its listening line."""
 
@@ -41,8 +56,8 @@ class ServerProcess:
     log_path: Path
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the whole process (all its threads) so far."""
-        return _stat_cpu_seconds(Path(f"/proc/{self.process.pid}/stat").read_text())
+        """User + system CPU time of the whole process (all its threads, and its workers) so far."""
+        return process_tree_cpu_seconds(self.process.pid)
 
     def thread_cpu_seconds(self) -> dict[str, float]:
         """CPU time so far by thread group: the main thread (the event loop), then threads by their name

@@ -5,18 +5,18 @@
 #     where the Python backend looks for it), caches/;
 #   - nvidia_pytriton.libs/: the shared libraries tritonserver links (libtritonserver, libcudart, ...);
 #   - .tools/bin/tritonserver: a wrapper that puts those libraries on LD_LIBRARY_PATH.
-#   - .tools/tritonclient-py/: tritonclient==2.41.0 (no dependencies; grpc stubs for the label check).
+#   - .tools/triton-py/: numpy<2 for the backend's stub, which reads numpy 1's array layout: with numpy 2
+#     every output tensor arrives empty (0 bytes) at the client. onnxruntime comes from the venv.
 # Idempotent: a second run finds everything in place and only prints the result.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TOOLS="${SEQSERVE_TOOLS:-$ROOT/.tools}"
 PYTRITON_VERSION=0.7.0
-TRITONCLIENT_VERSION=2.41.0
 HOME_DIR="$TOOLS/pytriton"
 SERVER="$HOME_DIR/pytriton/tritonserver"
 WHEELS="$TOOLS/wheels"
 WRAPPER="$TOOLS/bin/tritonserver"
-CLIENT="$TOOLS/tritonclient-py"
+STUB_PY="$TOOLS/triton-py"
 PYTHON="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}"
 
 mkdir -p "$HOME_DIR" "$WHEELS" "$TOOLS/bin"
@@ -34,8 +34,8 @@ fi
 # pytriton copies the stub for the running Python into backends/python at start; do it once here.
 cp -p "$SERVER/python_backend_stubs/3.11/triton_python_backend_stub" "$SERVER/backends/python/"
 
-if [ ! -d "$CLIENT/tritonclient" ]; then
-    "$PYTHON" -m pip install --quiet --no-deps --target "$CLIENT" "tritonclient==$TRITONCLIENT_VERSION" >&2
+if [ ! -d "$STUB_PY/numpy" ]; then
+    "$PYTHON" -m pip install --quiet --no-deps --target "$STUB_PY" "numpy<2" >&2
 fi
 
 cat >"$WRAPPER" <<WRAP

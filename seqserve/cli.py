@@ -67,7 +67,12 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option(help="Run folder to write (checkpoint.pt, metrics.json, plots).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder to write (checkpoint.pt, metrics.json, plots); refused if it holds a run."
+        ),
+    ],
     dataset: Annotated[
         str | None, typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
     ] = None,
@@ -78,25 +83,38 @@ def train(
         str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
     ] = None,
     cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
-    layers: Annotated[int, typer.Option(min=1)] = 1,
-    hidden: Annotated[int, typer.Option(min=1)] = 64,
-    bidirectional: Annotated[bool, typer.Option("--bidirectional/--unidirectional")] = False,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,
+    hidden: Annotated[int, typer.Option(help="Hidden units per layer and direction.", min=1)] = 64,
+    bidirectional: Annotated[
+        bool,
+        typer.Option(
+            "--bidirectional/--unidirectional",
+            help="Read each sequence both ways (more accurate; the served model then answers only at the "
+            "end of a stream).",
+        ),
+    ] = False,
+    dropout: Annotated[
+        float,
+        typer.Option(help="Dropout between stacked layers (needs --layers 2 or more).", min=0.0, max=0.95),
+    ] = 0.0,
     layer_norm: Annotated[
         bool, typer.Option("--layer-norm/--no-layer-norm", help="LayerNorm before the head.")
     ] = True,
     clip: Annotated[float, typer.Option(help="Gradient clipping max norm; 0 disables.", min=0.0)] = 1.0,
-    epochs: Annotated[int, typer.Option(min=1)] = 60,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
+    epochs: Annotated[
+        int, typer.Option(help="Most epochs (early stopping usually ends sooner).", min=1)
+    ] = 60,
+    batch_size: Annotated[int, typer.Option(help="Sequences per training batch.", min=1)] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.", min=0.0)] = 3e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.", min=1)] = 10,
     chrono: Annotated[
         int, typer.Option(help="Chrono gate-bias initialisation for dependencies of ~N steps; 0 disables.")
     ] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and shuffling.")] = 0,
     threads: Annotated[
         int, typer.Option(help="Torch CPU threads; small recurrent models train fastest on one.", min=1)
     ] = 1,
+    force: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
 ) -> None:
     """Train a sequence classifier and write a run folder."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -107,10 +125,13 @@ def train(
 
 @experiment_app.command()
 def vanishing(
-    out: Annotated[Path, typer.Option(help="Folder for results.json and plots.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for results.json and plots; refused if it holds results.")
+    ],
     lengths: Annotated[str, typer.Option(help="Comma-separated sequence lengths T.")] = "50,100,200",
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the synthetic data and the models.")] = 0,
     quick: Annotated[bool, typer.Option(help="Tiny budget, for smoke tests.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace results already in --out.")] = False,
 ) -> None:
     """RNN vs GRU vs LSTM on a long-range task: accuracy against T and the gradient norm through time."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -212,6 +233,14 @@ def serve(
     checkpoint_ttl_s: Annotated[
         float, typer.Option(help="How long a checkpoint token stays valid.", min=1.0)
     ] = 3600.0,
+    poll_repository_s: Annotated[
+        float,
+        typer.Option(
+            help="Rescan the repository this often: new versions load beside the running ones, removed "
+            "ones unload after their last stream; 0 reads it once at start.",
+            min=0.0,
+        ),
+    ] = 0.0,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -233,7 +262,10 @@ def stream(
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
     dataset: Annotated[str | None, typer.Option(help="Shipped data set to stream.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
-    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     chunk: Annotated[int, typer.Option(help="Time steps per chunk.", min=1)] = 8,
     concurrency: Annotated[int, typer.Option(help="Concurrent streams.", min=1)] = 8,
@@ -245,6 +277,11 @@ def stream(
             min=0,
         ),
     ] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -260,15 +297,48 @@ def classify(
     version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
     dataset: Annotated[str | None, typer.Option(help="Shipped data set to classify.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
-    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "test",
     seed: Annotated[int, typer.Option(help="Seed the data set was built with.")] = 0,
     batch: Annotated[int, typer.Option(help="Sequences per Classify call.", min=1)] = 32,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
 ) -> None:
     """Classify whole sequences with the unary Classify RPC and report accuracy."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import classify_command
 
     classify_command(**options)
+
+
+@app.command()
+def predict(
+    repository: Annotated[Path, typer.Option(help="Model repository written by `seqserve export`.")],
+    model: Annotated[str, typer.Option(help="Model name in the repository.")],
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the default (the highest).", min=0)] = 0,
+    dataset: Annotated[str | None, typer.Option(help="Shipped data set to predict.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own .ts, .npz or .csv file.")] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="train, validation, test, or all (a --data file: every sequence, in file order)."),
+    ] = "all",
+    seed: Annotated[int, typer.Option(help="Seed the data set's splits were built with.")] = 0,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="File for the predictions, .jsonl or .csv (default: JSON Lines on stdout)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+) -> None:
+    """Predict offline, no server: labels and probabilities per sequence (or per step) for your data."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.commands import predict_command
+
+    predict_command(**options)
 
 
 @app.command()

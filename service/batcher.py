@@ -22,6 +22,10 @@ Policy (decided here; docs/operations.md documents the flags):
   executor keeps computing one group while the loop serves the others (inline there lost 15 % at 64
   streams, bench/README.md).
 Padding, the onnxruntime call, softmax and argmax run vectorised per call, wherever the call runs.
+
+A failed onnxruntime call fails only its own rows, with `InferenceFailed` (INTERNAL) naming the model;
+the next call runs as usual. After `FAILURES_BEFORE_NOT_SERVING` failed calls in a row the version
+reports itself unhealthy (`healthy`, `on_health_change`), and healthy again at its next good call.
 """
 
 from __future__ import annotations
@@ -29,15 +33,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.service.errors import InferenceFailed
 from seqserve.service.metrics import ModelMetrics
 from seqserve.service.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
+
+# Failed calls in a row before a version counts as not serving: one bad call is the rows' bad luck (or
+# bad input that onnxruntime refused), three in a row is the model.
+FAILURES_BEFORE_NOT_SERVING = 3
 
 
 @dataclass(slots=True)
@@ -112,6 +122,13 @@ class Batcher:
         self.inline_budget_s = inline_budget_s
         # Seconds a whole call took, by size class (bit length of padded rows x steps); a moving average.
         self._call_seconds: dict[int, float] = {}
+        self.consecutive_failures = 0
+        # Called (on the event loop) when `healthy` changes.
+        self.on_health_change: Callable[[], None] | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.consecutive_failures < FAILURES_BEFORE_NOT_SERVING
 
     async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None) -> RowResult:
         """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call; `stream`
@@ -181,22 +198,34 @@ class Batcher:
         self._calls_in_flight -= 1
         self._rows_in_flight -= len(rows)
         error = done.exception()
-        if error is not None:
-            log.error(
-                "onnxruntime call on %s:%d failed: %s",
-                self.runtime.info.name,
-                self.runtime.info.version,
-                error,
-            )
-        results = None if error is not None else done.result()
+        failure = None if error is None else self._failed(error, len(rows))
+        if failure is None and self.consecutive_failures:
+            self._set_failures(0)
+        results = None if failure is not None else done.result()
         for index, row in enumerate(rows):
             if row.future.done():  # the stream was cancelled while waiting
                 continue
             if results is None:
-                row.future.set_exception(error)
+                row.future.set_exception(failure)
             else:
                 row.future.set_result(results[index])
         self._maybe_dispatch()
+
+    def _failed(self, error: BaseException, rows: int) -> InferenceFailed:
+        key = f"{self.runtime.info.name}:{self.runtime.info.version}"
+        log.error("onnxruntime call on %s failed (%d rows): %s", key, rows, error)
+        self._set_failures(self.consecutive_failures + 1)
+        detail = str(error)[:300]
+        return InferenceFailed(
+            f"model {key} failed on the onnxruntime call that held this request's rows "
+            f"({type(error).__name__}: {detail}); other requests go on, retry"
+        )
+
+    def _set_failures(self, count: int) -> None:
+        was = self.healthy
+        self.consecutive_failures = count
+        if self.healthy != was and self.on_health_change is not None:
+            self.on_health_change()
 
     def _run(self, rows: list[_Row]) -> list[RowResult]:
         """Executor thread: pad, run, softmax, argmax, scatter; one onnxruntime call per length group."""

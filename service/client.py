@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 from rich.progress import Progress
 
+from seqserve.predictions import SequencePrediction
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -59,6 +60,9 @@ class LoadReport:
     elapsed_s: float
     latencies_s: np.ndarray  # per chunk (stream) or per Classify call
     results: list[StreamResult] = field(default_factory=list, repr=False)
+    labels: list[str] = field(default_factory=list)  # the model's label names, which predictions index
+    # Per sequence, in input order: labels, probabilities (when asked for), targets in the model's order.
+    predictions: list[SequencePrediction] = field(default_factory=list, repr=False)
 
     @property
     def resumes(self) -> int:
@@ -402,11 +406,13 @@ async def classify_load(
     version: int = 0,
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
+    include_scores: bool = False,
 ) -> LoadReport:
     """Classify every sequence in Classify calls of `batch` sequences, one call at a time."""
     async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         predictions: list[np.ndarray] = []
+        scores: list[np.ndarray | None] = []
         latencies: list[float] = []
         info = None
         started = time.perf_counter()
@@ -417,6 +423,7 @@ async def classify_load(
                 request = pb.ClassifyRequest(
                     model=model,
                     version=version,
+                    include_scores=include_scores,
                     sequences=[
                         pb.Sequence(
                             steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes()
@@ -429,9 +436,13 @@ async def classify_load(
                 latencies.append(time.perf_counter() - sent)
                 info = response.model
                 predictions += [np.asarray([s.label_index for s in r.results]) for r in response.results]
+                scores += [
+                    np.asarray([s.scores for s in r.results], dtype=np.float32) if include_scores else None
+                    for r in response.results
+                ]
                 bar.advance(task, len(part))
         elapsed = time.perf_counter() - started
-    return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies)
+    return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies, scores=scores)
 
 
 def _report(
@@ -443,8 +454,16 @@ def _report(
     elapsed_s: float,
     latencies_s: list[float],
     results: list[StreamResult] | None = None,
+    scores: list[np.ndarray | None] | None = None,
 ) -> LoadReport:
-    correct, scored = _score(predictions, _in_model_order(targets, target_labels, info))
+    in_order = _in_model_order(targets, target_labels, info)
+    correct, scored = _score(predictions, in_order)
+    if scores is None:
+        scores = [r.scores for r in results] if results else [None] * len(predictions)
+    answers = [
+        SequencePrediction(i, labels, score, in_order[i] if i < len(in_order) else None)
+        for i, (labels, score) in enumerate(zip(predictions, scores, strict=True))
+    ]
     return LoadReport(
         model=info.name,
         version=info.version,
@@ -456,6 +475,8 @@ def _report(
         elapsed_s=elapsed_s,
         latencies_s=np.asarray(latencies_s),
         results=results or [],
+        labels=list(info.labels),
+        predictions=answers,
     )
 
 
@@ -466,11 +487,23 @@ def load_split(
     seed: int = 0,
     limit: int | None = None,
 ) -> tuple[list[str], list[np.ndarray], list]:
-    """(label names, sequences, targets) of a data set's or a file's split, at most `limit` of them."""
-    from seqserve.training.datasets import load_dataset  # numpy only, no torch
+    """(label names, sequences, targets) of a data set's or a file's split, at most `limit` of them.
+    Split "all" is every sequence: a file's in file order, a data set's train, validation, then test."""
+    from seqserve.training.datasets import SequenceSet, class_names, encode, load_dataset  # numpy, no torch
+    from seqserve.training.readers import read_file
 
+    if split == "all" and data is not None:
+        found = read_file(data)
+        names = class_names(found)
+        part = encode(found, names, str(data))
+        count = len(part) if limit is None else min(limit, len(part))
+        return names, part.sequences[:count], part.targets[:count]
     splits = load_dataset(dataset=dataset, data_file=data, seed=seed)
-    part = splits.split(split)
+    if split == "all":
+        parts = (splits.train, splits.validation, splits.test)
+        part = SequenceSet([s for p in parts for s in p.sequences], [t for p in parts for t in p.targets])
+    else:
+        part = splits.split(split)
     count = len(part) if limit is None else min(limit, len(part))
     return splits.labels, part.sequences[:count], part.targets[:count]
 

@@ -31,6 +31,7 @@ def serve_command(
     workers: int,
     state_key_file: Path | None,
     checkpoint_ttl_s: float,
+    poll_repository_s: float,
 ) -> None:
     options = dict(locals())
     import asyncio
@@ -69,13 +70,14 @@ def serve_command(
 
 
 def _report(report, title: str) -> None:  # noqa: ANN001
-    from rich.console import Console
     from rich.table import Table
+
+    from seqserve.console import make_console
 
     table = Table(title=title, show_header=False)
     for key, value in report.summary().items():
         table.add_row(key, str(value))
-    Console().print(table)
+    make_console().print(table)
 
 
 def _run_client(coroutine) -> object:  # noqa: ANN001
@@ -94,6 +96,27 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
         fail(str(exc))
 
 
+def _checked_output(output: Path | None, force: bool) -> Path | None:
+    """--output checked before anything runs: one `error:` line for a path that cannot be written."""
+    from seqserve.cli import fail
+    from seqserve.predictions import OutputError, check_output
+
+    try:
+        return check_output(output, force)
+    except OutputError as exc:
+        fail(str(exc))
+
+
+def _write_output(report, output: Path | None) -> None:  # noqa: ANN001
+    from seqserve.predictions import write_predictions
+
+    if output is None:
+        return
+    count = write_predictions(output, report.predictions, report.labels, report.task == "many_to_many")
+    unit = "steps" if report.task == "many_to_many" else "sequences"
+    typer.echo(f"wrote {count} predictions ({unit}) of {report.model}:{report.version} to {output}")
+
+
 def stream_command(
     target: list[str],
     model: str,
@@ -105,21 +128,21 @@ def stream_command(
     chunk: int,
     concurrency: int,
     limit: int | None,
-    checkpoint_every_chunks: int,
+    checkpoint_every_chunks: int = 0,
+    output: Path | None = None,
+    force: bool = False,
 ) -> None:
     from seqserve.service.client import on_dataset, stream_load
 
-    options = {
-        "chunk": chunk,
-        "concurrency": concurrency,
-        "version": version,
-        "progress": True,
-        "checkpoint_every_chunks": checkpoint_every_chunks,
-    }
+    output = _checked_output(output, force)
+    options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
+    options["include_scores"] = output is not None
+    options["checkpoint_every_chunks"] = checkpoint_every_chunks
     report = _run_client(on_dataset(stream_load, target, model, dataset, data, split, seed, limit, **options))
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
     if len(target) > 1 or report.resumes:
         typer.echo(f"resumes: {report.resumes} (streams that moved to another target and went on)")
+    _write_output(report, output)
 
 
 def classify_command(
@@ -131,9 +154,54 @@ def classify_command(
     split: str,
     seed: int,
     batch: int,
+    output: Path | None = None,
+    force: bool = False,
 ) -> None:
     from seqserve.service.client import classify_load, on_dataset
 
-    options = {"batch": batch, "version": version, "progress": True}
+    output = _checked_output(output, force)
+    options = {"batch": batch, "version": version, "progress": True, "include_scores": output is not None}
     report = _run_client(on_dataset(classify_load, target, model, dataset, data, split, seed, **options))
     _report(report, f"classify {model}: {batch} sequences per call")
+    _write_output(report, output)
+
+
+def predict_command(
+    repository: Path,
+    model: str,
+    version: int,
+    dataset: str | None,
+    data: Path | None,
+    split: str,
+    seed: int,
+    output: Path | None,
+    force: bool,
+) -> None:
+    """Offline: the model in this process, predictions to a file (or JSON Lines on stdout)."""
+    from seqserve.cli import fail
+    from seqserve.contract import ContractError
+    from seqserve.predictions import in_model_order, write_predictions
+    from seqserve.service.client import load_split
+    from seqserve.service.errors import ModelNotFound
+    from seqserve.service.offline import open_model, predict
+    from seqserve.training.datasets import DataError
+
+    output = _checked_output(output, force)
+    try:
+        runtime = open_model(repository, model, version)
+        data_labels, sequences, targets = load_split(dataset, data, split, seed)
+        answers = predict(runtime, sequences, in_model_order(targets, data_labels, runtime.info.labels))
+    except (ModelNotFound, ContractError, DataError, ValueError, OSError) as exc:
+        fail(str(exc))
+    info = runtime.info
+    per_step = info.task == "many_to_many"
+    count = write_predictions(output, answers, info.labels, per_step)
+    correct = sum(int((a.labels == a.targets).sum()) for a in answers if a.targets is not None)
+    total = sum(len(a.labels) for a in answers)
+    unit = "steps" if per_step else "sequences"
+    where = output if output is not None else "stdout"
+    typer.echo(
+        f"{info.name}:{info.version} ({info.precision}) predicted {len(answers)} sequences, {count} records "
+        f"({unit}) -> {where}; accuracy against the data's labels {correct / total:.4f}",
+        err=output is None,
+    )

@@ -35,6 +35,7 @@ class ServerConfig:
     # the server issues none and resumes none.
     state_key_file: Path | None = None
     checkpoint_ttl_s: float = 3600.0
+    poll_repository_s: float = 0.0  # 0: the repository is read once at start
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -56,6 +57,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.inline_max_us < 0:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
+        if self.poll_repository_s < 0:
+            raise ValueError(f"poll_repository_s must be >= 0, got {self.poll_repository_s}")
         if self.max_delay_ms < 0 or self.grace_s < 0:
             raise ValueError(
                 f"max_delay_ms and grace_s must be >= 0, got {self.max_delay_ms}, {self.grace_s}"

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 from seqserve.service.checkpoints import REFUSAL_REASONS
 
@@ -23,6 +24,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 END_REASONS = ("completed", "cancelled", "idle_timeout", "error", "shutdown")
 EVICTION_REASONS = ("idle_timeout", "shutdown")
+REPOSITORY_EVENTS = ("loaded", "refused", "retired", "unloaded")
 _MODEL = ("model", "version")
 _INFO_KEYS = ("cell", "task", "precision", "execution_provider")
 # Set by `--workers N` (service/workers.py) for its workers: their values go to files the supervisor sums.
@@ -139,6 +141,14 @@ class ServiceMetrics:
         self.requests = Counter(
             "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
         )
+        self.repository_events = Counter(
+            "seqserve_repository_events",
+            "Live repository changes after start: " + ", ".join(REPOSITORY_EVENTS) + " versions.",
+            ("event",),
+            registry=r,
+        )
+        for event in REPOSITORY_EVENTS:
+            self.repository_events.labels(event)
         info_help = "Served model versions: cell, task, precision, execution provider."
         self._multiprocess = MULTIPROC_ENV in os.environ
         if self._multiprocess:
@@ -176,6 +186,17 @@ class ServiceMetrics:
 
     def resume_refused(self, reason: str) -> None:
         self.resumes_refused.labels(reason).inc()
+
+    def forget_model(self, name: str, version: int) -> None:
+        """Drop an unloaded version's series, so a long-running server does not keep every version ever."""
+        prefix = (name, str(version))
+        for family in vars(self).values():
+            if isinstance(family, MetricWrapperBase) and family._labelnames[:2] == _MODEL:
+                for labels in [key for key in family._metrics if key[:2] == prefix]:
+                    family.remove(*labels)
+
+    def repository_event(self, event: str) -> None:
+        self.repository_events.labels(event).inc()
 
     def request_done(self, rpc: str, code: str) -> None:
         self.requests.labels(rpc, code).inc()

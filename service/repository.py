@@ -1,12 +1,24 @@
-"""Find and load the models of a repository (Triton's layout, `seqserve.contract` helpers).
+"""Find and load the models of a repository (Triton's layout, `seqserve.contract` helpers), at start and,
+with `--poll-repository-s`, again while serving.
 
 Every version of every model is loaded, each with its own onnxruntime session, batcher and metrics; a
 request with version 0 gets the highest version, a pinned one gets exactly that version or NOT_FOUND.
+
+Live changes (`rescan`): a new version is loaded off the event loop and put in place only once its
+session is ready, so no request ever sees it half-loaded; from then on it is the default for new streams
+if it is the highest. Streams keep the `ServedModel` they opened on. A version gone from disk is retired:
+no new stream or call resolves to it, and it is unloaded (metrics dropped, session freed with the last
+reference) at the first rescan that finds no stream on it. A version whose files fail the contract is
+refused with one log line and `seqserve_repository_events_total{event="refused"}`, and tried again only
+when its files change; everything else keeps serving. Versions are immutable once in place (the exporter
+renames a finished folder into place): a changed version is not reloaded, remove it and add a new number.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +46,8 @@ class ServedModel:
     batcher: Batcher
     metrics: ModelMetrics
     default: bool
+    open_streams: int = 0  # kept by the state store; a retired version unloads at 0
+    retired: bool = False
 
     @property
     def key(self) -> str:
@@ -44,62 +58,167 @@ class ServedModel:
         return self.runtime.info.streamable
 
 
+def _shown(name: str) -> str:
+    """A client's model name as error messages quote it: whole when short, cut when long."""
+    return repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+
+
+def _signature(path: Path) -> tuple:
+    """What a refused version is remembered by: it is tried again once its files change."""
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+    return tuple(stats)
+
+
 class ModelRepository:
-    def __init__(self, models: dict[str, dict[int, ServedModel]]) -> None:
-        self._models = models
+    def __init__(self, config: ServerConfig, metrics: ServiceMetrics, executor: Executor) -> None:
+        self.root = Path(config.repository)
+        self.config = config
+        self.service_metrics = metrics
+        self.executor = executor
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._retired: list[ServedModel] = []
+        self._refused: dict[tuple[str, int], tuple] = {}
+        # Called on the event loop whenever what is served, or its health, changes.
+        self.listeners: list[Callable[[], None]] = []
 
     @classmethod
     def load(cls, config: ServerConfig, metrics: ServiceMetrics, executor: Executor) -> ModelRepository:
-        root = Path(config.repository)
-        names = list_models(root)
-        if not names:
+        """Load every version on disk; at start a version that fails the contract stops the server."""
+        repository = cls(config, metrics, executor)
+        on_disk = repository._on_disk()
+        if not on_disk:
             raise ContractError(
-                f"{root}: no models found; expected <repository>/<model>/<version>/{MODEL_FILE}"
+                f"{repository.root}: no models found; expected <repository>/<model>/<version>/{MODEL_FILE}"
             )
-        models: dict[str, dict[int, ServedModel]] = {}
-        for name in names:
-            versions = list_versions(root, name)
-            models[name] = {}
-            for version in versions:
-                path = version_dir(root, name, version)
-                info = read_model_info(path)
-                if info.name != name or info.version != version:
-                    raise ContractError(
-                        f"{path}: model.json says {info.name}:{info.version}, its folder {name}:{version}"
-                    )
-                runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads)
-                bound = metrics.for_model(
-                    name, version, info.cell, info.task, info.precision, runtime.provider
-                )
-                batcher = Batcher(
-                    runtime,
-                    executor,
-                    bound,
-                    config.max_batch,
-                    config.max_delay_ms / 1000.0,
-                    max_in_flight=config.calls_in_flight,
-                    inline_budget_s=config.inline_max_us / 1e6,
-                )
-                models[name][version] = ServedModel(runtime, batcher, bound, default=version == versions[-1])
-                log.info("loaded %s (%s, %s, %s) on %s%s", models[name][version].key, info.cell, info.task,
-                         info.precision, runtime.provider,
-                         ", the default" if version == versions[-1] else "")  # fmt: skip
-        return cls(models)
+        for (name, version), path in on_disk.items():
+            repository._models.setdefault(name, {})[version] = repository._load_version(name, version, path)
+        repository._update_defaults()
+        for served in repository.all():
+            repository._log_loaded(served)
+        return repository
+
+    def _on_disk(self) -> dict[tuple[str, int], Path]:
+        return {
+            (name, version): version_dir(self.root, name, version)
+            for name in list_models(self.root)
+            for version in list_versions(self.root, name)
+        }
+
+    def _load_version(self, name: str, version: int, path: Path) -> ServedModel:
+        info = read_model_info(path)
+        if info.name != name or info.version != version:
+            raise ContractError(
+                f"{path}: model.json says {info.name}:{info.version}, its folder {name}:{version}"
+            )
+        config = self.config
+        runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads)
+        bound = self.service_metrics.for_model(
+            name, version, info.cell, info.task, info.precision, runtime.provider
+        )
+        batcher = Batcher(
+            runtime,
+            self.executor,
+            bound,
+            config.max_batch,
+            config.max_delay_ms / 1000.0,
+            max_in_flight=config.calls_in_flight,
+            inline_budget_s=config.inline_max_us / 1e6,
+        )
+        batcher.on_health_change = self._notify
+        return ServedModel(runtime, batcher, bound, default=False)
+
+    @staticmethod
+    def _log_loaded(served: ServedModel) -> None:
+        info = served.runtime.info
+        log.info("loaded %s (%s, %s, %s) on %s%s", served.key, info.cell, info.task, info.precision,
+                 served.runtime.provider, ", the default" if served.default else "")  # fmt: skip
+
+    async def rescan(self) -> bool:
+        """Bring the served versions in line with the disk; True when anything changed."""
+        loop = asyncio.get_running_loop()
+        on_disk = self._on_disk()
+        loaded = {(name, version) for name, versions in self._models.items() for version in versions}
+        changed = False
+        added = []
+        for name, version in sorted(on_disk.keys() - loaded):
+            path = on_disk[name, version]
+            signature = _signature(path)
+            if self._refused.get((name, version)) == signature:
+                continue
+            try:
+                served = await loop.run_in_executor(self.executor, self._load_version, name, version, path)
+            except Exception as error:  # whatever the files do wrong, the rest keeps serving
+                self._refused[name, version] = signature
+                self.service_metrics.repository_event("refused")
+                log.warning("refused %s:%d from %s: %s", name, version, path, error)
+                continue
+            self._refused.pop((name, version), None)
+            self._models.setdefault(name, {})[version] = served
+            self.service_metrics.repository_event("loaded")
+            added.append(served)
+            changed = True
+        for name, version in sorted(loaded - on_disk.keys()):
+            self._retire(name, version)
+            changed = True
+        self._unload_idle()
+        if changed:
+            self._update_defaults()
+            for served in added:
+                self._log_loaded(served)
+            self._notify()
+        return changed
+
+    def _retire(self, name: str, version: int) -> None:
+        served = self._models[name].pop(version)
+        if not self._models[name]:
+            del self._models[name]
+        served.retired = True
+        self._retired.append(served)
+        self.service_metrics.repository_event("retired")
+        log.info("retired %s (gone from disk): no new streams; %d open", served.key, served.open_streams)
+
+    def _unload_idle(self) -> None:
+        for served in [s for s in self._retired if s.open_streams == 0]:
+            self._retired.remove(served)
+            info = served.runtime.info
+            if info.version not in self._models.get(info.name, {}):  # not put back meanwhile
+                self.service_metrics.forget_model(info.name, info.version)
+            self.service_metrics.repository_event("unloaded")
+            log.info("unloaded %s", served.key)
+
+    def _update_defaults(self) -> None:
+        for versions in self._models.values():
+            highest = max(versions)
+            for version, served in versions.items():
+                served.default = version == highest
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def resolve(self, name: str, version: int = 0) -> ServedModel:
         versions = self._models.get(name)
         if not versions:
             served = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFound(f"model {name!r} is not served; served models: {served}")
+            raise ModelNotFound(f"model {_shown(name)} is not served; served models: {served}")
         if version == 0:
             return versions[max(versions)]
         if version not in versions:
             served = ", ".join(map(str, sorted(versions)))
-            raise ModelNotFound(f"model {name!r} has no version {version}; served versions: {served}")
+            raise ModelNotFound(f"model {_shown(name)} has no version {version}; served versions: {served}")
         return versions[version]
 
     def names(self) -> list[str]:
         return sorted(self._models)
 
     def all(self) -> list[ServedModel]:
+        """The versions that take new streams (retired ones still finishing theirs are left out)."""
         return [self._models[name][v] for name in sorted(self._models) for v in sorted(self._models[name])]
+
+    def retired(self) -> list[ServedModel]:
+        return list(self._retired)
+
+    def serving(self) -> dict[str, bool]:
+        """Per model: whether its default version is healthy (fewer failed calls in a row than the
+        batcher's threshold)."""
+        return {name: self.resolve(name).batcher.healthy for name in self._models}

@@ -38,6 +38,43 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 # Streams the drain ends after the grace period finish within their current chunk; this bounds the wait.
 _INTERRUPT_WAIT_S = 5.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class ModelHealth:
+    """Per-model health from the repository: SERVING while a model's default version is healthy, NOT_SERVING
+    after its batcher's run of failed calls or once all its versions are gone from the repository."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, repository: ModelRepository) -> None:
+        self.servicer = servicer
+        self.repository = repository
+        self._known: set[str] = set()
+        self._lock = asyncio.Lock()  # publishes in order, each from the state current when it runs
+        self._tasks: set[asyncio.Task] = set()
+        repository.listeners.append(self.changed)
+
+    async def publish(self) -> None:
+        async with self._lock:
+            serving = self.repository.serving()
+            self._known |= serving.keys()
+            for name in sorted(self._known):
+                up = serving.get(name, False)
+                await self.servicer.set(name, SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.publish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def poll_repository(repository: ModelRepository, every_s: float) -> None:
+    """`--poll-repository-s`: rescan forever; a failed scan is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await repository.rescan()
+        except Exception:
+            log.exception("rescanning %s failed; serving what is loaded", repository.root)
 
 
 def listening_line(grpc_address: str, metrics_address: str | None) -> str:
@@ -60,6 +97,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     executor: ThreadPoolExecutor
     metrics_http: WSGIServer | None
+    poller: asyncio.Task | None = None
 
     @property
     def store(self) -> StateStore:
@@ -79,6 +117,8 @@ class RunningServer:
     async def drain(self) -> None:
         """Health NOT_SERVING, no new streams, open ones get the grace period, the rest end with SHUTDOWN."""
         log.info("draining: %d open streams get %.1f s to finish", self.store.open_count, self.config.grace_s)
+        if self.poller is not None:
+            self.poller.cancel()
         await self.health.enter_graceful_shutdown()
         self.store.begin_drain()
         if not await self.store.wait_empty(self.config.grace_s):
@@ -129,8 +169,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
     add_service(server, kserve_v2.KServeV2Servicer(engine, metrics), kserve_v2.SERVICE, limit)
     health_servicer = health.aio.HealthServicer()
     add_service(server, health_servicer, HEALTH, limit)
-    for name in ("", SERVICE_NAME, kserve_v2.SERVICE.full_name, *repository.names()):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name in ("", SERVICE_NAME, kserve_v2.SERVICE.full_name):
+        await health_servicer.set(name, SERVING)
+    await ModelHealth(health_servicer, repository).publish()
     services = (SERVICE_NAME, kserve_v2.SERVICE.full_name, HEALTH.full_name, reflection.SERVICE_NAME)
     add_service(server, reflection.aio.ReflectionServicer(services), REFLECTION, limit)
     address = host_port(config.host, config.port)
@@ -152,6 +193,10 @@ async def start_server(config: ServerConfig) -> RunningServer:
         executor,
         metrics_http,
     )
+    if config.poll_repository_s > 0:
+        running.poller = asyncio.get_running_loop().create_task(
+            poll_repository(repository, config.poll_repository_s)
+        )
     served, metrics_text = len(repository.all()), metrics_address or "off"
     checkpointing = "on" if keys else "off: no state key"
     log.info(

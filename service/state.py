@@ -106,6 +106,7 @@ class StateStore:
         self._empty.clear()
         nbytes = model.runtime.state_nbytes if model.streamable else 0
         self.state_bytes += nbytes
+        model.open_streams += 1
         model.metrics.streams_active.inc()
         model.metrics.state_bytes.inc(nbytes)
         return stream
@@ -121,6 +122,7 @@ class StateStore:
         model = stream.model
         nbytes = model.runtime.state_nbytes if model.streamable else 0
         self.state_bytes -= nbytes
+        model.open_streams -= 1
         model.metrics.streams_active.dec()
         model.metrics.state_bytes.dec(nbytes)
         model.metrics.streams_ended[reason].inc()

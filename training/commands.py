@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from seqserve.console import make_console
 
 
 def _fail(message: str) -> None:
@@ -19,11 +20,23 @@ def _fail(message: str) -> None:
     fail(message)
 
 
-def train_command(**kwargs) -> None:
+def check_out(out: Path, force: bool, written: tuple[str, ...], what: str) -> None:
+    """Refuse, before any work, an --out that is a file, or one that already holds `written` files (an
+    earlier result) unless `force`; a missing folder is created later."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; expected a folder for the {what}")
+    found = [name for name in written if (out / name).exists()]
+    if found and not force:
+        _fail(f"--out {out} already holds a {what} ({found[0]}); pass --force to replace it, or pick another")
+
+
+def train_command(force: bool = False, **kwargs) -> None:
     """Train one model; a bad data file or flag ends with one `error:` line and exit code 2."""
     from seqserve.training.datasets import DataError
-    from seqserve.training.loop import TrainConfig, train
+    from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE, TrainConfig, train
 
+    check_out(kwargs["out"], force, (CHECKPOINT_FILE, METRICS_FILE), "run")
     try:
         result = train(TrainConfig(**kwargs), progress=True)
     except (DataError, ValueError) as exc:  # bad data or flag values (ModelConfig, task) from the user
@@ -52,18 +65,22 @@ def _lengths(text: str) -> list[int]:
     return lengths
 
 
-def vanishing_command(out: Path, lengths: str, seed: int, quick: bool) -> None:
+def vanishing_command(out: Path, lengths: str, seed: int, quick: bool, force: bool = False) -> None:
     """Run the vanishing/exploding-gradient study and print its accuracy table."""
-    from seqserve.training.vanishing import StudyConfig, run_study
+    from seqserve.console import steps
+    from seqserve.training.vanishing import RESULTS_FILE, StudyConfig, run_study, study_steps
 
-    study = run_study(StudyConfig(out=Path(out), lengths=_lengths(lengths), seed=seed, quick=quick))
+    check_out(out, force, (RESULTS_FILE,), "study's results")
+    config = StudyConfig(out=Path(out), lengths=_lengths(lengths), seed=seed, quick=quick)
+    with steps("vanishing study", study_steps(config)) as progress:
+        study = run_study(config, on_step=progress.advance)
     table = Table(title=f"Long-range task: test accuracy (chance {study.chance:.2f})")
     table.add_column("cell")
     for length in study.lengths:
         table.add_column(f"T={length}", justify="right")
     for cell, by_length in study.results.items():
         table.add_row(cell, *(f"{by_length[t]:.3f}" for t in study.lengths))
-    console = Console()
+    console = make_console()
     console.print(table)
     for line in study.notes:
         console.print(line)

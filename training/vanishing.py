@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from seqserve.training.synthetic import LongRangeTask
 logger = logging.getLogger(__name__)
 
 GATED = ("gru", "lstm")
+RESULTS_FILE = "results.json"
 PROBE_SEQUENCES = 128
 # Recurrent weights x2 (spectral radius above 1, so gradients can grow through time) on a length the RNN
 # can learn, so clipping's effect shows in accuracy as well as in the gradient-norm trace.
@@ -182,23 +184,45 @@ def _notes(runs: list[Run], longest: int, exploding: list[Run]) -> list[str]:
     return notes
 
 
-def run_study(config: StudyConfig) -> StudyResult:
-    """Train every model, write results.json, details.json and the plots into `config.out`."""
+def study_steps(config: StudyConfig) -> int:
+    """How many models `run_study` trains: the length of its progress bar."""
+    return len(config.lengths) * (len(CELLS) + len(GATED)) + 2
+
+
+def _no_step(label: str) -> None:
+    return None
+
+
+def run_study(config: StudyConfig, on_step: Callable[[str], None] = _no_step) -> StudyResult:
+    """Train every model, write results.json, details.json and the plots into `config.out`;
+    `on_step(label)` after each of the `study_steps(config)` models."""
     torch.set_num_threads(1)  # small models: one thread is fastest and steadiest on a shared CPU
     started = time.perf_counter()
     budget = QUICK_BUDGET if config.quick else FULL_BUDGET
     sizes = (budget.train, budget.validation, budget.test)
     runs: list[Run] = []
+
+    def step(run: Run, label: str) -> Run:
+        on_step(label)
+        return run
+
     for length in config.lengths:
         splits = LongRangeTask(length).splits(sizes, config.seed)
         runs += [
-            _run(cell, splits, budget, config.seed, chrono=length if cell in GATED else 0) for cell in CELLS
+            step(
+                _run(cell, splits, budget, config.seed, chrono=length if cell in GATED else 0),
+                f"{cell} T={length}" + (" chrono init" if cell in GATED else ""),
+            )
+            for cell in CELLS
         ]
-        runs += [_run(cell, splits, budget, config.seed) for cell in GATED]
+        runs += [step(_run(cell, splits, budget, config.seed), f"{cell} T={length}") for cell in GATED]
     shortest, longest = min(config.lengths), max(config.lengths)
     splits = LongRangeTask(EXPLODING_LENGTH).splits(sizes, config.seed)
     exploding = [
-        _run("rnn", splits, budget, config.seed, clip=clip, gain=EXPLODING_GAIN)
+        step(
+            _run("rnn", splits, budget, config.seed, clip=clip, gain=EXPLODING_GAIN),
+            f"rnn exploding, clip {clip or 'off'}",
+        )
         for clip in (budget.clip, 0.0)
     ]
     results = _table(runs, lambda run: run.cell == "rnn" or run.chrono > 0)
@@ -223,7 +247,7 @@ def _write(
     as_json = {
         cell: {str(t): acc for t, acc in by_length.items()} for cell, by_length in study.results.items()
     }
-    (out / "results.json").write_text(json.dumps(as_json, indent=2))
+    (out / RESULTS_FILE).write_text(json.dumps(as_json, indent=2))
     details = {
         "results": as_json,
         "default_init": {c: {str(t): a for t, a in by_t.items()} for c, by_t in study.default_init.items()},

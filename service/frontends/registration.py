@@ -59,10 +59,13 @@ class RequestParser:
         try:
             return self.request_type.FromString(raw)
         except (DecodeError, RecursionError) as error:
-            raise UnparsableRequest(
+            refusal = UnparsableRequest(
                 f"{self.rpc}: {what} ({len(raw)} bytes) could not be parsed as {self.type_name} ({error}); "
                 f"expected a serialized {self.type_name}"
-            ) from None
+            )
+        # Logged here, whether the front door ends the call or answers in the stream (Triton's way).
+        log.warning("%s", refusal)
+        raise refusal
 
 
 class _ParsingContext:
@@ -100,8 +103,6 @@ async def _mapped(rpc: str, context: grpc.aio.ServicerContext, run: Callable[[],
     except grpc.aio.AbortError:
         raise
     except ServiceError as error:
-        if isinstance(error, UnparsableRequest):
-            log.warning("%s", error)
         await context.abort(status_code(error), str(error))
     except Exception as error:
         log.exception("%s failed", rpc)

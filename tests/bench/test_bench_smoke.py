@@ -20,6 +20,9 @@ RATIO_KEYS = {
     "service_vs_resend_T256",
     "rss_mb_10k_idle_streams",
     "p99_ms_chunk1_64",
+    "server_cpu_vs_ort_cpu_chunk32_64",
+    "grid_min_msgs_vs_naive",
+    "grid_max_p50_vs_naive_plus_slack",
 }
 RATES = ("msgs_per_s", "steps_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_step", "client_cpu_us_per_msg")
 
@@ -81,8 +84,9 @@ def test_every_served_scenario_is_positive_and_consistent(results: tuple[dict, P
     data, _ = results
     config = data["config"]
     assert len(data["seqserve"]) == 2 * len(config["stream_counts"])
-    assert len(data["echo"]) == len(data["naive"]) == 4
-    for figures in [*data["echo"], *data["naive"], *data["seqserve"]]:
+    assert len(data["echo"]) == 4
+    assert len(data["naive"]) == len(data["naive_grid"]["naive"]) == len(data["seqserve"])
+    for figures in [*data["echo"], *data["naive"], *data["seqserve"], *data["workers"]["rows"]]:
         _check_served(figures)
     for figures in data["seqserve"]:
         assert 1 <= figures["mean_batch_size"] <= figures["streams"]
@@ -119,3 +123,23 @@ def test_idle_streams_all_open_then_all_freed(results: tuple[dict, Path]) -> Non
     assert seqserve["streams_active_open"] == streams
     assert seqserve["streams_active_after_close"] == 0
     assert data["ratios"]["rss_mb_10k_idle_streams"] == seqserve["rss_mb_open"]
+
+
+def test_workers_rows_serve_every_stream(results: tuple[dict, Path]) -> None:
+    data, _ = results
+    rows = data["workers"]["rows"]
+    counts = data["config"]["worker_counts"]
+    assert {row["server"] for row in rows} == {f"seqserve --workers {n}" for n in counts}
+    assert len(rows) == 2 * len(data["config"]["worker_counts"])
+
+
+def test_triton_peer_runs_or_says_why_not(results: tuple[dict, Path]) -> None:
+    triton = results[0]["triton"]
+    if triton["skipped"]:
+        assert "install" in triton["skipped"]
+        return
+    labels = triton["labels"]
+    assert labels["triton_label"] == labels["seqserve_label"] == labels["offline_label"]
+    assert max(labels["triton_max_abs_logit_diff"], labels["seqserve_max_abs_logit_diff"]) < 1e-4
+    assert {row["server"] for row in triton["rows"]} == {"triton", "seqserve"}
+    assert all(row["msgs_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in triton["rows"])

@@ -11,7 +11,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as kserve_pb
 
+from seqserve.service.frontends.kserve_v2 import STREAM_RESPONSE
 from seqserve.service.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -22,6 +24,7 @@ from .wire import METHODS, call_raw, request_tally, settled_tally
 # Field 1 with wire type 7, which does not exist: no message type parses these bytes.
 GARBAGE = b"\x0f\x01\x02"
 MODEL = "jv-gru"
+IN_BAND = "inference.GRPCInferenceService.ModelStreamInfer"
 Code = grpc.StatusCode
 rng = np.random.default_rng(1)
 
@@ -36,22 +39,31 @@ def test_unparsable_bytes_are_invalid_argument_on_every_rpc(
 ) -> None:
     method = METHODS[name]
     before = request_tally(server.running.metrics)
+    answers: list[bytes] = []
 
     async def run() -> tuple[Code, str]:
         async with grpc.aio.insecure_channel(server.target) as channel:
-            return await call_raw(channel, method, [GARBAGE])
+            return await call_raw(channel, method, [GARBAGE], answers=answers)
 
     with caplog.at_level(logging.WARNING):
         code, details = server.call(run())
-    assert code == Code.INVALID_ARGUMENT, details
+    expected_counts = {(method.name, "INVALID_ARGUMENT"): 1}
+    if name == IN_BAND:  # Triton's stream answers errors in the stream, and the stream goes on
+        assert code == Code.OK
+        details = kserve_pb.ModelStreamInferResponse.FromString(answers[0]).error_message
+        assert details.startswith("INVALID_ARGUMENT: ")
+        details = details.removeprefix("INVALID_ARGUMENT: ")
+        expected_counts = {(method.name, "OK"): 1, (STREAM_RESPONSE, "INVALID_ARGUMENT"): 1}
+    assert code in (Code.INVALID_ARGUMENT, Code.OK), details
+    assert code == Code.INVALID_ARGUMENT or name == IN_BAND
     expected = method.input_type.full_name
     assert details.startswith(f"{method.name}: ") and f"could not be parsed as {expected}" in details
     assert f"({len(GARBAGE)} bytes)" in details
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and method.name in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    after = server.call(settled_tally(server.running.metrics, before.total() + 1))
-    assert after - before == collections.Counter({(method.name, "INVALID_ARGUMENT"): 1})
+    after = server.call(settled_tally(server.running.metrics, before.total() + len(expected_counts)))
+    assert after - before == collections.Counter(expected_counts)
 
 
 async def _cancelled_stream(stub: pb_grpc.InferenceServiceStub) -> Code:

@@ -11,11 +11,13 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from seqserve.service.frontends import kserve_v2
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.v1 import seqserve_pb2
 
 SERVICES: list[ServiceDescriptor] = [
     seqserve_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+    kserve_v2.SERVICE,
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 ]
@@ -27,25 +29,29 @@ def path(method: MethodDescriptor) -> str:
 
 
 async def call_raw(
-    channel: grpc.aio.Channel, method: MethodDescriptor, messages: list[bytes], timeout: float = 30.0
+    channel: grpc.aio.Channel,
+    method: MethodDescriptor,
+    messages: list[bytes],
+    timeout: float = 30.0,
+    answers: list[bytes] | None = None,
 ) -> tuple[grpc.StatusCode, str]:
-    """Send `messages` as they are (one for a unary request), read every answer, return the status."""
+    """Send `messages` as they are (one for a unary request), read every answer (kept in `answers` when
+    given), return the status."""
     kind = (method.client_streaming, method.server_streaming)
+    answers = [] if answers is None else answers
     try:
         if kind == (False, False):
-            await channel.unary_unary(path(method))(messages[0], timeout=timeout)
+            answers.append(await channel.unary_unary(path(method))(messages[0], timeout=timeout))
         elif kind == (False, True):
             call = channel.unary_stream(path(method))(messages[0], timeout=timeout)
-            async for _ in call:
-                pass
+            answers.extend([answer async for answer in call])
         else:
             factory = channel.stream_stream if method.server_streaming else channel.stream_unary
             call = factory(path(method))(iter(messages), timeout=timeout)
             if method.server_streaming:
-                async for _ in call:
-                    pass
+                answers.extend([answer async for answer in call])
             else:
-                await call
+                answers.append(await call)
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""

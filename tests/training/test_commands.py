@@ -45,3 +45,36 @@ def test_train_user_csv_writes_a_run(tmp_path: Path) -> None:
         {"train": 22, "validation": 4, "test": 4},
     )
     assert "mine gru: test accuracy" in result.output
+
+
+def _tiny_csv(tmp_path: Path) -> Path:
+    rows = ["id,step,a,label"] + [
+        f"s{i},{t},{t if i % 2 else -t},{'up' if i % 2 else 'down'}" for i in range(20) for t in range(3)
+    ]
+    data = tmp_path / "tiny.csv"
+    data.write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_out_is_checked_before_training(tmp_path: Path) -> None:
+    data = _tiny_csv(tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    result = runner.invoke(app, ["train", "--out", str(a_file), "--data", str(data)])
+    assert (
+        result.exit_code == 2
+        and result.output.strip() == f"error: --out {a_file} is a file; expected a folder for the run"
+    )
+    result = runner.invoke(app, ["experiment", "vanishing", "--out", str(a_file), "--quick"])
+    assert result.exit_code == 2 and f"--out {a_file} is a file" in result.output
+    assert a_file.read_text() == "mine\n"
+
+    run = tmp_path / "run"
+    flags = ["train", "--out", str(run), "--data", str(data), "--hidden", "4", "--epochs", "1"]
+    assert runner.invoke(app, flags).exit_code == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    again = runner.invoke(app, flags)
+    assert again.exit_code == 2 and "already holds a run (checkpoint.pt); pass --force" in again.output
+    assert (run / "checkpoint.pt").read_bytes() == before  # nothing trained, nothing replaced
+    assert runner.invoke(app, [*flags, "--seed", "1", "--force"]).exit_code == 0
+    assert (run / "checkpoint.pt").read_bytes() != before

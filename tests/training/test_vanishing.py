@@ -1,11 +1,14 @@
 import json
 from pathlib import Path
 
-from seqserve.training.vanishing import StudyConfig, run_study
+from seqserve.training.vanishing import StudyConfig, run_study, study_steps
 
 
 def test_quick_study_writes_results_details_and_plots(tmp_path: Path) -> None:
-    study = run_study(StudyConfig(out=tmp_path, lengths=[5, 8], quick=True))
+    config = StudyConfig(out=tmp_path, lengths=[5, 8], quick=True)
+    steps: list[str] = []
+    study = run_study(config, on_step=steps.append)
+    assert len(steps) == study_steps(config) == 12 and steps[0] == "rnn T=5"
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) == {"rnn", "gru", "lstm"}
     assert all(set(by_length) == {"5", "8"} for by_length in results.values())
