@@ -21,6 +21,7 @@ import numpy as np
 from rich.progress import Progress
 
 from seqserve.predictions import SequencePrediction
+from seqserve.service.channels import ClientSecurity, open_channel
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -195,13 +196,14 @@ async def stream_load(
     include_scores: bool = False,
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
+    security: ClientSecurity | None = None,
 ) -> LoadReport:
     """Stream every sequence over `concurrency` concurrent streams; `chunk` may differ per sequence.
 
     `targets` index `target_labels` (a data set's label order), or the model's labels when that is None.
     """
     chunks = [chunk] * len(sequences) if isinstance(chunk, int) else list(chunk)
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    async with open_channel(target, security, CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         info = (await stub.GetModel(pb.GetModelRequest(model=model, version=version))).model
         results: list[StreamResult | None] = [None] * len(sequences)
@@ -234,9 +236,10 @@ async def classify_load(
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
     include_scores: bool = False,
+    security: ClientSecurity | None = None,
 ) -> LoadReport:
     """Classify every sequence in Classify calls of `batch` sequences, one call at a time."""
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    async with open_channel(target, security, CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         predictions: list[np.ndarray] = []
         scores: list[np.ndarray | None] = []

@@ -30,7 +30,8 @@ class OutOfOrder(ServiceError):
 
 
 class LimitExceeded(ServiceError):
-    """Too many open streams, chunk over max steps, message or buffer over max size."""
+    """Too many open streams (on the server or for one token), chunk over max steps, message or buffer over
+    max size."""
 
 
 class IdleTimeout(ServiceError):
@@ -49,6 +50,10 @@ class Unsupported(ServiceError):
     """An RPC a protocol defines that seqserve does not serve (Triton's shared memory, load/unload...)."""
 
 
+class Unauthenticated(ServiceError):
+    """No bearer token, a malformed one, or one the server does not know."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
@@ -59,6 +64,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Draining: grpc.StatusCode.UNAVAILABLE,
     InferenceFailed: grpc.StatusCode.INTERNAL,
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

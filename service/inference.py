@@ -11,6 +11,7 @@ import asyncio
 import numpy as np
 
 from seqserve.service.batcher import RowResult
+from seqserve.service.caller import current_caller
 from seqserve.service.config import ServerConfig
 from seqserve.service.errors import Draining, LimitExceeded
 from seqserve.service.repository import ModelRepository, ServedModel
@@ -25,7 +26,7 @@ class InferenceEngine:
         self.config = config
         # Triton-style sequences: streams of the same store, named by the client's id, one request each.
         self.sequences = SequenceTable(
-            store, lambda model: store.open(model, self.idle_timeout_s(0)), self.chunk
+            store, lambda model: store.open(model, self.idle_timeout_s(0), current_caller()), self.chunk
         )
 
     def idle_timeout_s(self, requested_ms: int) -> float:
@@ -35,8 +36,9 @@ class InferenceEngine:
         return min(requested_ms / 1000.0, self.config.max_idle_timeout_s)
 
     def open(self, model: str, version: int, idle_timeout_ms: int) -> StreamState:
+        """Open a stream for the RPC's caller (its token's name): per-token limits hold for every protocol."""
         served = self.repository.resolve(model, version)
-        return self.store.open(served, self.idle_timeout_s(idle_timeout_ms))
+        return self.store.open(served, self.idle_timeout_s(idle_timeout_ms), current_caller())
 
     async def chunk(self, stream: StreamState, x: np.ndarray) -> RowResult | None:
         """The chunk's answer, or None for a non-streamable model, which buffers until end."""
