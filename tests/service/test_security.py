@@ -318,6 +318,50 @@ def test_a_token_over_its_stream_limit_is_refused_and_other_tokens_go_on(
     assert open_for("alice") == 0 and token_server.running.store.caller_count("alice") == 0
 
 
+def test_kserve_v2_needs_a_token_and_its_sequences_count_against_the_token(
+    token_server: ServerThread, sequences: dict
+) -> None:
+    from tritonclient.grpc import service_pb2 as v2
+    from tritonclient.grpc import service_pb2_grpc as v2_grpc
+
+    from .triton_requests import infer_request
+
+    x = sequences["japanese_vowels"][5]
+
+    async def infer(token: str | None, request: v2.ModelInferRequest) -> tuple[str, str]:
+        async with open_channel(token_server.target, ClientSecurity(token=token)) as channel:
+            try:
+                await v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, error.details()
+        return "OK", ""
+
+    async def run() -> dict[str, tuple[str, str]]:
+        async with grpc.aio.insecure_channel(token_server.target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as live:
+                await v2_grpc.GRPCInferenceServiceStub(channel).ServerLive(v2.ServerLiveRequest())
+        return {
+            "live, no token": (live.value.code().name, live.value.details()),
+            "infer, no token": await infer(None, infer_request(MODEL, x)),
+            "alice starts 7": await infer(ALICE, infer_request(MODEL, x[:3], "", 7, True)),
+            "alice starts 8": await infer(ALICE, infer_request(MODEL, x[:3], "", 8, True)),
+            "bob continues 7": await infer(BOB, infer_request(MODEL, x[3:5], "", 7)),
+            "bob starts 7": await infer(BOB, infer_request(MODEL, x[:3], "", 7, True)),
+            "bob ends 7": await infer(BOB, infer_request(MODEL, x[3:], "", 7, False, True)),
+            "alice ends 7": await infer(ALICE, infer_request(MODEL, x[3:], "", 7, False, True)),
+        }
+
+    got = token_server.call(run())
+    assert got["live, no token"][0] == got["infer, no token"][0] == "UNAUTHENTICATED"
+    assert "/inference.GRPCInferenceService/ModelInfer needs a bearer token" in got["infer, no token"][1]
+    assert got["alice starts 7"] == ("OK", "")
+    assert got["alice starts 8"][0] == "RESOURCE_EXHAUSTED" and "token 'alice'" in got["alice starts 8"][1]
+    # Sequence ids are the caller's own: bob cannot reach alice's sequence 7, and may open his own 7.
+    assert got["bob continues 7"][0] == "FAILED_PRECONDITION" and "is not open" in got["bob continues 7"][1]
+    assert got["bob starts 7"] == got["bob ends 7"] == got["alice ends 7"] == ("OK", "")
+    assert token_server.running.store.open_count == 0
+
+
 def test_tokens_from_the_environment_over_mtls_and_the_cli_options(
     config: ServerConfig, pki: Pki, make_server, offline: Offline
 ) -> None:  # noqa: ANN001
