@@ -59,6 +59,28 @@ def _configure(
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if verbose else "NONE")
 
 
+# Client options of stream, classify and health: the fields of service/channels.py's ClientSecurity.
+TlsFlag = Annotated[
+    bool, typer.Option("--tls", help="TLS with the system's trusted CAs (implied by --tls-ca or --tls-cert).")
+]
+TlsCa = Annotated[
+    Path | None, typer.Option(help="CA certificate (PEM) that signed the server's certificate; turns TLS on.")
+]
+TlsCert = Annotated[
+    Path | None, typer.Option(help="Client certificate (PEM) for a server requiring mTLS; needs --tls-key.")
+]
+TlsKey = Annotated[Path | None, typer.Option(help="Private key (PEM) of --tls-cert.")]
+TlsServerName = Annotated[
+    str | None, typer.Option(help="Check the server's certificate for this name, not the target's host.")
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SEQSERVE_TOKEN", show_envvar=True, help="Bearer token: 'authorization: Bearer <token>'."
+    ),
+]
+
+
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and a non-zero exit: how every bad input ends a command."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
@@ -241,6 +263,26 @@ def serve(
             min=0.0,
         ),
     ] = 0.0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address /metrics listens on (images: 0.0.0.0, for Prometheus to scrape).")
+    ] = "127.0.0.1",
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Server certificate chain (PEM): serve TLS; reloaded when it changes.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key (PEM) of --tls-cert.")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle (PEM): require client certificates it signed (mTLS).")
+    ] = None,
+    auth_tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bearer tokens, one a line as name:token (or a bare token); SEQSERVE_AUTH_TOKENS adds more. "
+            "Every inference RPC then needs one; health and reflection stay open."
+        ),
+    ] = None,
+    max_streams_per_token: Annotated[
+        int, typer.Option(help="Most open streams per token name; 0: only --max-streams.", min=0)
+    ] = 0,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -282,6 +324,12 @@ def stream(
         typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+    tls: TlsFlag = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
+    token: Token = None,
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -308,6 +356,12 @@ def classify(
         typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+    tls: TlsFlag = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
+    token: Token = None,
 ) -> None:
     """Classify whole sequences with the unary Classify RPC and report accuracy."""
     options = dict(locals())  # before the import, which would add itself to locals()
@@ -346,8 +400,16 @@ def health(
     target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
     service: Annotated[str, typer.Option(help="Health service name; empty is the whole server.")] = "",
     timeout_s: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 3.0,
+    tls: TlsFlag = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
 ) -> None:
-    """gRPC health check: exit 0 when the service is SERVING, 1 otherwise (Docker HEALTHCHECK)."""
+    """gRPC health check: exit 0 when the service is SERVING, 1 otherwise (Docker HEALTHCHECK).
+
+    Health needs no token; over TLS give --tls-ca (and --tls-cert/--tls-key when the server requires mTLS).
+    """
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.health_probe import health_command
 

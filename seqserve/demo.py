@@ -76,6 +76,10 @@ def main() -> None:
         code = server.terminate()
         print(f"\nserver stopped with SIGTERM, exit code {code}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    print(
+        "next: `source .venv/bin/activate` (then `seqserve --help`), and the README's "
+        '"The pipeline by hand"; the demo\'s models are in runs/demo/repository'
+    )
 
 
 if __name__ == "__main__":

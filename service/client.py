@@ -24,6 +24,7 @@ import numpy as np
 from rich.progress import Progress
 
 from seqserve.predictions import SequencePrediction
+from seqserve.service.channels import ClientSecurity, open_channel
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -350,6 +351,7 @@ async def stream_load(
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
     checkpoint_every_chunks: int = 0,
+    security: ClientSecurity | None = None,
 ) -> LoadReport:
     """Stream every sequence over `concurrency` concurrent streams; `chunk` may differ per sequence.
 
@@ -362,7 +364,7 @@ async def stream_load(
     async with contextlib.AsyncExitStack() as channels:
         stubs = []
         for address in addresses:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = open_channel(address, security, CHANNEL_OPTIONS)
             stubs.append(pb_grpc.InferenceServiceStub(await channels.enter_async_context(channel)))
         info = await _model_info(stubs, model, version)
         results: list[StreamResult | None] = [None] * len(sequences)
@@ -407,9 +409,10 @@ async def classify_load(
     progress: bool = False,
     target_labels: Sequence[str] | None = None,
     include_scores: bool = False,
+    security: ClientSecurity | None = None,
 ) -> LoadReport:
     """Classify every sequence in Classify calls of `batch` sequences, one call at a time."""
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    async with open_channel(target, security, CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         predictions: list[np.ndarray] = []
         scores: list[np.ndarray | None] = []

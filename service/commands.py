@@ -32,6 +32,12 @@ def serve_command(
     state_key_file: Path | None,
     checkpoint_ttl_s: float,
     poll_repository_s: float,
+    metrics_host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_tokens_file: Path | None,
+    max_streams_per_token: int,
 ) -> None:
     options = dict(locals())
     import asyncio
@@ -63,7 +69,11 @@ def serve_command(
             running = asyncio.run(serve(config, announce))
             typer.echo(running.stopped_line())
             code = 0
-    except (OSError, RuntimeError, ValueError) as exc:  # ContractError and a bad state key are ValueErrors
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+    ) as exc:  # ValueError: a ContractError, tokens, TLS or state key files
         fail(str(exc))
     if code:
         raise typer.Exit(code)
@@ -78,6 +88,17 @@ def _report(report, title: str) -> None:  # noqa: ANN001
     for key, value in report.summary().items():
         table.add_row(key, str(value))
     make_console().print(table)
+
+
+def _security(options: dict[str, object]):  # noqa: ANN202
+    """The CLI's --tls*/--token options as a ClientSecurity (service/channels.py)."""
+    from seqserve.cli import fail
+    from seqserve.service.channels import ClientSecurity
+
+    try:
+        return ClientSecurity(**options)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _run_client(coroutine) -> object:  # noqa: ANN001
@@ -131,6 +152,7 @@ def stream_command(
     checkpoint_every_chunks: int = 0,
     output: Path | None = None,
     force: bool = False,
+    **security: object,
 ) -> None:
     from seqserve.service.client import on_dataset, stream_load
 
@@ -138,6 +160,7 @@ def stream_command(
     options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
     options["include_scores"] = output is not None
     options["checkpoint_every_chunks"] = checkpoint_every_chunks
+    options["security"] = _security(security)
     report = _run_client(on_dataset(stream_load, target, model, dataset, data, split, seed, limit, **options))
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
     if len(target) > 1 or report.resumes:
@@ -156,11 +179,13 @@ def classify_command(
     batch: int,
     output: Path | None = None,
     force: bool = False,
+    **security: object,
 ) -> None:
     from seqserve.service.client import classify_load, on_dataset
 
     output = _checked_output(output, force)
     options = {"batch": batch, "version": version, "progress": True, "include_scores": output is not None}
+    options["security"] = _security(security)
     report = _run_client(on_dataset(classify_load, target, model, dataset, data, split, seed, **options))
     _report(report, f"classify {model}: {batch} sequences per call")
     _write_output(report, output)

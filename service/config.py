@@ -14,6 +14,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9090  # -1 disables the /metrics HTTP server
+    # Apart from the gRPC host: /metrics tells anyone who reads it which models serve and how busy they are.
+    metrics_host: str = "127.0.0.1"
     device: str = "cpu"
     max_batch: int = 64
     max_delay_ms: float = 2.0
@@ -36,6 +38,13 @@ class ServerConfig:
     state_key_file: Path | None = None
     checkpoint_ttl_s: float = 3600.0
     poll_repository_s: float = 0.0  # 0: the repository is read once at start
+    # TLS (service/tls.py): PEM files, reloaded when they change; a client CA requires client certificates.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens (service/auth.py): this file and the SEQSERVE_AUTH_TOKENS variable; none: no tokens.
+    auth_tokens_file: Path | None = None
+    max_streams_per_token: int = 0  # 0: only max_streams bounds a token's streams
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -65,6 +74,17 @@ class ServerConfig:
             )
         if self.max_streams < self.workers:
             raise ValueError(f"max_streams {self.max_streams} is below workers {self.workers}, 1 each")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                f"TLS needs both a certificate and its key, got tls_cert={self.tls_cert}, "
+                f"tls_key={self.tls_key}"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(f"tls_client_ca {self.tls_client_ca} needs TLS: give tls_cert and tls_key too")
+        if self.max_streams_per_token < 0:
+            raise ValueError(
+                f"max_streams_per_token must be >= 0 (0: no limit), got {self.max_streams_per_token}"
+            )
         if self.idle_timeout_s > self.max_idle_timeout_s:
             raise ValueError(
                 f"idle_timeout_s {self.idle_timeout_s} is above max_idle_timeout_s {self.max_idle_timeout_s}"

@@ -30,7 +30,8 @@ class OutOfOrder(ServiceError):
 
 
 class LimitExceeded(ServiceError):
-    """Too many open streams, chunk over max steps, message or buffer over max size."""
+    """Too many open streams (on the server or for one token), chunk over max steps, message or buffer over
+    max size."""
 
 
 class IdleTimeout(ServiceError):
@@ -63,6 +64,10 @@ class NoStateKey(ServiceError):
     """Checkpoints or a resume asked of a server that was started without a state key."""
 
 
+class Unauthenticated(ServiceError):
+    """No bearer token, a malformed one, or one the server does not know."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
@@ -75,6 +80,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Unsupported: grpc.StatusCode.UNIMPLEMENTED,
     BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
     NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqserve.cli import fail
+from seqserve.service.channels import ClientSecurity, open_sync_channel
 
 UNHEALTHY_EXIT = 1
 
@@ -18,10 +19,15 @@ class HealthProbeError(RuntimeError):
     """The health check could not be answered: server unreachable, unknown service, or too slow."""
 
 
-def check_health(target: str, service: str = "", timeout_s: float = 3.0) -> str:
-    """The serving status name (`SERVING`, `NOT_SERVING`, ...) of `service` at `target`; "" is the server."""
+def check_health(
+    target: str, service: str = "", timeout_s: float = 3.0, security: ClientSecurity | None = None
+) -> str:
+    """The serving status name (`SERVING`, `NOT_SERVING`, ...) of `service` at `target`; "" is the server.
+
+    Health needs no bearer token; over TLS `security` says which CA to trust (and the client certificate
+    for a server that requires mTLS)."""
     request = health_pb2.HealthCheckRequest(service=service)
-    with grpc.insecure_channel(target) as channel:
+    with open_sync_channel(target, security) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s)
         except grpc.RpcError as exc:
@@ -31,11 +37,12 @@ def check_health(target: str, service: str = "", timeout_s: float = 3.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-def health_command(target: str, service: str, timeout_s: float) -> None:
+def health_command(target: str, service: str, timeout_s: float, **security: object) -> None:
+    """`security`: the CLI's --tls* options, as ClientSecurity's fields."""
     try:
-        status = check_health(target, service, timeout_s)
+        status = check_health(target, service, timeout_s, ClientSecurity(**security))
         problem = "" if status == "SERVING" else f"service {service!r} at {target} is {status}, not SERVING"
-    except HealthProbeError as exc:
+    except (HealthProbeError, ValueError) as exc:
         problem = str(exc)
     if problem:
         fail(problem, code=UNHEALTHY_EXIT)

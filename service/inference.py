@@ -19,6 +19,7 @@ import numpy as np
 
 from seqserve.service import checkpoints
 from seqserve.service.batcher import RowResult
+from seqserve.service.caller import current_caller
 from seqserve.service.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
 from seqserve.service.config import ServerConfig
 from seqserve.service.errors import (
@@ -54,7 +55,7 @@ class InferenceEngine:
         self.config = config
         # Triton-style sequences: streams of the same store, named by the client's id, one request each.
         self.sequences = SequenceTable(
-            store, lambda model: store.open(model, self.idle_timeout_s(0)), self.chunk
+            store, lambda model: store.open(model, self.idle_timeout_s(0), current_caller()), self.chunk
         )
         self.keys = keys
         self.metrics = metrics
@@ -75,7 +76,8 @@ class InferenceEngine:
         options: StreamOptions = DEFAULT_OPTIONS,
         resume_token: bytes = b"",
     ) -> StreamState:
-        """A new stream, or with `resume_token` the stream the token holds, continued (model and version
+        """A new stream for the RPC's caller (its token's name: per-token limits hold for every protocol),
+        or with `resume_token` the stream the token holds, continued (model and version
         may then be empty/0; given, they must be the token's). A resumed stream keeps the token's options
         except an idle timeout or checkpoint interval the open sets."""
         options = replace(options, idle_timeout_ms=idle_timeout_ms)
@@ -84,7 +86,7 @@ class InferenceEngine:
         served = self.repository.resolve(model, version)
         if options.checkpoint_every_chunks:
             self._check_checkpointable(served, f"checkpoint_every_chunks={options.checkpoint_every_chunks}")
-        stream = self.store.open(served, self.idle_timeout_s(idle_timeout_ms))
+        stream = self.store.open(served, self.idle_timeout_s(idle_timeout_ms), current_caller())
         stream.options = options
         return stream
 
@@ -113,7 +115,7 @@ class InferenceEngine:
             idle_timeout_ms=asked.idle_timeout_ms or snapshot.idle_timeout_ms,
             checkpoint_every_chunks=asked.checkpoint_every_chunks or snapshot.checkpoint_every_chunks,
         )
-        stream = self.store.open(served, self.idle_timeout_s(options.idle_timeout_ms))
+        stream = self.store.open(served, self.idle_timeout_s(options.idle_timeout_ms), current_caller())
         stream.options = options
         stream.states, stream.steps, stream.chunks = snapshot.states, snapshot.steps, snapshot.chunks
         if snapshot.answer is not None:

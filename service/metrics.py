@@ -1,8 +1,9 @@
 """Prometheus families of the service (issue 6), on their own registry so several servers share a process.
 
-Labels are bounded: `model` and `version` come from the repository, never from a request, and no family
-has a per-stream label. Children are bound once per served version (`ModelMetrics`) so the hot path is an
-attribute access and one locked add, not a label lookup.
+Labels are bounded: `model` and `version` come from the repository, `token` from the operator's tokens
+file (a name, never the token), none from a request, and no family has a per-stream label. Children are
+bound once per served version (`ModelMetrics`) so the hot path is an attribute access and one locked add,
+not a label lookup.
 
 Buckets: chunk latency, queue wait and inference span 100 µs (a chunk of 1 step on CPU) to 10 s (a long
 buffered sequence on a loaded server); batch sizes are powers of two up to the largest sensible --max-batch.
@@ -158,6 +159,11 @@ class ServiceMetrics:
             )
         else:
             self.model_info = Info("seqserve_model", info_help, _MODEL, registry=r)
+        # `token` is the token's name from the operator's tokens file (bounded), never the token itself.
+        self.token_streams_active = Gauge(
+            "seqserve_token_streams_active", "Open streams per bearer token name.", ("token",),
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
 
     def for_model(
         self, name: str, version: int, cell: str, task: str, precision: str, provider: str

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.service.batcher import RowResult
+from seqserve.service.caller import current_caller
 from seqserve.service.errors import OutOfOrder
 from seqserve.service.repository import ServedModel
 from seqserve.service.state import IDLE_TIMEOUT, StateStore, StreamState
@@ -32,6 +33,9 @@ from seqserve.service.state import IDLE_TIMEOUT, StateStore, StreamState
 log = logging.getLogger(__name__)
 
 SequenceId = int | str
+# (model version, sequence id, caller): each bearer token has its own sequence ids, so one client can neither
+# continue nor end another's sequence, and two clients that both pick id 1 do not collide.
+SequenceKey = tuple[str, SequenceId, str | None]
 # How many ended sequences are remembered, so a late request learns why its sequence is gone.
 _REMEMBERED_ENDS = 4096
 _END_WORDS = {IDLE_TIMEOUT: "was ended by the idle timeout", "shutdown": "was ended by the server's shutdown"}
@@ -39,7 +43,7 @@ _END_WORDS = {IDLE_TIMEOUT: "was ended by the idle timeout", "shutdown": "was en
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    key: tuple[str, SequenceId]
+    key: SequenceKey
     stream: StreamState
     tail: asyncio.Future | None = None  # the latest submitted request; the next one waits for it
     pending: int = 0
@@ -55,8 +59,8 @@ class SequenceTable:
         self.store = store
         self._open_stream = open_stream
         self._run_chunk = run_chunk
-        self._open: dict[tuple[str, SequenceId], Sequence] = {}
-        self._ended: OrderedDict[tuple[str, SequenceId], str] = OrderedDict()
+        self._open: dict[SequenceKey, Sequence] = {}
+        self._ended: OrderedDict[SequenceKey, str] = OrderedDict()
 
     @property
     def open_count(self) -> int:
@@ -71,7 +75,7 @@ class SequenceTable:
                 f"model {model.key} is bidirectional and cannot run a sequence chunk by chunk; send the "
                 "whole sequence in one request without sequence_id"
             )
-        key = (model.key, sequence_id)
+        key = (model.key, sequence_id, current_caller())
         sequence = self._open.get(key)
         if start:
             if sequence is not None:
@@ -92,7 +96,7 @@ class SequenceTable:
         sequence.tail = task
         return task
 
-    def _start(self, model: ServedModel, key: tuple[str, SequenceId]) -> Sequence:
+    def _start(self, model: ServedModel, key: SequenceKey) -> Sequence:
         stream = self._open_stream(model)
         stream.task = None  # no handler reads for it: the idle timer and the drain call evict instead
         sequence = Sequence(key, stream)
@@ -130,7 +134,7 @@ class SequenceTable:
         self.store.close(sequence.stream, reason)
 
     def _not_open(self, model: ServedModel, sequence_id: SequenceId) -> str:
-        reason = self._ended.get((model.key, sequence_id))
+        reason = self._ended.get((model.key, sequence_id, current_caller()))
         if reason is not None:
             return (
                 f"sequence {sequence_id!r} of model {model.key} {_END_WORDS.get(reason, reason)}; "

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
+from seqserve.service.auth import TOKENS_ENV, BearerTokenInterceptor, TokenError, TokenTable
 from seqserve.service.checkpoints import StateKeys
 from seqserve.service.config import ServerConfig
 from seqserve.service.frontends import kserve_v2
@@ -28,6 +29,7 @@ from seqserve.service.inference import InferenceEngine
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.repository import ModelRepository
 from seqserve.service.state import SHUTDOWN, StateStore
+from seqserve.service.tls import CertificateFiles, ReloadingCertificates
 from seqserve.v1 import seqserve_pb2
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class RunningServer:
     executor: ThreadPoolExecutor
     metrics_http: WSGIServer | None
     poller: asyncio.Task | None = None
+    certificates: ReloadingCertificates | None = None  # with TLS: the files it serves, reloaded on change
 
     @property
     def store(self) -> StateStore:
@@ -139,26 +142,69 @@ def _start_metrics_http(
     if config.metrics_port < 0:
         return None, None
     try:
-        metrics_http, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        metrics_http, _ = start_http_server(
+            config.metrics_port, addr=config.metrics_host, registry=metrics.registry
+        )
     except OSError as exc:
         raise OSError(
-            f"cannot serve metrics on {host_port(config.host, config.metrics_port)}: {exc}"
+            f"cannot serve metrics on {host_port(config.metrics_host, config.metrics_port)}: {exc}"
         ) from exc
-    return metrics_http, host_port(config.host, metrics_http.server_port)
+    return metrics_http, host_port(config.metrics_host, metrics_http.server_port)
+
+
+def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
+    """The bearer-token check when the server has tokens (file or SEQSERVE_AUTH_TOKENS), else none."""
+    tokens = TokenTable.load(config.auth_tokens_file, os.environ.get(TOKENS_ENV))
+    if not len(tokens):
+        if config.max_streams_per_token:
+            raise TokenError(
+                f"max_streams_per_token {config.max_streams_per_token} needs bearer tokens: give "
+                f"--auth-tokens-file or {TOKENS_ENV}"
+            )
+        return []
+    if config.tls_cert is None:
+        log.warning("bearer tokens over plaintext gRPC cross the network readable: serve TLS (--tls-cert)")
+    log.info("bearer tokens required on every inference RPC: %d tokens", len(tokens))
+    return [BearerTokenInterceptor(tokens)]
+
+
+def _certificates(config: ServerConfig) -> ReloadingCertificates | None:
+    if config.tls_cert is None:
+        return None
+    return ReloadingCertificates(CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig, certificates: ReloadingCertificates | None) -> int:
+    address = host_port(config.host, config.port)
+    try:
+        if certificates is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, certificates.credentials)
+    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
     metrics = ServiceMetrics()
+    # Tokens and certificates first: a bad file fails the start before any model loads.
+    interceptors = _interceptors(config)
+    certificates = _certificates(config)
     # Threads are made on demand; each model version has at most `calls_in_flight` calls running.
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
     repository = ModelRepository.load(config, metrics, executor)
+    store = StateStore(
+        config.max_streams,
+        config.stream_id_prefix,
+        config.max_streams_per_token,
+        metrics.token_streams_active,
+    )
     keys = StateKeys.load(config.state_key_file)
-    store = StateStore(config.max_streams, config.stream_id_prefix)
     engine = InferenceEngine(repository, store, config, keys, metrics)
     limit = config.max_message_bytes
     server = grpc.aio.server(
-        # Outermost, so every outcome is counted, whatever interceptor or handler decided it.
-        interceptors=[RecordingInterceptor(metrics)],
+        # Recording outermost, so every outcome is counted, whatever interceptor or handler decided it; the
+        # token check's refusals too.
+        interceptors=[RecordingInterceptor(metrics), *interceptors],
         options=[
             ("grpc.max_receive_message_length", receive_ceiling(limit)),
             ("grpc.so_reuseport", int(config.reuse_port)),
@@ -174,11 +220,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await ModelHealth(health_servicer, repository).publish()
     services = (SERVICE_NAME, kserve_v2.SERVICE.full_name, HEALTH.full_name, reflection.SERVICE_NAME)
     add_service(server, reflection.aio.ReflectionServicer(services), REFLECTION, limit)
-    address = host_port(config.host, config.port)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    port = _listen(server, config, certificates)
     metrics_http, metrics_address = _start_metrics_http(config, metrics)
     await server.start()
     grpc_address = host_port(config.host, port)
@@ -192,16 +234,18 @@ async def start_server(config: ServerConfig) -> RunningServer:
         health_servicer,
         executor,
         metrics_http,
+        certificates=certificates,
     )
     if config.poll_repository_s > 0:
         running.poller = asyncio.get_running_loop().create_task(
             poll_repository(repository, config.poll_repository_s)
         )
     served, metrics_text = len(repository.all()), metrics_address or "off"
+    transport = "plaintext" if certificates is None else "mTLS" if config.tls_client_ca else "TLS"
     checkpointing = "on" if keys else "off: no state key"
     log.info(
-        "serving %d model versions on %s (metrics %s; checkpoints %s)", served, grpc_address, metrics_text,
-        checkpointing,
+        "serving %d model versions on %s (%s, metrics %s, checkpoints %s)", served, grpc_address, transport,
+        metrics_text, checkpointing,
     )  # fmt: skip
     return running
 

@@ -11,12 +11,14 @@ gives it an `evict` callback, which the store calls instead of cancelling a hand
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from prometheus_client import Gauge
 
 from seqserve.service.batcher import RowResult
 from seqserve.service.checkpoints import IssuedCheckpoint
@@ -46,6 +48,7 @@ DEFAULT_OPTIONS = StreamOptions()
 class StreamState:
     id: str
     model: ServedModel
+    caller: str | None  # the bearer token's name (service/caller.py), None without tokens
     idle_timeout_s: float
     task: asyncio.Task | None
     states: tuple[np.ndarray, ...]
@@ -71,9 +74,19 @@ class StreamState:
 
 
 class StateStore:
-    def __init__(self, max_streams: int, id_prefix: str = "") -> None:
+    def __init__(
+        self,
+        max_streams: int,
+        id_prefix: str = "",
+        max_streams_per_caller: int = 0,
+        caller_streams: Gauge | None = None,
+    ) -> None:
         self.max_streams = max_streams
         self.id_prefix = id_prefix  # tells the workers of `--workers N` apart in stream ids
+        # A token's own bound, so one client cannot take every slot; 0: none. Counted per caller name.
+        self.max_streams_per_caller = max_streams_per_caller
+        self._caller_streams = caller_streams
+        self._per_caller: collections.Counter[str] = collections.Counter()
         self._streams: dict[str, StreamState] = {}
         self._ids = itertools.count(1)
         self._draining = False
@@ -85,17 +98,24 @@ class StateStore:
     def open_count(self) -> int:
         return len(self._streams)
 
-    def open(self, model: ServedModel, idle_timeout_s: float) -> StreamState:
+    def open(self, model: ServedModel, idle_timeout_s: float, caller: str | None = None) -> StreamState:
         if self._draining:
             raise Draining("server is shutting down and opens no new streams; retry on another replica")
         if len(self._streams) >= self.max_streams:
             raise LimitExceeded(
                 f"too many open streams: {len(self._streams)} open, the server's limit is {self.max_streams}"
             )
+        limit = self.max_streams_per_caller
+        if caller is not None and limit and self._per_caller[caller] >= limit:
+            raise LimitExceeded(
+                f"too many open streams for token {caller!r}: {self._per_caller[caller]} open, the limit per "
+                f"token is {limit} (--max-streams-per-token)"
+            )
         loop = asyncio.get_running_loop()
         stream = StreamState(
             id=f"{self.id_prefix}s{next(self._ids)}",
             model=model,
+            caller=caller,
             idle_timeout_s=idle_timeout_s,
             task=asyncio.current_task(),
             states=model.runtime.zero_state,
@@ -104,6 +124,7 @@ class StateStore:
         stream.timer = loop.call_later(idle_timeout_s, self._check_idle, stream)
         self._streams[stream.id] = stream
         self._empty.clear()
+        self._count_caller(caller, 1)
         nbytes = model.runtime.state_nbytes if model.streamable else 0
         self.state_bytes += nbytes
         model.open_streams += 1
@@ -119,6 +140,7 @@ class StateStore:
         if stream.timer is not None:
             stream.timer.cancel()
         del self._streams[stream.id]
+        self._count_caller(stream.caller, -1)
         model = stream.model
         nbytes = model.runtime.state_nbytes if model.streamable else 0
         self.state_bytes -= nbytes
@@ -133,6 +155,16 @@ class StateStore:
         if not self._streams:
             self._empty.set()
         log.debug("stream %s on %s ended: %s after %d steps", stream.id, model.key, reason, stream.steps)
+
+    def _count_caller(self, caller: str | None, change: int) -> None:
+        if caller is None:
+            return
+        self._per_caller[caller] += change
+        if self._caller_streams is not None:
+            self._caller_streams.labels(caller).inc(change)
+
+    def caller_count(self, caller: str) -> int:
+        return self._per_caller[caller]
 
     def interrupt(self, stream: StreamState, reason: str) -> None:
         """End a stream from the server side: at once if it waits for the client, else at its next read."""

@@ -89,9 +89,9 @@ def _metrics_http(config: ServerConfig, folder: str):  # noqa: ANN202 - a WSGISe
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=folder)
     try:
-        server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
     except OSError as exc:
-        raise OSError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc}") from exc
+        raise OSError(f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}") from exc
     return server
 
 
@@ -172,7 +172,7 @@ def serve_workers(config: ServerConfig, announce: Callable[[str, str | None], No
                 metrics_address = None
                 if config.metrics_port >= 0:
                     metrics_http = _metrics_http(config, folder)
-                    metrics_address = host_port(config.host, metrics_http.server_port)
+                    metrics_address = host_port(config.metrics_host, metrics_http.server_port)
                 announce(host_port(config.host, port), metrics_address)
                 sentinels = [process.sentinel for process in workers.processes]
                 while not stop_requested and not wait(sentinels, timeout=0.2):

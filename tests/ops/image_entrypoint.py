@@ -130,6 +130,7 @@ def image_environment(stage: ServeStage, repository: Path, blocked: Path, **over
     env.update(
         SEQSERVE_SERVE_REPOSITORY=str(repository),
         SEQSERVE_SERVE_HOST="127.0.0.1",
+        SEQSERVE_SERVE_METRICS_HOST="127.0.0.1",
         SEQSERVE_SERVE_PORT="0",
         SEQSERVE_SERVE_METRICS_PORT="0",
         **overrides,

@@ -42,9 +42,13 @@ class Outcome:
         return last.ended if last is not None and last.HasField("ended") else None
 
 
-async def drive(stub: pb_grpc.InferenceServiceStub, requests: list[pb.StreamRequest]) -> Outcome:
+async def drive(
+    stub: pb_grpc.InferenceServiceStub,
+    requests: list[pb.StreamRequest],
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> Outcome:
     """Write every request (reading each answer as it comes), half-close, then read to the status."""
-    call = stub.Stream()
+    call = stub.Stream(metadata=metadata)
     outcome = Outcome()
     try:
         for request in requests:
