@@ -31,19 +31,27 @@ class Authority:
     certificate: x509.Certificate
 
     def issue(
-        self, folder: Path, name: str, server: bool = True, expired: bool = False, serial: int | None = None
+        self,
+        folder: Path,
+        name: str,
+        server: bool = True,
+        expired: bool = False,
+        dns_names: tuple[str, ...] | None = None,
     ) -> Issued:
-        """A leaf for 127.0.0.1 / localhost (server) or a client named `name`, valid now unless expired."""
+        """A leaf for `dns_names` (a server; default 127.0.0.1 and localhost) or a client named `name`,
+        valid now unless expired."""
         key = ec.generate_private_key(ec.SECP256R1())
         start, end = (_NOW - 10 * _DAY, _NOW - _DAY) if expired else (_NOW - _DAY, _NOW + 30 * _DAY)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
-            _builder(name, self.certificate.subject, key, start, end, serial)
+            _builder(name, self.certificate.subject, key, start, end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if server:
             names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            if dns_names is not None:
+                names = [x509.DNSName(dns) for dns in dns_names]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         return Issued(_write(folder / f"{name}.crt", certificate), _write_key(folder / f"{name}.key", key))
@@ -55,14 +63,13 @@ def _builder(
     key: ec.EllipticCurvePrivateKey,
     start: datetime.datetime,
     end: datetime.datetime,
-    serial: int | None = None,
 ) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(issuer)
         .public_key(key.public_key())
-        .serial_number(serial or x509.random_serial_number())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
     )

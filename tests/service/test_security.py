@@ -226,6 +226,20 @@ def test_certificate_rotation_keeps_open_streams_and_new_connections_get_the_new
     assert server.running.certificates.reloads == 1
 
 
+def test_tls_server_name_checks_the_certificate_for_another_name(tmp_path: Path, make_server) -> None:  # noqa: ANN001
+    ca = authority(tmp_path, "ca")
+    named = ca.issue(tmp_path, "server", dns_names=("seqserve.internal",))
+    server = make_server(tls_cert=named.cert, tls_key=named.key)
+
+    async def run() -> list[Outcome]:
+        securities = [ClientSecurity(tls_ca=ca.cert, tls_server_name=n) for n in (None, "seqserve.internal")]
+        return [await _attempt(server.target, security) for security in securities]
+
+    by_address, by_name = server.call(run())
+    _refused(by_address, grpc.StatusCode.UNAVAILABLE)  # the certificate does not name 127.0.0.1
+    assert by_name.code == grpc.StatusCode.OK and by_name.ended.steps == 2
+
+
 def test_tls_files_are_checked_at_start(config: ServerConfig, pki: Pki) -> None:
     with pytest.raises(ValueError, match="needs both a certificate and its key"):
         replace(config, tls_cert=pki.server.cert)
