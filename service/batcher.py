@@ -232,11 +232,13 @@ class Batcher:
         start = time.perf_counter()
         for row in rows:
             self.metrics.queue.observe(start - row.queued_at)
-        lengths = [row.x.shape[0] for row in rows]
-        results: list[RowResult | None] = [None] * len(rows)
-        for group in length_groups(lengths):
-            for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
-                results[index] = result
+        if len(rows) == 1:  # a lone stream's call: nothing to group
+            results = self._run_group(rows)
+        else:
+            results = [None] * len(rows)
+            for group in length_groups([row.x.shape[0] for row in rows]):
+                for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
+                    results[index] = result
         # Written from the executor thread or the loop; a lost update only delays the average.
         size = _size_class(rows)
         seconds = time.perf_counter() - start
@@ -245,15 +247,18 @@ class Batcher:
         return results  # type: ignore[return-value]
 
     def _run_group(self, rows: list[_Row]) -> list[RowResult]:
-        lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
-        longest = int(lengths.max())
-        if len(rows) == 1:
-            x = rows[0].x[np.newaxis]
+        if len(rows) == 1:  # no padding, no copies: views of the row with a batch axis
+            row = rows[0]
+            lengths = np.array([row.x.shape[0]], dtype=np.int32)
+            x = row.x[np.newaxis]
+            states = tuple(np.ascontiguousarray(state[:, np.newaxis]) for state in row.states)
         else:
-            x = np.zeros((len(rows), longest, rows[0].x.shape[1]), dtype=np.float32)
+            lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
+            x = np.zeros((len(rows), int(lengths.max()), rows[0].x.shape[1]), dtype=np.float32)
             for index, row in enumerate(rows):
                 x[index, : row.x.shape[0]] = row.x
-        states = tuple(np.stack(column, axis=1) for column in zip(*(row.states for row in rows), strict=True))
+            columns = zip(*(row.states for row in rows), strict=True)
+            states = tuple(np.stack(column, axis=1) for column in columns)
         start = time.perf_counter()
         logits, new_states = self.runtime.run(x, states, lengths)
         elapsed = time.perf_counter() - start
