@@ -14,13 +14,12 @@ Policy (decided here; docs/operations.md documents the flags):
 - Rows of very different lengths are split into separate calls (padding at most doubles the work), since
   the RNN kernels step through the longest row for every row.
 - Inline or executor: a call runs on the event loop itself when nothing else waits (no other call in
-  flight, and the call holds a row of every active stream) and calls of its size (padded rows x steps,
-  by power of two) have taken at most `inline_budget_s` (`--inline-max-us`) so far; everything else goes
-  to the executor, and so does a size never measured (a first call, a CUDA warm-up). A lone stream's
-  one-row call then costs no thread hop, the loop is never held longer than the budget (a long chunk or a
-  slow model cannot stall other streams, health or the drain), and where streams outnumber one call the
-  executor keeps computing one group while the loop serves the others (inline there lost 15 % at 64
-  streams, bench/README.md).
+  flight, and the call holds a row of every active stream), it is small (at most `INLINE_MAX_ROWS` rows)
+  and calls of its size (padded rows x steps, by power of two) have taken at most `inline_budget_s`
+  (`--inline-max-us`) so far; everything else goes to the executor, and so does a size never measured (a
+  first call, a CUDA warm-up). A lone stream's one-row call then costs no thread hop, the loop is never
+  held longer than the budget (a long chunk or a slow model cannot stall other streams, health or the
+  drain), and where batching pays the executor computes while the loop does the streams' I/O.
 Padding, the onnxruntime call, softmax and argmax run vectorised per call, wherever the call runs.
 
 A failed onnxruntime call fails only its own rows, with `InferenceFailed` (INTERNAL) naming the model;
@@ -85,6 +84,11 @@ def length_groups(lengths: list[int], max_waste: float = 2.0) -> list[list[int]]
     if group:
         groups.append(group)
     return groups
+
+
+# Inline against executor, A/B at chunk 1 and 32 (bench/README.md): +9 % at 4 streams, -14 to -27 % at
+# 16 and 64 streams, where a call holds every active stream's row but the loop has their I/O to overlap.
+INLINE_MAX_ROWS = 4
 
 
 def _size_class(rows: list[_Row]) -> int:
@@ -175,8 +179,11 @@ class Batcher:
         call.add_done_callback(lambda done: self._finish(rows, done))
 
     def _runs_inline(self, rows: list[_Row], active: int) -> bool:
-        # Streams not in this call would wait on the loop, while the executor could overlap them.
-        if self._calls_in_flight or len(rows) < active or self.inline_budget_s <= 0:
+        # Streams not in this call would wait on the loop, while the executor could overlap them; and
+        # past a few rows the loop's own work on them (answers out, next chunks in) overlaps the call.
+        if self._calls_in_flight or not len(rows) <= INLINE_MAX_ROWS or len(rows) < active:
+            return False
+        if self.inline_budget_s <= 0:
             return False
         seconds = self._call_seconds.get(_size_class(rows))
         return seconds is not None and seconds <= self.inline_budget_s
@@ -232,11 +239,13 @@ class Batcher:
         start = time.perf_counter()
         for row in rows:
             self.metrics.queue.observe(start - row.queued_at)
-        lengths = [row.x.shape[0] for row in rows]
-        results: list[RowResult | None] = [None] * len(rows)
-        for group in length_groups(lengths):
-            for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
-                results[index] = result
+        if len(rows) == 1:  # a lone stream's call: nothing to group
+            results = self._run_group(rows)
+        else:
+            results = [None] * len(rows)
+            for group in length_groups([row.x.shape[0] for row in rows]):
+                for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
+                    results[index] = result
         # Written from the executor thread or the loop; a lost update only delays the average.
         size = _size_class(rows)
         seconds = time.perf_counter() - start
@@ -245,15 +254,18 @@ class Batcher:
         return results  # type: ignore[return-value]
 
     def _run_group(self, rows: list[_Row]) -> list[RowResult]:
-        lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
-        longest = int(lengths.max())
-        if len(rows) == 1:
-            x = rows[0].x[np.newaxis]
+        if len(rows) == 1:  # no padding, no copies: views of the row with a batch axis
+            row = rows[0]
+            lengths = np.array([row.x.shape[0]], dtype=np.int32)
+            x = row.x[np.newaxis]
+            states = tuple(np.ascontiguousarray(state[:, np.newaxis]) for state in row.states)
         else:
-            x = np.zeros((len(rows), longest, rows[0].x.shape[1]), dtype=np.float32)
+            lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
+            x = np.zeros((len(rows), int(lengths.max()), rows[0].x.shape[1]), dtype=np.float32)
             for index, row in enumerate(rows):
                 x[index, : row.x.shape[0]] = row.x
-        states = tuple(np.stack(column, axis=1) for column in zip(*(row.states for row in rows), strict=True))
+            columns = zip(*(row.states for row in rows), strict=True)
+            states = tuple(np.stack(column, axis=1) for column in columns)
         start = time.perf_counter()
         logits, new_states = self.runtime.run(x, states, lengths)
         elapsed = time.perf_counter() - start

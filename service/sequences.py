@@ -111,7 +111,7 @@ class SequenceTable:
     ) -> RowResult:
         stream = sequence.stream
         try:
-            if previous is not None:
+            if previous is not None and not previous.done():  # asyncio.wait costs a set and callbacks
                 await asyncio.wait([previous])
             return await self._run_chunk(stream, x)
         finally:
