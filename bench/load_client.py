@@ -44,6 +44,8 @@ class LoadSpec:
     idle_timeout_ms: int = 0
     # Fewer streams per connection spread them over `--workers` (the kernel balances connections).
     streams_per_channel: int = STREAMS_PER_CHANNEL
+    # A signed state checkpoint with every Nth chunk's answer (0: none); the server needs a state key.
+    checkpoint_every_chunks: int = 0
 
 
 @dataclass
@@ -93,7 +95,11 @@ class _Requests:
     """The scenario's Stream requests, serialised once."""
 
     def __init__(self, spec: LoadSpec) -> None:
-        stream_open = pb.StreamOpen(model=spec.model, idle_timeout_ms=spec.idle_timeout_ms)
+        stream_open = pb.StreamOpen(
+            model=spec.model,
+            idle_timeout_ms=spec.idle_timeout_ms,
+            checkpoint_every_chunks=spec.checkpoint_every_chunks,
+        )
         self.open = pb.StreamRequest(open=stream_open).SerializeToString()
         chunk = pb.StreamChunk(steps=spec.chunk, values=_values(spec.chunk, spec.features, seed=1))
         self.chunk = pb.StreamRequest(chunk=chunk).SerializeToString()

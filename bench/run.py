@@ -27,7 +27,7 @@ from bench.load_pool import LoadPool
 from bench.plot import plot_streams
 from bench.report import BenchResults
 from bench.scenarios import INFERENCE_THREADS, QUICK, BenchConfig, BenchRun
-from bench.sections import NaiveGrid, TritonPeer, Workers
+from bench.sections import Checkpoints, NaiveGrid, TritonPeer, Workers
 from bench.triton_peer import run_peer
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -101,6 +101,7 @@ def main(
                 )  # fmt: skip
             idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
             workers = run.workers()
+            checkpoints = run.checkpoints()
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
@@ -108,6 +109,7 @@ def main(
         NaiveGrid(naive, grid),
         Workers(workers),
         TritonPeer(peer.rows, peer.labels, peer.skipped),
+        Checkpoints(checkpoints),
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)

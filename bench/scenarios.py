@@ -5,7 +5,9 @@ The sizes live in `BenchConfig`: the full run follows the issue; `QUICK` keeps t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import secrets
 import statistics
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_model import BENCH_MODEL, model_path, open_session
+from bench.checkpoint_probe import CHECKPOINT_EVERY, CheckpointFigures, measure_resume
 from bench.load_client import LoadSpec
 from bench.load_pool import LoadPool, LoadResult
 from bench.ort_ceiling import OrtResult, measure_ort
@@ -62,10 +65,11 @@ class BenchConfig:
 
     def scenario_count(self) -> int:
         """For the progress bar: ceiling, echo, naive and seqserve grids, ratio rounds, idle, workers,
-        Triton."""
+        Triton, checkpoints."""
         grids = 2 * 2 * len(self.stream_counts)
         rounds = len(fields(RatioRound)) * self.ratio_rounds
-        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1
+        checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
+        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + checkpoints
 
 
 QUICK = BenchConfig(
@@ -185,7 +189,9 @@ class BenchRun:
     logs: Path
     advance: Callable[[str], None] = field(default=lambda name: None)
 
-    def _spec(self, target: str, mode: str, streams: int, chunk: int = 1, per_channel: int = 100) -> LoadSpec:
+    def _spec(
+        self, target: str, mode: str, streams: int, chunk: int = 1, per_channel: int = 100, every: int = 0
+    ) -> LoadSpec:
         return LoadSpec(
             target=target,
             model=BENCH_MODEL,
@@ -198,6 +204,7 @@ class BenchRun:
             duration_s=self.config.duration_s,
             idle_timeout_ms=IDLE_TIMEOUT_MS,
             streams_per_channel=per_channel,
+            checkpoint_every_chunks=every,
         )
 
     def command(self, kind: str) -> list[str]:
@@ -237,7 +244,14 @@ class BenchRun:
         return measure_ort(session, self.info, batch, chunk, self.config.ort_duration_s)
 
     def served(
-        self, server: ServerProcess, name: str, mode: str, streams: int, chunk: int, per_channel: int = 100
+        self,
+        server: ServerProcess,
+        name: str,
+        mode: str,
+        streams: int,
+        chunk: int,
+        per_channel: int = 100,
+        every: int = 0,
     ) -> ServedFigures:
         """One load scenario; the server's CPU time and metrics are read as the window opens and closes."""
 
@@ -245,7 +259,7 @@ class BenchRun:
             metrics = scrape(server.metrics_url) if server.metrics_url else {}
             return server.cpu_seconds(), server.thread_cpu_seconds(), metrics
 
-        spec = self._spec(server.target, mode, streams, chunk, per_channel)
+        spec = self._spec(server.target, mode, streams, chunk, per_channel, every)
         load, before, after = self.pool.run(spec, probe)
         (cpu_before, threads_before, metrics_before), (cpu_after, threads_after, metrics_after) = (
             before,
@@ -293,6 +307,25 @@ class BenchRun:
                     name = f"seqserve --workers {count}"
                     figures.append(self.served(server, name, "stream", streams, chunk, per_channel))
         return figures
+
+    def checkpoints(self) -> CheckpointFigures:
+        """Checkpoint overhead at the ratio concurrency: both chunk sizes, a checkpoint every 0, 16 and 1
+        chunks, on one server with a state key (the rows alternate, so drift hits them alike); then the
+        token's size and the time a resume's open takes against a plain open."""
+        key_file = self.logs / "state-key"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        command = [*self.command("seqserve"), "--state-key-file", str(key_file)]
+        streams, rows = self.config.ratio_streams, []
+        with running_server(command, self.logs / "seqserve-checkpoints.log") as server:
+            for chunk in self.config.chunks:
+                for every in CHECKPOINT_EVERY:
+                    self.advance(f"checkpoint every {every}: chunk {chunk} x {streams}")
+                    figures = self.served(server, f"every {every}", "stream", streams, chunk, every=every)
+                    rows.append((every, figures))
+            self.advance("checkpoint token and resume time")
+            probe = asyncio.run(measure_resume(server.target, BENCH_MODEL, self.info.features))
+        return CheckpointFigures(rows, probe)
 
     def ratio_rounds(self, servers: Servers) -> list[RatioRound]:
         return [self._ratio_round(servers, index) for index in range(1, self.config.ratio_rounds + 1)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bench.checkpoint_probe import CheckpointFigures
 from bench.report import TextTable
 from bench.scenarios import ServedFigures
 from bench.triton_peer import PerfFigures
@@ -144,5 +145,51 @@ class TritonPeer:
                 r.server, str(r.chunk), str(r.sequences), f"{r.msgs_per_s:,.0f}", f"{r.steps_per_s:,.0f}",
                 f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.server_cpu_us_per_step:.1f}",
                 f"{r.load_average:.1f}",
+            )  # fmt: skip
+        return [table]
+
+
+@dataclass
+class Checkpoints:
+    """Issue 10: throughput and p99 with a signed checkpoint every 0, 16 and 1 chunks, the token's size,
+    and a resume's open time. Target: a checkpoint every 16 chunks within 5 % of none, in steps/s."""
+
+    figures: CheckpointFigures
+    key: str = "checkpoints"
+
+    def _by(self) -> dict[tuple[int, int], ServedFigures]:
+        return {(f.load.chunk, every): f for every, f in self.figures.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{"checkpoint_every_chunks": every, **f.to_dict()} for every, f in self.figures.rows]
+        return {"rows": rows, "resume": self.figures.probe.to_dict()}
+
+    def ratios(self) -> dict[str, float]:
+        by, ratios = self._by(), {}
+        for (chunk, every), figures in by.items():
+            if every and (chunk, 0) in by:
+                none = by[(chunk, 0)].load.steps_per_s
+                ratios[f"checkpoint{every}_vs_none_chunk{chunk}"] = figures.load.steps_per_s / none
+        return ratios
+
+    def targets(self) -> dict[str, tuple[str, float]]:
+        return {key: (">=", 0.95) for key in self.ratios() if key.startswith("checkpoint16_")}
+
+    def tables(self) -> list[TextTable]:
+        probe, by = self.figures.probe, self._by()
+        title = (
+            f"Checkpoints (token {probe.token_bytes} bytes; open p50 {probe.plain_open_ms_p50:.2f} ms plain, "
+            f"{probe.resume_open_ms_p50:.2f} ms resuming, p99 {probe.resume_open_ms_p99:.2f} ms)"
+        )
+        columns = ("chunk", "streams", "checkpoint every", "steps/s", "vs none", "p50 ms", "p99 ms",
+                   "server cpu us/step")  # fmt: skip
+        table = TextTable(title, columns)
+        for every, f in self.figures.rows:
+            load, none = f.load, by.get((f.load.chunk, 0))
+            ratio = f"{load.steps_per_s / none.load.steps_per_s:.3f}" if none else ""
+            table.add_row(
+                str(load.chunk), str(load.streams), str(every) if every else "never",
+                f"{load.steps_per_s:,.0f}", ratio, f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}",
+                f"{f.server_cpu_us_per_step:.1f}",
             )  # fmt: skip
         return [table]

@@ -12,6 +12,7 @@ Knows no protocol; `InferenceEngine` issues and verifies tokens, the front doors
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -49,6 +50,7 @@ NO_KEY = "no_key"
 REFUSAL_REASONS = (MALFORMED, FORMAT, OTHER_KEY, TAMPERED, EXPIRED, OTHER_MODEL, NO_KEY)
 
 
+@functools.lru_cache(maxsize=8)  # a server holds two keys; tokens are signed per chunk
 def key_id(key: bytes) -> bytes:
     """8 bytes naming a key without revealing it: tells 'signed by another key' from 'tampered'."""
     return hashlib.sha256(b"seqserve-state-key\0" + key).digest()[:8]
@@ -174,7 +176,7 @@ def encode(snapshot: StreamSnapshot, key: bytes) -> bytes:
         parts.append(struct.pack("<I", label))
         parts += [np.ascontiguousarray(values, dtype=_FLOAT32).tobytes() for values in (scores, logits)]
     body = b"".join(parts)
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    return body + hmac.digest(key, body, "sha256")
 
 
 def decode(token: bytes, keys: StateKeys, now: float | None = None) -> StreamSnapshot:
@@ -200,7 +202,7 @@ def decode(token: bytes, keys: StateKeys, now: float | None = None) -> StreamSna
             f"resume token is signed by another key (key id {wanted.hex()}); this server accepts key ids "
             + ", ".join(key_id(k).hex() for k in (keys.current, keys.previous) if k is not None),
         )
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+    if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
         raise BadResumeToken(TAMPERED, "resume token was tampered with: its signature does not match it")
     snapshot = _parse(body)
     now = time.time() if now is None else now

@@ -143,3 +143,20 @@ def test_triton_peer_runs_or_says_why_not(results: tuple[dict, Path]) -> None:
     assert max(labels["triton_max_abs_logit_diff"], labels["seqserve_max_abs_logit_diff"]) < 1e-4
     assert {row["server"] for row in triton["rows"]} == {"triton", "seqserve"}
     assert all(row["msgs_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in triton["rows"])
+
+
+def test_checkpoint_rows_cover_every_interval_and_measure_the_token(results: tuple[dict, Path]) -> None:
+    checkpoints = results[0]["checkpoints"]
+    config = results[0]["config"]
+    rows = {(row["chunk"], row["checkpoint_every_chunks"]) for row in checkpoints["rows"]}
+    assert rows == {
+        (c, every) for c in (config["small_chunk"], config["large_chunk"]) for every in (0, 16, 1)
+    }
+    assert all(row["steps_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in checkpoints["rows"])
+    resume = checkpoints["resume"]
+    # bench-gru: GRU 2 x 128, many-to-one, 9 classes (docs/checkpoint_token.md's size formula).
+    assert resume["token_bytes"] == 64 + len("bench-gru") + 32 + 2 * 128 * 4 + 4 + 8 * 9 + 32
+    assert (
+        0 < resume["plain_open_ms_p50"] and 0 < resume["resume_open_ms_p50"] <= resume["resume_open_ms_p99"]
+    )
+    assert "checkpoint16_vs_none_chunk1" in results[0]["targets"]

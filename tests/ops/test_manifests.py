@@ -65,6 +65,15 @@ def test_deployment_matches_image_and_covers_drain(image: ServeStage) -> None:
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > grace_s
 
 
+def test_every_replica_reads_the_checkpoint_key_from_one_secret() -> None:
+    from seqserve.service.checkpoints import KEYS_ENV
+
+    (container,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    env = {variable["name"]: variable for variable in container["env"]}
+    secret = env[KEYS_ENV]["valueFrom"]["secretKeyRef"]
+    assert (secret["name"], secret["key"], secret["optional"]) == ("seqserve-state-keys", "keys", True)
+
+
 def test_configmap_keys_are_serve_flags() -> None:
     from seqserve.cli import serve
 
