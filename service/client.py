@@ -278,8 +278,8 @@ async def stream_resumable(
     down or its connection drops, reopen on the next target from the latest checkpoint (from the start
     without one) and resend the chunks after it; every chunk is kept until a checkpoint covers it. With
     one stub the stream reopens on it only when it asks for checkpoints (behind a Kubernetes Service that
-    is another pod); otherwise a failure raises grpc.aio.AioRpcError as a plain stream would. Gives up after every target
-    failed twice in a row without an answer."""
+    is another pod); otherwise a failure raises grpc.aio.AioRpcError as a plain stream would. Gives up,
+    raising the last status, after every target failed twice in a row without an answer."""
     progress = _Progress([x[start : start + chunk] for start in range(0, x.shape[0], chunk)])
     target, failures, resumes = first % len(stubs), 0, 0
     while True:
@@ -297,8 +297,8 @@ async def stream_resumable(
             failures = 0 if len(progress.answers) > answered or progress.ended is not None else failures + 1
             if len(stubs) == 1 and not checkpoint_every_chunks:
                 raise moved.error from None
-            if failures >= 2 * len(stubs):
-                raise RuntimeError(f"stream of {model} failed on every target: {moved}") from moved
+            if failures >= 2 * len(stubs):  # every target failed twice running: the last one's status
+                raise moved.error from None
             resumes += 1
             target = (target + 1) % len(stubs)
             if failures and failures % len(stubs) == 0:
