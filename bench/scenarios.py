@@ -62,10 +62,11 @@ class BenchConfig:
 
     def scenario_count(self) -> int:
         """For the progress bar: ceiling, echo, naive and seqserve grids, ratio rounds, idle, workers,
-        Triton."""
+        Triton, the KServe V2 rows (two steps a cell)."""
         grids = 2 * 2 * len(self.stream_counts)
         rounds = len(fields(RatioRound)) * self.ratio_rounds
-        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1
+        v2 = 2 * 2 * len(self.triton_sequences)
+        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2
 
 
 QUICK = BenchConfig(

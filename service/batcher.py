@@ -145,6 +145,12 @@ class Batcher:
         self._maybe_dispatch()
         return await future
 
+    def forget(self, stream: object) -> None:
+        """A stream has ended: stop waiting for its rows (else each restart of a short sequence leaves a
+        ghost that holds every call back by up to max delay until the active window forgets it)."""
+        if self._last_row_at.pop(stream, None) is not None:
+            self._maybe_dispatch()
+
     def _active_streams(self, now: float) -> int:
         # Forgetting quiet streams costs a pass over the active ones, so it runs a few times per window.
         if now >= self._recount_at:
