@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.bench_model import BENCH_MODEL, HIDDEN, LAYERS, write_bench_model
+from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
 from bench.plot import plot_streams
 from bench.report import BenchResults
@@ -99,6 +100,7 @@ def main(
                     repository, info, servers.seqserve.target, servers.seqserve.cpu_seconds, config.chunks,
                     config.triton_sequences, config.triton_window_ms, Path(work), install=not quick,
                 )  # fmt: skip
+                kserve_v2 = measure_kserve_v2(run, servers.seqserve)
             idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
             workers = run.workers()
             checkpoints = run.checkpoints()
@@ -109,6 +111,7 @@ def main(
         NaiveGrid(naive, grid),
         Workers(workers),
         TritonPeer(peer.rows, peer.labels, peer.skipped),
+        kserve_v2,
         Checkpoints(checkpoints),
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)

@@ -65,11 +65,12 @@ class BenchConfig:
 
     def scenario_count(self) -> int:
         """For the progress bar: ceiling, echo, naive and seqserve grids, ratio rounds, idle, workers,
-        Triton, checkpoints."""
+        Triton, the KServe V2 rows (two steps a cell), checkpoints."""
         grids = 2 * 2 * len(self.stream_counts)
         rounds = len(fields(RatioRound)) * self.ratio_rounds
+        v2 = 2 * 2 * len(self.triton_sequences)
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
-        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + checkpoints
+        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2 + checkpoints
 
 
 QUICK = BenchConfig(

@@ -16,6 +16,10 @@ The graph computes what `training/model.py`'s `SequenceClassifier.forward` compu
 
 Past a row's length ONNX's Y is zero, as `pad_packed_sequence` pads, so padded many-to-many steps hold
 head(norm(0)) in both. Dropout is a training-time op and has no node.
+
+A language model (`training/language_model.py`) is an embedding in front of a many-to-many classifier:
+its graph takes int64 `tokens` [B, T], looks them up (Gather on the embedding matrix, axis 0), and the
+rest is the classifier's graph above.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from seqserve import contract
 from seqserve.contract import ModelInfo
+from seqserve.training.language_model import CharLanguageModel
 from seqserve.training.model import SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -172,15 +177,21 @@ def _head(g: _GraphBuilder, model: SequenceClassifier, summary: str) -> None:
 
 def _value_infos(info: ModelInfo) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
     state = [info.layers * info.directions, "batch", info.hidden]
-    inputs = [
-        helper.make_tensor_value_info(contract.INPUT_X, TensorProto.FLOAT, ["batch", "time", info.features])
-    ]
+    if info.is_language_model:
+        inputs = [helper.make_tensor_value_info(contract.INPUT_TOKENS, TensorProto.INT64, ["batch", "time"])]
+    else:
+        inputs = [
+            helper.make_tensor_value_info(
+                contract.INPUT_X, TensorProto.FLOAT, ["batch", "time", info.features]
+            )
+        ]
     inputs += [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, state)
         for name in contract.state_inputs(info.cell)
     ]
     inputs.append(helper.make_tensor_value_info(contract.INPUT_LENGTHS, TensorProto.INT32, ["batch"]))
-    logits_shape = ["batch", "time", info.classes] if info.task == "many_to_many" else ["batch", info.classes]
+    per_step = contract.per_step(info.task)
+    logits_shape = ["batch", "time", info.classes] if per_step else ["batch", info.classes]
     outputs = [helper.make_tensor_value_info(contract.OUTPUT_LOGITS, TensorProto.FLOAT, logits_shape)]
     outputs += [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, state)
@@ -189,7 +200,7 @@ def _value_infos(info: ModelInfo) -> tuple[list[onnx.ValueInfoProto], list[onnx.
     return inputs, outputs
 
 
-def check_matches(model: SequenceClassifier, info: ModelInfo) -> None:
+def check_matches(model: SequenceClassifier | CharLanguageModel, info: ModelInfo) -> None:
     """The ModelInfo must describe this model; a mismatch would write a lying model.json."""
     config = model.config
     expected = {
@@ -208,8 +219,19 @@ def check_matches(model: SequenceClassifier, info: ModelInfo) -> None:
         raise contract.ContractError(f"model info for {info.name} does not match the model: {detail}")
 
 
+def _sequence_input(
+    g: _GraphBuilder, model: SequenceClassifier | CharLanguageModel
+) -> tuple[str, SequenceClassifier]:
+    """The [B, T, F] features the recurrent body reads, and that body: `x`, or a language model's embedded
+    `tokens`."""
+    if isinstance(model, CharLanguageModel):
+        table = g.const("embedding", model.embedding.weight.detach().float().numpy())
+        return g.node("Gather", [table, contract.INPUT_TOKENS], "x_embedded", axis=0), model.body
+    return contract.INPUT_X, model
+
+
 def build_model(
-    model: SequenceClassifier, info: ModelInfo, opset: int = contract.DEFAULT_OPSET
+    model: SequenceClassifier | CharLanguageModel, info: ModelInfo, opset: int = contract.DEFAULT_OPSET
 ) -> onnx.ModelProto:
     """The ONNX graph of `model` under the contract, with `info` in its metadata_props; checked in full."""
     check_matches(model, info)
@@ -218,13 +240,14 @@ def build_model(
             f"opset {opset} is too old: LayerNormalization needs >= {contract.MIN_OPSET}"
         )
     g = _GraphBuilder()
-    mean = g.const("feature_mean", model.feature_mean.detach().float().numpy())
-    std = g.const("feature_std", model.feature_std.detach().float().numpy())
-    centred = g.node("Sub", [contract.INPUT_X, mean], "x_centred")
+    x, body = _sequence_input(g, model)
+    mean = g.const("feature_mean", body.feature_mean.detach().float().numpy())
+    std = g.const("feature_std", body.feature_std.detach().float().numpy())
+    centred = g.node("Sub", [x, mean], "x_centred")
     standardised = g.node("Div", [centred, std], "x_std")
     x_tbf = g.node("Transpose", [standardised], "x_tbf", perm=[1, 0, 2])
-    y, y_h = _recurrent_layers(g, model, x_tbf)
-    _head(g, model, _summary(g, model, y, y_h))
+    y, y_h = _recurrent_layers(g, body, x_tbf)
+    _head(g, body, _summary(g, body, y, y_h))
 
     inputs, outputs = _value_infos(info)
     graph = helper.make_graph(
@@ -237,8 +260,9 @@ def build_model(
         producer_name="seqserve",
         ir_version=helper.find_min_ir_version_for(opsets),
     )
+    kind = "language model" if info.is_language_model else "classifier"
     onnx_model.doc_string = (
-        f"seqserve {info.task} {info.cell} classifier: {info.layers} layer(s) x {info.hidden} hidden, "
+        f"seqserve {info.task} {info.cell} {kind}: {info.layers} layer(s) x {info.hidden} hidden, "
         f"{'bidirectional' if info.bidirectional else 'unidirectional'}, {info.features} features, "
         f"{info.classes} classes"
     )

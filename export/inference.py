@@ -12,9 +12,12 @@ State = tuple[np.ndarray, ...]  # (h,) or (h, c), each [layers * directions, bat
 
 
 def pad_batch(sequences: list[np.ndarray], pad_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Stack [T_i, F] sequences into x [B, max T, F] filled with `pad_value`, and lengths int32 [B]."""
+    """Stack [T_i, F] float32 sequences (or [T_i] int64 token ids) into x [B, max T, F] (or [B, max T])
+    filled with `pad_value`, and lengths int32 [B]."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    x = np.full((len(sequences), int(lengths.max()), sequences[0].shape[1]), pad_value, dtype=np.float32)
+    first = sequences[0]
+    dtype = np.int64 if first.ndim == 1 else np.float32
+    x = np.full((len(sequences), int(lengths.max()), *first.shape[1:]), pad_value, dtype=dtype)
     for row, sequence in enumerate(sequences):
         x[row, : len(sequence)] = sequence
     return x, lengths
@@ -38,7 +41,7 @@ class OnnxClassifier:
     def run(self, x: np.ndarray, lengths: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         """logits and the state at each row's last valid step; `state` defaults to zeros."""
         state = state if state is not None else self.initial_state(x.shape[0])
-        feeds = {contract.INPUT_X: x, contract.INPUT_LENGTHS: lengths}
+        feeds = {contract.sequence_input(self.info.task): x, contract.INPUT_LENGTHS: lengths}
         feeds.update(zip(contract.state_inputs(self.info.cell), state, strict=True))
         logits, *new_state = self.session.run(list(contract.output_names(self.info.cell)), feeds)
         return logits, tuple(new_state)

@@ -38,6 +38,7 @@ from seqserve.export.quantize import (
     quantized_ops,
 )
 from seqserve.training.datasets import DatasetSplits, load_dataset, with_task
+from seqserve.training.language_model import CharLanguageModel
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.model import SequenceClassifier, load_checkpoint
 
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 PARITY_SEQUENCES = 64
 # What model.json keeps of the run's metrics.json: its test figures (PyTorch, before export).
 _RUN_TEST_KEYS = ("test_accuracy", "accuracy_unit", "per_class", "confusion_matrix", "sizes")
+# A language model's run figures (nats and bits per character, beside its baselines) instead.
+_RUN_TEXT_KEYS = (
+    "validation",
+    "test",
+    "baselines",
+    "characters",
+    "train_seconds",
+    "train_cpu_seconds",
+    "steps",
+)
 
 
 @dataclass
@@ -55,7 +66,7 @@ class ExportPlan:
 
     run_dir: Path
     repository: Path
-    model: SequenceClassifier
+    model: SequenceClassifier | CharLanguageModel
     splits: DatasetSplits
     info: ModelInfo  # the fp32 version
     int8_info: ModelInfo | None  # the int8 model (`<name>-int8`), when asked
@@ -88,7 +99,7 @@ class RunOutcome:
         return self.error is None
 
 
-def _load_run(run_dir: Path) -> tuple[SequenceClassifier, dict[str, Any]]:
+def _load_run(run_dir: Path) -> tuple[SequenceClassifier | CharLanguageModel, dict[str, Any]]:
     if not run_dir.is_dir():
         raise ExportInputError(f"run folder {run_dir} does not exist or is not a folder")
     checkpoint = run_dir / CHECKPOINT_FILE
@@ -125,7 +136,9 @@ def _load_run(run_dir: Path) -> tuple[SequenceClassifier, dict[str, Any]]:
     return model, payload
 
 
-def _load_splits(checkpoint: Path, model: SequenceClassifier, data: dict[str, Any]) -> DatasetSplits:
+def _load_splits(
+    checkpoint: Path, model: SequenceClassifier | CharLanguageModel, data: dict[str, Any]
+) -> DatasetSplits:
     try:
         splits = with_task(load_dataset(**data), model.config.task)
     except (ValueError, OSError, TypeError) as exc:
@@ -153,7 +166,8 @@ def _load_run_metrics(run_dir: Path) -> dict[str, Any]:
         raise ExportInputError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(metrics, dict):
         raise ExportInputError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
-    return {key: metrics[key] for key in _RUN_TEST_KEYS if key in metrics}
+    keys = _RUN_TEXT_KEYS if metrics.get("task") == contract.LANGUAGE_MODEL else _RUN_TEST_KEYS
+    return {key: metrics[key] for key in keys if key in metrics}
 
 
 def _check_opset(opset: int) -> int:
@@ -210,6 +224,7 @@ def plan_export(
             labels=[str(label) for label in payload["labels"]],
             opset=opset,
             precision="fp32",
+            vocabulary=list(payload.get("vocabulary", [])),
         )
     except contract.ContractError as exc:
         raise ExportInputError(f"{run_dir / CHECKPOINT_FILE}: {exc}") from exc
@@ -286,6 +301,8 @@ def _int8_version(
 
 
 def _accuracy_unit(info: ModelInfo) -> str:
+    if info.is_language_model:
+        return "next character"
     return "step" if info.task == "many_to_many" else "sequence"
 
 

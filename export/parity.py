@@ -17,6 +17,7 @@ import torch
 from seqserve import contract
 from seqserve.export.errors import ExportError
 from seqserve.export.inference import OnnxClassifier, State, pad_batch
+from seqserve.training.language_model import CharLanguageModel
 from seqserve.training.model import SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _max_diff(got: _Output, want: _Output) -> float:
     return max(float(np.abs(a - b).max()) for a, b in pairs)
 
 
-def _torch_reference(model: SequenceClassifier, sequence: np.ndarray) -> _Output:
+def _torch_reference(model: SequenceClassifier | CharLanguageModel, sequence: np.ndarray) -> _Output:
     with torch.no_grad():
         logits, state = model(torch.from_numpy(sequence)[None], torch.tensor([len(sequence)]))
     return _Output(logits[0].numpy(), tuple(s[:, 0].numpy() for s in state))
@@ -92,7 +93,7 @@ def _onnx_chunked(session: OnnxClassifier, sequence: np.ndarray, rng: np.random.
         logits, state = session.run(sequence[None, start:end], np.array([end - start], dtype=np.int32), state)
         outputs.append(logits[0])
     # many_to_many emits every step, so chunks join along time; many_to_one's answer is the last chunk's.
-    logits = np.concatenate(outputs) if session.info.task == "many_to_many" else outputs[-1]
+    logits = np.concatenate(outputs) if contract.per_step(session.info.task) else outputs[-1]
     return _Output(logits, tuple(s[:, 0] for s in state))
 
 
@@ -105,22 +106,26 @@ def _onnx_batched(
         x, lengths = pad_batch(group, pad_value=pad_value)
         logits, state = session.run(x, lengths)
         for row, steps in enumerate(lengths):
-            row_logits = logits[row, :steps] if session.info.task == "many_to_many" else logits[row]
+            row_logits = logits[row, :steps] if contract.per_step(session.info.task) else logits[row]
             results.append(_Output(row_logits, tuple(s[:, row] for s in state)))
     return results
 
 
 def check_parity(
-    model: SequenceClassifier,
+    model: SequenceClassifier | CharLanguageModel,
     session: OnnxClassifier,
     sequences: list[np.ndarray],
     seed: int = 0,
     batch_size: int = 16,
     pad_value: float = PAD_PROBE,
 ) -> ParityReport:
-    """Measure parity on `sequences` (float32 [T_i, F]); the caller decides what a miss means."""
+    """Measure parity on `sequences` (float32 [T_i, F], or a language model's int64 [T_i] token ids); the
+    caller decides what a miss means."""
     if not sequences:
         raise ExportError(f"{session.info.name}: parity needs test sequences, got none")
+    if session.info.is_language_model:
+        # Padding must be a real token id; the last one, so padding that leaked would still change results.
+        pad_value = session.info.classes - 1
     rng = np.random.default_rng(seed)
     reference = [_torch_reference(model, s) for s in sequences]
     whole = max(_max_diff(_onnx_whole(session, s), ref) for s, ref in zip(sequences, reference, strict=True))

@@ -96,17 +96,30 @@ def train(
         ),
     ],
     dataset: Annotated[
-        str | None, typer.Option(help="Shipped data set: japanese_vowels or basic_motions_stream.")
+        str | None,
+        typer.Option(
+            help="Shipped data set: japanese_vowels, basic_motions_stream, or shakespeare_chars (a character "
+            "language model)."
+        ),
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Your own .ts/.npz/.csv file (seeded 70/15/15 train/val/test split).")
+        Path | None,
+        typer.Option(
+            help="Your own .ts/.npz/.csv file (seeded 70/15/15 train/val/test split), or a .txt file for a "
+            "character language model (90/5/5 by position)."
+        ),
     ] = None,
     task: Annotated[
         str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
     ] = None,
     cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,
-    hidden: Annotated[int, typer.Option(help="Hidden units per layer and direction.", min=1)] = 64,
+    hidden: Annotated[
+        int | None,
+        typer.Option(
+            help="Hidden units per layer and direction (default 64; 384 for a language model).", min=1
+        ),
+    ] = None,
     bidirectional: Annotated[
         bool,
         typer.Option(
@@ -120,25 +133,54 @@ def train(
         typer.Option(help="Dropout between stacked layers (needs --layers 2 or more).", min=0.0, max=0.95),
     ] = 0.0,
     layer_norm: Annotated[
-        bool, typer.Option("--layer-norm/--no-layer-norm", help="LayerNorm before the head.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--layer-norm/--no-layer-norm",
+            help="LayerNorm before the head (default on; off for a language model).",
+        ),
+    ] = None,
     clip: Annotated[float, typer.Option(help="Gradient clipping max norm; 0 disables.", min=0.0)] = 1.0,
     epochs: Annotated[
-        int, typer.Option(help="Most epochs (early stopping usually ends sooner).", min=1)
-    ] = 60,
-    batch_size: Annotated[int, typer.Option(help="Sequences per training batch.", min=1)] = 32,
+        int | None,
+        typer.Option(
+            help="Most epochs (early stopping usually ends sooner); default 60, 6 for a language model.",
+            min=1,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Sequences per training batch (default 32; 64 parallel text streams for a language model).",
+            min=1,
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.", min=0.0)] = 3e-3,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.", min=1)] = 10,
     chrono: Annotated[
         int, typer.Option(help="Chrono gate-bias initialisation for dependencies of ~N steps; 0 disables.")
     ] = 0,
+    bptt: Annotated[
+        int | None,
+        typer.Option(help="Language models: characters per truncated-BPTT window (default 128).", min=2),
+    ] = None,
+    embedding: Annotated[
+        int | None, typer.Option(help="Language models: embedding size of a character (default 64).", min=1)
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Language models: stop after this many optimiser steps.", min=1)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the data split, initialisation and shuffling.")] = 0,
     threads: Annotated[
-        int, typer.Option(help="Torch CPU threads; small recurrent models train fastest on one.", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Torch CPU threads (default 1: small recurrent models train fastest on one; 2 for "
+            "a language model).",
+            min=1,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
 ) -> None:
-    """Train a sequence classifier and write a run folder."""
+    """Train a sequence classifier, or a character language model, and write a run folder."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.training.commands import train_command
 
@@ -283,8 +325,11 @@ def serve(
     max_streams_per_token: Annotated[
         int, typer.Option(help="Most open streams per token name; 0: only --max-streams.", min=0)
     ] = 0,
+    max_generate_tokens: Annotated[
+        int, typer.Option(help="Most tokens one Generate call may ask for (language models).", min=1)
+    ] = 2048,
 ) -> None:
-    """Serve every model in a repository over gRPC (streaming, classify, health, reflection)."""
+    """Serve every model in a repository over gRPC (streaming, classify, generate, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.commands import serve_command
 
@@ -393,6 +438,27 @@ def predict(
     from seqserve.service.commands import predict_command
 
     predict_command(**options)
+
+
+@app.command()
+def generate(
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="Language model name.")] = ...,
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = ...,
+    max_tokens: Annotated[int, typer.Option(help="Characters to generate.", min=1)] = 400,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.", min=0.0)] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely; 0 is all.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same text.", min=0)] = 0,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop once the text ends with this (repeatable).")
+    ] = None,
+) -> None:
+    """Continue a prompt with a language model on the server, printing the text as it arrives."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.commands import generate_command
+
+    generate_command(**options)
 
 
 @app.command()

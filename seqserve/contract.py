@@ -14,18 +14,25 @@ from typing import Any, Literal
 
 # Tensor names of an exported graph.
 INPUT_X = "x"  # float32 [batch, time, features], raw (normalisation is inside the graph)
+INPUT_TOKENS = "tokens"  # language models only, in place of x: int64 [batch, time] token ids
 INPUT_H0 = "h0"  # float32 [layers * directions, batch, hidden]
 INPUT_C0 = "c0"  # LSTM only, as h0
 INPUT_LENGTHS = "lengths"  # int32 [batch], valid steps per row
-OUTPUT_LOGITS = "logits"  # many_to_many [batch, time, classes]; many_to_one [batch, classes]
+OUTPUT_LOGITS = "logits"  # many_to_many, language_model [batch, time, classes]; many_to_one [batch, classes]
 OUTPUT_HN = "hn"  # state at each row's last valid step, feed back as h0
 OUTPUT_CN = "cn"  # LSTM only, feed back as c0
 
 Cell = Literal["rnn", "gru", "lstm"]
-Task = Literal["many_to_one", "many_to_many"]
+Task = Literal["many_to_one", "many_to_many", "language_model"]
 Precision = Literal["fp32", "int8"]
 CELLS: tuple[str, ...] = ("rnn", "gru", "lstm")
+# What a classifier (SequenceClassifier, `seqserve train --task`) can be.
 TASKS: tuple[str, ...] = ("many_to_one", "many_to_many")
+# A language model: many-to-many over token ids, where the class at step t is the token at step t + 1.
+# Its graph takes `tokens` in place of `x`, its classes are its vocabulary (`ModelInfo.vocabulary`, index =
+# token id), and it is always unidirectional; h0/c0/lengths/logits/hn/cn are as for many_to_many.
+LANGUAGE_MODEL = "language_model"
+MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL)
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 # Parity tolerance between PyTorch and ONNX (and between chunked and whole runs), float32.
@@ -54,8 +61,18 @@ def state_outputs(cell: str) -> tuple[str, ...]:
     return (OUTPUT_HN, OUTPUT_CN) if cell == "lstm" else (OUTPUT_HN,)
 
 
-def input_names(cell: str) -> tuple[str, ...]:
-    return (INPUT_X, *state_inputs(cell), INPUT_LENGTHS)
+def sequence_input(task: str) -> str:
+    """The input that carries the sequence: token ids for a language model, features for the rest."""
+    return INPUT_TOKENS if task == LANGUAGE_MODEL else INPUT_X
+
+
+def per_step(task: str) -> bool:
+    """True when logits hold every step ([batch, time, classes]), False for one per row."""
+    return task != "many_to_one"
+
+
+def input_names(cell: str, task: str = "many_to_one") -> tuple[str, ...]:
+    return (sequence_input(task), *state_inputs(cell), INPUT_LENGTHS)
 
 
 def output_names(cell: str) -> tuple[str, ...]:
@@ -90,11 +107,14 @@ class ModelInfo:
     sha256: str = ""
     parity: dict[str, Any] = field(default_factory=dict)
     test_metrics: dict[str, Any] = field(default_factory=dict)
+    # Language models only: the characters, index = token id (equal to `labels`: the class is the next
+    # character). Left out of model.json and metadata_props for every other model.
+    vocabulary: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
-        if self.task not in TASKS:
-            raise ContractError(f"task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task not in MODEL_TASKS:
+            raise ContractError(f"task {self.task!r} is not one of {', '.join(MODEL_TASKS)}")
         if self.cell not in CELLS:
             raise ContractError(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
         if self.precision not in PRECISIONS:
@@ -106,6 +126,24 @@ class ModelInfo:
             )
         if len(self.labels) < 2:
             raise ContractError(f"a classifier needs at least 2 labels, got {self.labels!r}")
+        if self.task == LANGUAGE_MODEL:
+            self._check_language_model()
+        elif self.vocabulary:
+            raise ContractError(f"task {self.task!r} takes features, not tokens: expected no vocabulary")
+
+    def _check_language_model(self) -> None:
+        if self.vocabulary != self.labels:
+            raise ContractError(
+                f"a language model's labels are its vocabulary (the next token): got labels {self.labels!r}, "
+                f"vocabulary {self.vocabulary!r}"
+            )
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ContractError(f"vocabulary {self.vocabulary!r} repeats an entry; expected distinct tokens")
+        if self.bidirectional or self.features != 1:
+            raise ContractError(
+                f"a language model is unidirectional with one token per step: got bidirectional="
+                f"{self.bidirectional}, features={self.features}"
+            )
 
     @property
     def streamable(self) -> bool:
@@ -124,8 +162,15 @@ class ModelInfo:
         """Shape of each state tensor (h0, and c0 for LSTM) for `batch` rows."""
         return (self.layers * self.directions, batch, self.hidden)
 
+    @property
+    def is_language_model(self) -> bool:
+        return self.task == LANGUAGE_MODEL
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "streamable": self.streamable}
+        data = {**asdict(self), "streamable": self.streamable}
+        if not self.vocabulary:
+            del data["vocabulary"]  # every model that is not a language model keeps its model.json as it was
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

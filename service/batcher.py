@@ -62,7 +62,7 @@ class RowResult:
 
 @dataclass(slots=True, eq=False)
 class _Row:
-    x: np.ndarray  # float32 [steps, features]
+    x: np.ndarray  # float32 [steps, features], or a language model's int64 token ids [steps]
     states: tuple[np.ndarray, ...]
     future: asyncio.Future
     queued_at: float
@@ -122,7 +122,7 @@ class Batcher:
         self._calls_in_flight = 0
         self._rows_in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._many_to_many = runtime.info.task == "many_to_many"
+        self._many_to_many = runtime.info.task != "many_to_one"  # a language model answers every step too
         self.inline_budget_s = inline_budget_s
         # Seconds a whole call took, by size class (bit length of padded rows x steps); a moving average.
         self._call_seconds: dict[int, float] = {}
@@ -144,6 +144,12 @@ class Batcher:
         self._pending.append(_Row(x, states, future, now))
         self._maybe_dispatch()
         return await future
+
+    def forget(self, stream: object) -> None:
+        """A stream has ended: stop waiting for its rows (else each restart of a short sequence leaves a
+        ghost that holds every call back by up to max delay until the active window forgets it)."""
+        if self._last_row_at.pop(stream, None) is not None:
+            self._maybe_dispatch()
 
     def _active_streams(self, now: float) -> int:
         # Forgetting quiet streams costs a pass over the active ones, so it runs a few times per window.
@@ -261,7 +267,7 @@ class Batcher:
             states = tuple(np.ascontiguousarray(state[:, np.newaxis]) for state in row.states)
         else:
             lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
-            x = np.zeros((len(rows), int(lengths.max()), rows[0].x.shape[1]), dtype=np.float32)
+            x = np.zeros((len(rows), int(lengths.max()), *rows[0].x.shape[1:]), dtype=rows[0].x.dtype)
             for index, row in enumerate(rows):
                 x[index, : row.x.shape[0]] = row.x
             columns = zip(*(row.states for row in rows), strict=True)

@@ -118,8 +118,17 @@ def _in_model_order(
 
 
 def _chunk_request(part: np.ndarray) -> pb.StreamRequest:
+    if part.ndim == 1:  # a language model's token ids
+        return pb.StreamRequest(chunk=pb.StreamChunk(steps=part.shape[0], tokens=part.tolist()))
     values = np.ascontiguousarray(part, dtype=_FLOAT32).tobytes()
     return pb.StreamRequest(chunk=pb.StreamChunk(steps=part.shape[0], values=values))
+
+
+def sequence_message(x: np.ndarray) -> pb.Sequence:
+    """A Classify sequence: float32 [steps, features], or a language model's token ids [steps]."""
+    if x.ndim == 1:
+        return pb.Sequence(steps=x.shape[0], tokens=x.tolist())
+    return pb.Sequence(steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes())
 
 
 def _collect(steps: Sequence[pb.StepResult], labels: list[int], scores: list) -> None:
@@ -428,12 +437,7 @@ async def classify_load(
                     model=model,
                     version=version,
                     include_scores=include_scores,
-                    sequences=[
-                        pb.Sequence(
-                            steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes()
-                        )
-                        for x in part
-                    ],
+                    sequences=[sequence_message(x) for x in part],
                 )
                 sent = time.perf_counter()
                 response = await stub.Classify(request)
@@ -527,3 +531,47 @@ async def on_dataset(
     its targets: `on_dataset(stream_load, target, "jv-gru", "japanese_vowels", chunk=4, concurrency=16)`."""
     labels, sequences, targets = load_split(dataset, data, split, seed, limit)
     return await run(target, model, sequences, targets, target_labels=labels, **options)
+
+
+@dataclass
+class Generated:
+    """One Generate call as the client saw it: the text, why it stopped, and when each token arrived."""
+
+    text: str
+    reason: int  # pb.GenerateStopReason
+    tokens: int
+    stop: str
+    arrivals_s: list[float]  # per token, seconds since the request was sent
+
+
+async def generate(
+    stub: pb_grpc.InferenceServiceStub,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+    stop: Sequence[str] = (),
+    version: int = 0,
+    on_text: Callable[[str], None] | None = None,
+) -> Generated:
+    """Run one Generate call to its end; `on_text` sees each piece of text as it arrives."""
+    request = pb.GenerateRequest(
+        model=model, version=version, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
+        top_k=top_k, seed=seed, stop=list(stop),
+    )  # fmt: skip
+    pieces: list[str] = []
+    arrivals: list[float] = []
+    sent = time.perf_counter()
+    async for response in stub.Generate(request):
+        if response.HasField("text"):
+            now = time.perf_counter() - sent
+            pieces.append(response.text.text)
+            arrivals.extend([now] * len(response.text.tokens))
+            if on_text is not None:
+                on_text(response.text.text)
+        else:
+            ended = response.ended
+            return Generated("".join(pieces), ended.reason, ended.tokens, ended.stop, arrivals)
+    raise RuntimeError("Generate ended without a GenerateEnded message")

@@ -38,6 +38,7 @@ def serve_command(
     tls_client_ca: Path | None,
     auth_tokens_file: Path | None,
     max_streams_per_token: int,
+    max_generate_tokens: int,
 ) -> None:
     options = dict(locals())
     import asyncio
@@ -230,3 +231,43 @@ def predict_command(
         f"({unit}) -> {where}; accuracy against the data's labels {correct / total:.4f}",
         err=output is None,
     )
+
+
+def generate_command(
+    target: str,
+    model: str,
+    version: int,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    seed: int,
+    stop: list[str] | None,
+) -> None:
+    """Print the prompt, then the generated text as it arrives, then why it stopped (on stderr)."""
+    import grpc
+
+    from seqserve.service.client import CHANNEL_OPTIONS, generate
+    from seqserve.v1 import seqserve_pb2 as pb
+    from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
+
+    shown = []
+
+    def show(text: str) -> None:
+        if not shown:  # the prompt once the server has accepted the request, so errors stand alone
+            shown.append(prompt)
+            sys.stdout.write(prompt)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    async def run() -> object:
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            return await generate(
+                stub, model, prompt, max_tokens, temperature, top_k, seed, stop or (), version, on_text=show
+            )
+
+    result = _run_client(run())
+    sys.stdout.write("\n")
+    reason = pb.GenerateStopReason.Name(result.reason).removeprefix("GENERATE_STOP_REASON_").lower()
+    typer.echo(f"[{result.tokens} characters, stopped: {reason}]", err=True)

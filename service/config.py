@@ -45,6 +45,7 @@ class ServerConfig:
     # Bearer tokens (service/auth.py): this file and the SEQSERVE_AUTH_TOKENS variable; none: no tokens.
     auth_tokens_file: Path | None = None
     max_streams_per_token: int = 0  # 0: only max_streams bounds a token's streams
+    max_generate_tokens: int = 2048  # most tokens one Generate call may ask for
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -60,6 +61,7 @@ class ServerConfig:
             "calls_in_flight": self.calls_in_flight,
             "workers": self.workers,
             "checkpoint_ttl_s": self.checkpoint_ttl_s,
+            "max_generate_tokens": self.max_generate_tokens,
         }
         for name, value in positive.items():
             if value <= 0:

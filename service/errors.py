@@ -68,6 +68,10 @@ class Unauthenticated(ServiceError):
     """No bearer token, a malformed one, or one the server does not know."""
 
 
+class WrongTask(ServiceError):
+    """The model cannot do what was asked: Generate on a model that is not a language model."""
+
+
 STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
@@ -81,6 +85,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
     NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    WrongTask: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

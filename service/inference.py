@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import numpy as np
 
-from seqserve.service import checkpoints
+from seqserve.service import checkpoints, generation
 from seqserve.service.batcher import RowResult
 from seqserve.service.caller import current_caller
 from seqserve.service.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
@@ -241,3 +242,17 @@ class InferenceEngine:
         model.metrics.steps.inc(sum(x.shape[0] for x in sequences))
         zero = model.runtime.zero_state
         return list(await asyncio.gather(*(model.batcher.infer(x, zero) for x in sequences)))
+
+    async def generate(
+        self,
+        model: ServedModel,
+        params: generation.GenerateParams,
+        emit: Callable[[generation.Token], Awaitable[None]],
+    ) -> generation.GenerationEnd:
+        """Continue a language model's prompt, awaiting `emit` for each token; bad requests raise before
+        any token (see `generation.encode_prompt`)."""
+        config = self.config
+        prompt = generation.encode_prompt(model, params, config.max_generate_tokens, config.max_chunk_steps)
+        return await generation.generate(
+            self.store, model, params, prompt, self.idle_timeout_s(0), emit, current_caller()
+        )

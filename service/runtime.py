@@ -15,11 +15,11 @@ import onnxruntime as ort
 
 from seqserve.contract import (
     INPUT_LENGTHS,
-    INPUT_X,
     ContractError,
     ModelInfo,
     input_names,
     output_names,
+    sequence_input,
     state_inputs,
 )
 
@@ -58,6 +58,7 @@ class ModelRuntime:
         self.provider = self.session.get_providers()[0]
         self._check_signature(model_path)
         self.state_names = state_inputs(info.cell)
+        self.sequence_input = sequence_input(info.task)  # x, or a language model's tokens
         self.output_names = list(output_names(info.cell))
         # One [layers * directions, hidden] row per state tensor, shared read-only by every new stream.
         rows, _, hidden = info.state_shape(1)
@@ -71,7 +72,7 @@ class ModelRuntime:
     def _check_signature(self, model_path: Path) -> None:
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
-        want_in, want_out = input_names(self.info.cell), output_names(self.info.cell)
+        want_in, want_out = input_names(self.info.cell, self.info.task), output_names(self.info.cell)
         if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(want_out):
             raise ContractError(
                 f"{model_path}: inputs {got_in} / outputs {got_out}, the contract for a {self.info.cell} "
@@ -80,7 +81,18 @@ class ModelRuntime:
         props = self.session.get_modelmeta().custom_metadata_map
         if props:
             embedded = ModelInfo.from_metadata_props(props, source=str(model_path))
-            for key in ("name", "task", "cell", "features", "labels", "bidirectional", "hidden", "layers"):
+            keys = (
+                "name",
+                "task",
+                "cell",
+                "features",
+                "labels",
+                "bidirectional",
+                "hidden",
+                "layers",
+                "vocabulary",
+            )
+            for key in keys:
                 if getattr(embedded, key) != getattr(self.info, key):
                     raise ContractError(
                         f"{model_path}: metadata {key}={getattr(embedded, key)!r} disagrees with "
@@ -90,7 +102,12 @@ class ModelRuntime:
     def run(
         self, x: np.ndarray, states: tuple[np.ndarray, ...], lengths: np.ndarray
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """x [B, T, F] float32, states each [rows, B, hidden], lengths [B] int32 -> logits, new states."""
-        feeds = {INPUT_X: x, INPUT_LENGTHS: lengths, **dict(zip(self.state_names, states, strict=True))}
+        """x [B, T, F] float32 (a language model: int64 tokens [B, T]), states each [rows, B, hidden],
+        lengths [B] int32 -> logits, new states."""
+        feeds = {
+            self.sequence_input: x,
+            INPUT_LENGTHS: lengths,
+            **dict(zip(self.state_names, states, strict=True)),
+        }
         logits, *new_states = self.session.run(self.output_names, feeds)
         return logits, tuple(new_states)

@@ -150,6 +150,7 @@ class StateStore:
         model.metrics.streams_ended[reason].inc()
         if reason in model.metrics.evictions:
             model.metrics.evictions[reason].inc()
+        model.batcher.forget(stream)
         stream.states = ()
         stream.buffered = []
         if not self._streams:

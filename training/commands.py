@@ -31,14 +31,32 @@ def check_out(out: Path, force: bool, written: tuple[str, ...], what: str) -> No
         _fail(f"--out {out} already holds a {what} ({found[0]}); pass --force to replace it, or pick another")
 
 
+# Flags only a language model reads, and flags only a classifier reads.
+_TEXT_ONLY = ("bptt", "embedding", "max_steps")
+_CLASSIFIER_ONLY = ("task", "patience", "chrono")
+
+
 def train_command(force: bool = False, **kwargs) -> None:
-    """Train one model; a bad data file or flag ends with one `error:` line and exit code 2."""
-    from seqserve.training.datasets import DataError
-    from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE, TrainConfig, train
+    """Train one model; a bad data file or flag ends with one `error:` line and exit code 2.
+    Flags left at None take the defaults of what is trained (a classifier's or a language model's)."""
+    from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+    from seqserve.training.text import is_text
 
     check_out(kwargs["out"], force, (CHECKPOINT_FILE, METRICS_FILE), "run")
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    if is_text(kwargs.get("dataset"), kwargs.get("data")):
+        _train_language_model(given)
+        return
+    from seqserve.training.datasets import DataError
+    from seqserve.training.loop import TrainConfig, train
+
+    stray = [f"--{key.replace('_', '-')}" for key in _TEXT_ONLY if key in given]
+    if stray:
+        _fail(
+            f"{', '.join(stray)} apply to language models only (--dataset shakespeare_chars or a .txt file)"
+        )
     try:
-        result = train(TrainConfig(**kwargs), progress=True)
+        result = train(TrainConfig(**given), progress=True)
     except (DataError, ValueError) as exc:  # bad data or flag values (ModelConfig, task) from the user
         _fail(str(exc))
     metrics = result.metrics
@@ -47,6 +65,33 @@ def train_command(force: bool = False, **kwargs) -> None:
         f"{metrics['dataset']} {kwargs['cell']}: test accuracy {metrics['test_accuracy']:.4f} ({unit}), "
         f"{metrics['epochs']} epochs (best {metrics['best_epoch']}) in {metrics['train_seconds']:.1f} s, "
         f"{metrics['parameters']} parameters -> {result.run_dir}"
+    )
+
+
+def _train_language_model(given: dict) -> None:
+    from seqserve.training.datasets import DataError
+    from seqserve.training.text_loop import TextTrainConfig, train_text
+
+    if given.pop("bidirectional", False):
+        _fail("a language model generates left to right: --bidirectional does not apply")
+    # patience and chrono have defaults, so only a value other than the default counts as given.
+    if "task" in given or given.get("chrono"):
+        _fail("--task and --chrono apply to classifiers only, not to a language model")
+    for key in _CLASSIFIER_ONLY:
+        given.pop(key, None)
+    try:
+        run_dir, metrics = train_text(TextTrainConfig(**given))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    baselines = metrics["baselines"]["validation"]
+    validation, test = metrics["validation"], metrics["test"]
+    typer.echo(
+        f"{metrics['dataset']} {given.get('cell', 'gru')} language model: validation "
+        f"{validation['nats_per_char']:.4f} nats/char ({validation['bits_per_char']:.3f} bits), test "
+        f"{test['nats_per_char']:.4f} nats/char; baselines on validation: unigram "
+        f"{baselines['unigram']['nats_per_char']:.4f}, bigram {baselines['bigram']['nats_per_char']:.4f}; "
+        f"{metrics['steps']} steps in {metrics['train_seconds']:.0f} s wall, "
+        f"{metrics['train_cpu_seconds']:.0f} s CPU, {metrics['parameters']} parameters -> {run_dir}"
     )
 
 

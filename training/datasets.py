@@ -9,6 +9,8 @@ exporter and the stream client rebuild the exact test split.
 - `basic_motions_stream`: see `basic_motions_stream.py`.
 - a user's `.ts`/`.npz`/`.csv` file: one file, split 70/15/15 into train/validation/test (stratified by
   label for many-to-one, seeded).
+- `shakespeare_chars` or a user's `.txt` file: a character corpus (`text.py`), given here as token
+  sequences for a language model (task `language_model`); training reads the text itself.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from seqserve.training.readers import DataError, LabelledFile, read_file, read_t
 
 __all__ = ["DataError", "DatasetSplits", "SequenceSet", "SHIPPED_DATASETS", "data_dir", "load_dataset"]
 
-SHIPPED_DATASETS: tuple[str, ...] = ("japanese_vowels", "basic_motions_stream")
+SHIPPED_DATASETS: tuple[str, ...] = ("japanese_vowels", "basic_motions_stream", "shakespeare_chars")
 DATA_DIR_ENV = "SEQSERVE_DATA_DIR"  # where the shipped .ts files are, for installs without the repo
 JAPANESE_VOWELS_VALIDATION = 0.15
 USER_FILE_VALIDATION = 0.15
@@ -73,6 +75,10 @@ def load_dataset(
             f"give exactly one of a shipped data set ({', '.join(SHIPPED_DATASETS)}) or a data file; "
             f"got dataset={dataset!r}, data_file={data_file!r}"
         )
+    from seqserve.training import text
+
+    if text.is_text(dataset, data_file):
+        return text.as_dataset_splits(text.load_text(data_dir(), dataset, data_file))
     if dataset == "japanese_vowels":
         return _japanese_vowels(seed)
     if dataset == "basic_motions_stream":
@@ -86,10 +92,10 @@ def load_dataset(
 
 def with_task(splits: DatasetSplits, task: str) -> DatasetSplits:
     """The same data for another task: a sequence label spread over its steps, or a constant one collapsed."""
-    if task not in TASKS:
-        raise DataError(f"task {task!r} is not one of {', '.join(TASKS)}")
     if task == splits.task:
         return splits
+    if task not in TASKS or splits.task not in TASKS:
+        raise DataError(f"{splits.name} is {splits.task}; it cannot be {task} (one of {', '.join(TASKS)})")
 
     def convert(part: SequenceSet) -> SequenceSet:
         if task == "many_to_many":

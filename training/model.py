@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqserve.contract import CELLS, TASKS
+from seqserve.contract import CELLS, LANGUAGE_MODEL, TASKS
 
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -160,11 +160,16 @@ def checkpoint_payload(model: SequenceClassifier, labels: list[str], extra: dict
     }
 
 
-def load_checkpoint(path: str) -> tuple[SequenceClassifier, dict]:
-    """Rebuild a model from `checkpoint.pt`; returns the model (eval mode) and the whole payload."""
+def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
+    """Rebuild a model from `checkpoint.pt`; returns the model (eval mode) and the whole payload.
+    The model is a SequenceClassifier, or a CharLanguageModel when payload["kind"] says language_model."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != "seqserve.checkpoint/1":
         raise ValueError(f"{path}: not a seqserve checkpoint (expected format 'seqserve.checkpoint/1')")
+    if payload.get("kind") == LANGUAGE_MODEL:
+        from seqserve.training.language_model import from_payload  # it builds on this module
+
+        return from_payload(payload), payload
     model = SequenceClassifier(ModelConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -96,3 +96,17 @@ def plot_step_traces(traces: dict[str, Sequence[float]], path: Path, title: str,
     axis.grid(alpha=0.3, which="both")
     axis.legend()
     _save(figure, path)
+
+
+def plot_language_model_curves(curve: Sequence, baselines: dict[str, dict[str, float]], path: Path) -> None:
+    """Train and validation nats/char against optimiser steps, with the baselines as flat lines."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = [point.step for point in curve]
+    axis.plot(steps, [point.train_loss for point in curve], marker=".", label="train")
+    axis.plot(steps, [point.validation_loss for point in curve], marker=".", label="validation")
+    for (name, figures), style in zip(baselines.items(), ("--", ":"), strict=False):
+        axis.axhline(figures["nats_per_char"], color="grey", linestyle=style, label=f"{name} (validation)")
+    axis.set(xlabel="optimiser step", ylabel="nats per character", title="Character language model")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    _save(figure, path)

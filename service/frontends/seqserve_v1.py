@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from seqserve.service import generation
 from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
 from seqserve.service.frontends import seqserve_v1_converters as converters
 from seqserve.service.inference import InferenceEngine
@@ -185,3 +186,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.GetModelResponse:  # noqa: N802
         model = self.engine.repository.resolve(request.model, request.version)
         return pb.GetModelResponse(model=converters.model_info(model))
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        model = self.engine.repository.resolve(request.model, request.version)
+
+        async def emit(token: generation.Token) -> None:
+            await context.write(converters.generated_text(token))
+
+        end = await self.engine.generate(model, converters.generate_params(request), emit)
+        if end.reason == generation.SERVER_SHUTDOWN:
+            message = "server shut down before the generation ended; retry on another replica"
+            await context.write(converters.generate_ended(end, message))
+            raise Draining(message)
+        await context.write(converters.generate_ended(end))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqserve.service import generation
 from seqserve.service.batcher import RowResult
 from seqserve.service.checkpoints import IssuedCheckpoint
 from seqserve.service.errors import InvalidChunk, LimitExceeded, ServiceError
@@ -12,14 +13,28 @@ from seqserve.service.state import StreamOptions, StreamState
 from seqserve.v1 import seqserve_pb2 as pb
 
 _FLOAT32 = np.dtype("<f4")
+_STOP_REASONS = {
+    generation.MAX_TOKENS: pb.GENERATE_STOP_REASON_MAX_TOKENS,
+    generation.STOP_STRING: pb.GENERATE_STOP_REASON_STOP_STRING,
+    generation.SERVER_SHUTDOWN: pb.GENERATE_STOP_REASON_SERVER_SHUTDOWN,
+}
 
 
 def values_array(
     message: pb.StreamChunk | pb.Sequence, model: ServedModel, kind: str, index: int, max_steps: int | None
 ) -> np.ndarray:
-    """float32 [steps, features] over the message's bytes (no copy); a bad message raises what is wrong."""
+    """float32 [steps, features] over the message's bytes (no copy); a bad message raises what is wrong.
+    A language model's message carries token ids instead: int64 [steps]."""
+    if model.runtime.info.is_language_model:
+        return tokens_array(message, model, kind, index, max_steps)
     steps, values = message.steps, message.values
     features = model.runtime.info.features
+    if message.tokens:
+        raise InvalidChunk(
+            f"{kind} {index} has {len(message.tokens)} tokens; model {model.key} is a "
+            f"{model.runtime.info.task} classifier and takes float32 values ({features} features per step), "
+            "not tokens"
+        )
     if 0 < steps <= (max_steps or steps) and len(values) == 4 * steps * features:
         x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
         if np.isfinite(x).all():
@@ -62,6 +77,59 @@ def _problem(steps: int, values: bytes, model: ServedModel, what: str, max_steps
     )
 
 
+def tokens_array(
+    message: pb.StreamChunk | pb.Sequence, model: ServedModel, kind: str, index: int, max_steps: int | None
+) -> np.ndarray:
+    """A language model's chunk or sequence: int64 token ids [steps]; a bad message raises what is wrong."""
+    what, steps, vocabulary = f"{kind} {index}", message.steps, len(model.runtime.info.vocabulary)
+    if message.values:
+        raise InvalidChunk(
+            f"{what} has {len(message.values)} bytes of values; model {model.key} is a language model and "
+            "takes token ids in `tokens`"
+        )
+    if steps == 0 or not message.tokens:
+        raise InvalidChunk(
+            f"{what} is empty ({steps} steps, {len(message.tokens)} tokens); expected at least 1"
+        )
+    if max_steps is not None and steps > max_steps:
+        raise LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
+    if len(message.tokens) != steps:
+        raise InvalidChunk(
+            f"{what} has {len(message.tokens)} tokens for {steps} steps; expected one per step"
+        )
+    tokens = np.fromiter(message.tokens, dtype=np.int64, count=steps)
+    if int(tokens.max()) >= vocabulary:
+        step = int(np.argmax(tokens >= vocabulary))
+        raise InvalidChunk(
+            f"{what} has token {tokens[step]} at step {step}; model {model.key} has token ids 0 to "
+            f"{vocabulary - 1}"
+        )
+    return tokens
+
+
+def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:
+    return generation.GenerateParams(
+        prompt=request.prompt,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        seed=request.seed,
+        stop=tuple(request.stop),
+    )
+
+
+def generated_text(token: generation.Token) -> pb.GenerateResponse:
+    return pb.GenerateResponse(text=pb.GeneratedText(text=token.text, tokens=[token.id], index=token.index))
+
+
+def generate_ended(end: generation.GenerationEnd, message: str = "") -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        ended=pb.GenerateEnded(
+            reason=_STOP_REASONS[end.reason], tokens=end.tokens, stop=end.stop, message=message
+        )
+    )
+
+
 def model_info(model: ServedModel) -> pb.ModelInfo:
     info = model.runtime.info
     return pb.ModelInfo(
@@ -81,6 +149,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         test_accuracy=float(info.test_metrics.get("test_accuracy", info.test_metrics.get("accuracy", 0.0))),
         execution_provider=model.runtime.provider,
         default_version=model.default,
+        vocabulary=info.vocabulary,
     )
 
 

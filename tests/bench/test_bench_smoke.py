@@ -160,3 +160,20 @@ def test_checkpoint_rows_cover_every_interval_and_measure_the_token(results: tup
         0 < resume["plain_open_ms_p50"] and 0 < resume["resume_open_ms_p50"] <= resume["resume_open_ms_p99"]
     )
     assert "checkpoint16_vs_none_chunk1" in results[0]["targets"]
+
+
+def test_kserve_v2_rows_or_the_reason(results: tuple[dict, Path]) -> None:
+    section = results[0]["kserve_v2"]
+    if not section["rows"]:
+        assert "perf_analyzer" in section["skipped"]
+        return
+    config = results[0]["config"]
+    cells = {(row["v2"]["chunk"], row["v2"]["sequences"]) for row in section["rows"]}
+    assert cells == {
+        (c, n) for c in (config["small_chunk"], config["large_chunk"]) for n in config["triton_sequences"]
+    }
+    for row in section["rows"]:
+        v2, v1 = row["v2"], row["v1"]
+        assert v2["server"] == "seqserve" and v2["msgs_per_s"] > 0 and v1["steps_per_s"] > 0
+        assert v2["steps_per_s"] == pytest.approx(v2["msgs_per_s"] * v2["chunk"])
+        assert (v1["chunk"], v1["streams"]) == (v2["chunk"], v2["sequences"])

@@ -8,6 +8,7 @@ import torch
 
 from seqserve import contract
 from seqserve.contract import ModelInfo
+from seqserve.training.language_model import CharLanguageModel, LanguageModelConfig
 from seqserve.training.model import ModelConfig, SequenceClassifier
 
 FEATURES, CLASSES, HIDDEN = 5, 3, 6
@@ -41,5 +42,37 @@ def make_model(
         bidirectional=bidirectional,
         features=FEATURES,
         labels=["a", "b", "c"],
+    )
+    return model, info
+
+
+VOCABULARY = list("\n abcdefghij.,:")
+
+
+def make_language_model(
+    cell: str, layers: int = 1, hidden: int = HIDDEN, seed: int = 0, layer_norm: bool = False
+) -> tuple[CharLanguageModel, ModelInfo]:
+    """A random-init character language model over VOCABULARY, and the ModelInfo that describes it."""
+    torch.manual_seed(seed)
+    config = LanguageModelConfig(
+        cell=cell,
+        vocabulary=len(VOCABULARY),
+        embedding=4,
+        hidden=hidden,
+        layers=layers,
+        layer_norm=layer_norm,
+    )
+    model = CharLanguageModel(config).eval()
+    info = ModelInfo(
+        name=f"lm-{cell}",
+        version=1,
+        task=contract.LANGUAGE_MODEL,
+        cell=cell,
+        layers=layers,
+        hidden=hidden,
+        bidirectional=False,
+        features=1,
+        labels=list(VOCABULARY),
+        vocabulary=list(VOCABULARY),
     )
     return model, info

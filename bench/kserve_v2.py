@@ -1,0 +1,93 @@
+"""The KServe V2 rows: Triton's perf_analyzer drives seqserve's `inference.GRPCInferenceService` endpoint
+(sequences on one streaming call) beside seqserve's own load client on `seqserve.v1`, same server, same run.
+
+Each cell runs the two back to back, so drift in the box's load hits both sides alike. perf_analyzer is
+run by `bench.triton_peer.perf_analyzer` (its CSV report, `-f`) and installed by
+scripts/install_perf_analyzer.sh; without it the rows are skipped with the reason. Issue 16's target: the
+V2 path within 10 % of seqserve.v1's throughput at 64 sequences (same batcher; only the conversion costs).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from bench.report import TextTable
+from bench.scenarios import BenchRun, ServedFigures
+from bench.server_process import ServerProcess
+from bench.triton_peer import PERF_ANALYZER, PerfFigures, perf_analyzer
+
+TARGET_SEQUENCES = 64
+TARGET_RATIO = 0.9
+
+
+@dataclass
+class V2Cell:
+    v2: PerfFigures
+    v1: ServedFigures
+
+    @property
+    def ratio(self) -> float:
+        return self.v2.steps_per_s / self.v1.load.steps_per_s if self.v1.load.steps_per_s else 0.0
+
+
+@dataclass
+class KServeV2:
+    """perf_analyzer on the V2 endpoint and seqserve's client on seqserve.v1, per (chunk, sequences)."""
+
+    cells: list[V2Cell]
+    skipped: str | None = None
+    key: str = "kserve_v2"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "rows": [
+                {"v2": c.v2.to_dict(), "v1": c.v1.to_dict(), "v2_vs_v1_steps_per_s": c.ratio}
+                for c in self.cells
+            ],
+        }
+
+    def ratios(self) -> dict[str, float]:
+        return {f"v2_vs_v1_chunk{c.v2.chunk}_{c.v2.sequences}": c.ratio for c in self.cells}
+
+    def targets(self) -> dict[str, tuple[str, float]]:
+        return {key: (">=", TARGET_RATIO) for key in self.ratios() if key.endswith(f"_{TARGET_SEQUENCES}")}
+
+    def tables(self) -> list[TextTable]:
+        title = "KServe V2 endpoint (perf_analyzer, --streaming, sequences) beside seqserve.v1 (own client)"
+        if self.skipped:
+            title += f": skipped, {self.skipped}"
+        columns = ("chunk", "sequences", "V2 req/s", "V2 steps/s", "V2 p50 ms", "V2 p99 ms",
+                   "v1 msgs/s", "v1 steps/s", "v1 p50 ms", "v1 p99 ms", "V2 / v1 steps/s")  # fmt: skip
+        table = TextTable(title, columns)
+        for cell in self.cells:
+            v2, v1 = cell.v2, cell.v1.load
+            table.add_row(
+                str(v2.chunk), str(v2.sequences), f"{v2.msgs_per_s:,.0f}", f"{v2.steps_per_s:,.0f}",
+                f"{v2.p50_ms:.2f}", f"{v2.p99_ms:.2f}", f"{v1.msgs_per_s:,.0f}", f"{v1.steps_per_s:,.0f}",
+                f"{v1.p50_ms:.2f}", f"{v1.p99_ms:.2f}", f"{cell.ratio:.2f}",
+            )  # fmt: skip
+        return [table]
+
+
+def measure(run: BenchRun, server: ServerProcess) -> KServeV2:
+    """Each (chunk, sequences) of the config: perf_analyzer on V2, then seqserve.v1's client, back to back."""
+    if not PERF_ANALYZER.exists():
+        return KServeV2([], "perf_analyzer is not installed (bash scripts/install_perf_analyzer.sh)")
+    config, cells, failed = run.config, [], []
+    for chunk in config.chunks:
+        for count in config.triton_sequences:
+            run.advance(f"V2 endpoint: perf_analyzer chunk {chunk} x {count}")
+            try:
+                v2 = perf_analyzer(
+                    "seqserve", server.target, server.cpu_seconds, count, chunk, run.info.features,
+                    config.triton_window_ms,
+                )  # fmt: skip
+            except (RuntimeError, subprocess.TimeoutExpired) as error:  # one cell lost, not the run
+                failed.append(f"chunk {chunk} x {count}: {error}"[-300:])
+                continue
+            run.advance(f"V2 endpoint: seqserve.v1 chunk {chunk} x {count}")
+            cells.append(V2Cell(v2, run.served(server, "seqserve", "stream", count, chunk)))
+    return KServeV2(cells, "; ".join(failed) or None)
