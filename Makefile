@@ -23,6 +23,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# About 11 minutes: a 10-minute hostile soak and a 60 s overload run (bench/soak.py); writes
+# bench/results/soak.json and soak.png. Niced: it shares the machine.
+soak: $(STAMP)
+	nice $(BIN)/python -m bench.soak --out bench/results
+
 # docs/img/dashboard.png: the Grafana dashboard's PromQL over a real run (needs Debian's prometheus).
 dashboard: $(STAMP)
 	$(BIN)/python -m bench.dashboard
