@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench dashboard lint clean
+.PHONY: install test image-test demo bench dashboard lint clean
 
 install: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml setup.py protos/seqserve/v1/seqserve.proto
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Builds the serving and train images with podman (installed by scripts/install_podman.sh, as root) on a
+# local Debian base, trains into a volume and serves it; skips, saying why, where podman cannot run.
+image-test: $(STAMP)
+	SEQSERVE_IMAGE_TEST=1 $(BIN)/python -m pytest tests/ops/test_image.py -q -s -rs
 
 demo: $(STAMP)
 	$(BIN)/python -m seqserve.demo
