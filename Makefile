@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench dashboard lint clean
+.PHONY: install test image-test demo bench dashboard lint clean
 
 install: $(STAMP)
 
@@ -17,11 +17,21 @@ $(STAMP): pyproject.toml setup.py protos/seqserve/v1/seqserve.proto
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Builds the serving and train images with podman (installed by scripts/install_podman.sh, as root) on a
+# local Debian base, trains into a volume and serves it; skips, saying why, where podman cannot run.
+image-test: $(STAMP)
+	SEQSERVE_IMAGE_TEST=1 $(BIN)/python -m pytest tests/ops/test_image.py -q -s -rs
+
 demo: $(STAMP)
 	$(BIN)/python -m seqserve.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# About 11 minutes: a 10-minute hostile soak and a 60 s overload run (bench/soak.py); writes
+# bench/results/soak.json and soak.png. Niced: it shares the machine.
+soak: $(STAMP)
+	nice $(BIN)/python -m bench.soak --out bench/results
 
 # docs/img/dashboard.png: the Grafana dashboard's PromQL over a real run (needs Debian's prometheus).
 dashboard: $(STAMP)

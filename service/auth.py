@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,7 +88,11 @@ class TokenTable:
 
     @classmethod
     def load(cls, path: Path | None, environment_value: str | None) -> TokenTable:
-        """The tokens of the file and of the SEQSERVE_AUTH_TOKENS value together (either may be absent)."""
+        """The tokens of the file and of the SEQSERVE_AUTH_TOKENS value together (either may be absent).
+
+        A file or variable that is given but holds no token is an error, not an open server: a Secret that
+        was never filled in must not turn authentication off.
+        """
         tokens = []
         if path is not None:
             try:
@@ -95,8 +100,14 @@ class TokenTable:
             except OSError as exc:
                 raise TokenError(f"cannot read tokens file {path}: {exc}") from exc
             tokens += parse_tokens(text, "file")
-        if environment_value:
+        if environment_value is not None:
             tokens += parse_tokens(environment_value.replace(",", "\n"), "env")
+        if not tokens and (path is not None or environment_value is not None):
+            given = " and ".join(
+                ([f"tokens file {path}"] if path is not None else [])
+                + ([TOKENS_ENV] if environment_value is not None else [])
+            )
+            raise TokenError(f"{given} holds no token; give at least one, or neither to serve without tokens")
         return cls(tokens)
 
     @property
@@ -129,6 +140,44 @@ class TokenTable:
         return found
 
 
+class ReloadingTokens:
+    """The server's tokens, re-read when the tokens file changes on disk (a Kubernetes Secret is updated in
+    place): one os.stat per RPC, a parse only on change. A file that no longer parses, or holds no token,
+    leaves the previous tokens in force, with a WARNING. Removing a token refuses its new RPCs; streams it
+    already opened go on to their end."""
+
+    def __init__(self, path: Path | None, environment_value: str | None) -> None:
+        self.path = path
+        self._environment_value = environment_value
+        self._stamp = self._stat()
+        self.table = TokenTable.load(path, environment_value)
+        self.reloads = 0
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        stat = os.stat(self.path)
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def current(self) -> TokenTable:
+        try:
+            stamp = self._stat()
+        except OSError as exc:
+            log.warning("tokens file unreadable; the tokens read before stay in force: %s", exc)
+            return self.table
+        if stamp == self._stamp:
+            return self.table
+        self._stamp = stamp  # set first: a bad file warns once, not on every RPC
+        try:
+            self.table = TokenTable.load(self.path, self._environment_value)
+        except TokenError as exc:
+            log.warning("tokens file changed but cannot be used; the earlier tokens stay in force: %s", exc)
+            return self.table
+        self.reloads += 1
+        log.info("tokens reloaded from %s: %d tokens", self.path, len(self.table))
+        return self.table
+
+
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind that only ends the call; no deserializer, so no request is parsed."""
 
@@ -147,7 +196,7 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Inside `recording.RecordingInterceptor`, which counts its refusals under UNAUTHENTICATED."""
 
-    def __init__(self, tokens: TokenTable) -> None:
+    def __init__(self, tokens: ReloadingTokens) -> None:
         self.tokens = tokens
 
     async def intercept_service(
@@ -160,7 +209,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if service in OPEN_SERVICES or handler is None:  # None: the server answers UNIMPLEMENTED
             return handler
         try:
-            caller = self.tokens.authenticate(details.method, details.invocation_metadata)
+            caller = self.tokens.current().authenticate(details.method, details.invocation_metadata)
         except Unauthenticated as refused:
             log.debug("refused %s", refused)  # the message holds no token
             return _refusal(handler, status_code(refused), str(refused))

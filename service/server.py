@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
-from seqserve.service.auth import TOKENS_ENV, BearerTokenInterceptor, TokenError, TokenTable
+from seqserve.service.auth import TOKENS_ENV, BearerTokenInterceptor, ReloadingTokens, TokenError
 from seqserve.service.checkpoints import StateKeys
 from seqserve.service.config import ServerConfig
 from seqserve.service.frontends import kserve_v2
@@ -154,17 +154,17 @@ def _start_metrics_http(
 
 def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
     """The bearer-token check when the server has tokens (file or SEQSERVE_AUTH_TOKENS), else none."""
-    tokens = TokenTable.load(config.auth_tokens_file, os.environ.get(TOKENS_ENV))
-    if not len(tokens):
+    if config.auth_tokens_file is None and TOKENS_ENV not in os.environ:
         if config.max_streams_per_token:
             raise TokenError(
                 f"max_streams_per_token {config.max_streams_per_token} needs bearer tokens: give "
                 f"--auth-tokens-file or {TOKENS_ENV}"
             )
         return []
+    tokens = ReloadingTokens(config.auth_tokens_file, os.environ.get(TOKENS_ENV))
     if config.tls_cert is None:
         log.warning("bearer tokens over plaintext gRPC cross the network readable: serve TLS (--tls-cert)")
-    log.info("bearer tokens required on every inference RPC: %d tokens", len(tokens))
+    log.info("bearer tokens required on every inference RPC: %d tokens", len(tokens.table))
     return [BearerTokenInterceptor(tokens)]
 
 

@@ -104,6 +104,8 @@ async def _mapped(rpc: str, context: grpc.aio.ServicerContext, run: Callable[[],
         raise
     except ServiceError as error:
         await context.abort(status_code(error), str(error))
+    except NotImplementedError:  # a generated base-class method the servicer does not override
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not implemented by this server")
     except Exception as error:
         log.exception("%s failed", rpc)
         await context.abort(grpc.StatusCode.INTERNAL, f"{rpc}: internal error: {error}")

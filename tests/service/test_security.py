@@ -332,6 +332,33 @@ def test_a_token_over_its_stream_limit_is_refused_and_other_tokens_go_on(
     assert open_for("alice") == 0 and token_server.running.store.caller_count("alice") == 0
 
 
+def test_a_changed_tokens_file_takes_effect_without_a_restart(
+    tmp_path: Path, make_server, offline: Offline, sequences: dict
+) -> None:  # noqa: ANN001
+    tokens, staged = tmp_path / "tokens", tmp_path / "tokens.new"
+    tokens.write_text(f"alice:{ALICE}\n")
+    server = make_server(auth_tokens_file=tokens)
+    x = sequences["japanese_vowels"][6]
+
+    def replace_file(text: str) -> None:  # as the kubelet updates a Secret: a new file, renamed over
+        staged.write_text(text)
+        os.replace(staged, tokens)
+
+    async def run() -> tuple:
+        stream = GoodStream(server.target, ClientSecurity(token=ALICE), x)
+        await stream.first_half()
+        replace_file(f"bob:{BOB}\n")
+        alice, bob = [await _attempt(server.target, ClientSecurity(token=t)) for t in (ALICE, BOB)]
+        replace_file("not a name:x\n")  # broken: bob's token stays in force
+        bob_still = await _attempt(server.target, ClientSecurity(token=BOB))
+        return alice, bob, bob_still, await stream.second_half()
+
+    alice, bob, bob_still, scores = server.call(run())
+    _refused(alice, grpc.StatusCode.UNAUTHENTICATED, "matches none of this server's tokens")
+    assert bob.code == bob_still.code == grpc.StatusCode.OK
+    _assert_exact(scores, offline, x)  # alice's stream, opened before her token went, goes on to its end
+
+
 def test_kserve_v2_needs_a_token_and_its_sequences_count_against_the_token(
     token_server: ServerThread, sequences: dict
 ) -> None:
@@ -401,7 +428,7 @@ def test_tokens_from_the_environment_over_mtls_and_the_cli_options(
     assert server.running.metrics.registry.get_sample_value("seqserve_token_streams_active", active) == 0
 
 
-def test_tokens_file_format_and_its_errors() -> None:
+def test_tokens_file_format_and_its_errors(tmp_path: Path) -> None:
     text = "# comment\n\nalice:one\n  two  \nci.runner-2 : three:with:colons\n"
     table = TokenTable(parse_tokens(text, "file"))
     assert table.names == ["alice", "file-4", "ci.runner-2"]
@@ -414,5 +441,11 @@ def test_tokens_file_format_and_its_errors() -> None:
         TokenTable(parse_tokens("a:1\na:2", "file"))
     with pytest.raises(TokenError, match="'a' and 'b' are the same token"):
         TokenTable(parse_tokens("a:1\nb:1", "file"))
+    empty = tmp_path / "empty"
+    empty.write_text("# no tokens yet\n")
+    with pytest.raises(TokenError, match="holds no token"):  # never an open server by mistake
+        TokenTable.load(empty, None)
+    with pytest.raises(TokenError, match="SEQSERVE_AUTH_TOKENS holds no token"):
+        TokenTable.load(None, "")
     with pytest.raises(TokenError, match="needs bearer tokens"):
         ServerThread(ServerConfig(repository=Path("."), port=0, max_streams_per_token=2)).start()
