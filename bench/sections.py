@@ -167,8 +167,8 @@ class Checkpoints:
     def ratios(self) -> dict[str, float]:
         by, ratios = self._by(), {}
         for (chunk, every), figures in by.items():
-            if every and (chunk, 0) in by:
-                none = by[(chunk, 0)].load.steps_per_s
+            none = by[(chunk, 0)].load.steps_per_s if (chunk, 0) in by else 0.0
+            if every and none > 0:  # an empty window (an overloaded box) gives no ratio, not a crash
                 ratios[f"checkpoint{every}_vs_none_chunk{chunk}"] = figures.load.steps_per_s / none
         return ratios
 
@@ -186,7 +186,9 @@ class Checkpoints:
         table = TextTable(title, columns)
         for every, f in self.figures.rows:
             load, none = f.load, by.get((f.load.chunk, 0))
-            ratio = f"{load.steps_per_s / none.load.steps_per_s:.3f}" if none else ""
+            ratio = (
+                f"{load.steps_per_s / none.load.steps_per_s:.3f}" if none and none.load.steps_per_s else ""
+            )
             table.add_row(
                 str(load.chunk), str(load.streams), str(every) if every else "never",
                 f"{load.steps_per_s:,.0f}", ratio, f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}",
