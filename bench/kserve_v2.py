@@ -9,8 +9,14 @@ V2 path within 10 % of seqserve.v1's throughput at 64 sequences (same batcher; o
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bench.report import TextTable
@@ -91,3 +97,41 @@ def measure(run: BenchRun, server: ServerProcess) -> KServeV2:
             run.advance(f"V2 endpoint: seqserve.v1 chunk {chunk} x {count}")
             cells.append(V2Cell(v2, run.served(server, "seqserve", "stream", count, chunk)))
     return KServeV2(cells, "; ".join(failed) or None)
+
+
+def main(out: Path = Path("bench/results/kserve_v2.json"), processes: int = 2) -> None:
+    """`python -m bench.kserve_v2`: only these rows, on the bench model, against one `seqserve serve`
+    (what `make bench` runs among everything else); prints the table and writes `out`."""
+    from rich.console import Console
+
+    from bench.bench_model import write_bench_model
+    from bench.load_pool import LoadPool
+    from bench.scenarios import BenchConfig
+    from bench.server_process import running_server
+
+    config = BenchConfig()
+    with tempfile.TemporaryDirectory(prefix="seqserve-bench-v2-") as work:
+        repository = Path(work) / "repository"
+        info = write_bench_model(repository, Path(work))
+        with contextlib.closing(LoadPool(processes)) as pool:
+            run = BenchRun(config, pool, repository, info, "cpu", out.parent / "tmp", advance=print)
+            with running_server(run.command("seqserve"), out.parent / "tmp" / "seqserve-v2.log") as server:
+                section = measure(run, server)
+    meta = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_at_end": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "window_ms": config.triton_window_ms,
+        "v1_duration_s": config.duration_s,
+    }
+    out.write_text(
+        json.dumps({"meta": meta, **section.to_dict(), "ratios": section.ratios()}, indent=2) + "\n"
+    )
+    console = Console(width=160)
+    for table in section.tables():
+        console.print(table.rich())
+        console.print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()

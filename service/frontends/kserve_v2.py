@@ -1,9 +1,11 @@
 """inference.GRPCInferenceService (KServe V2 + Triton's sequence extension): one thin method per RPC.
 
 Requests with a `sequence_id` go to the engine's sequence table (service/sequences.py), the rest are whole
-sequences answered statelessly like Classify. On ModelStreamInfer each request is answered by its own task,
-so requests of different sequences share batcher calls; the table keeps each sequence's answers in order,
-and a refused request gets a response with `error_message` while the stream goes on (Triton's way).
+sequences answered statelessly like Classify. On ModelStreamInfer the reader hands each request to the
+engine and reads on, so requests of different sequences share batcher calls; each answer is rendered as
+the engine finishes it and written by the stream's one writer task; the table keeps each sequence's
+answers in order, and a refused request gets a response with `error_message` while the stream goes on
+(Triton's way).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -56,21 +58,25 @@ class _Admitted:
     request: pb.ModelInferRequest
     model: ServedModel
     outputs: list[str]
-    pending: Awaitable[Any]
+    pending: asyncio.Future
     in_sequence: bool
     received: float
 
-    async def rows(self) -> list[RowResult]:
-        if self.in_sequence:
-            # The engine runs the request to the end even if this caller is cancelled: its state stays whole.
-            return [await asyncio.shield(self.pending)]
-        return await self.pending
-
-    async def response(self) -> pb.ModelInferResponse:
-        response = converters.infer_response(self.request, self.model, await self.rows(), self.outputs)
+    def finish(self, rows: list[RowResult]) -> pb.ModelInferResponse:
+        response = converters.infer_response(self.request, self.model, rows, self.outputs)
         if self.in_sequence:
             self.model.metrics.chunk_latency.observe(time.perf_counter() - self.received)
         return response
+
+    def result(self) -> pb.ModelInferResponse:
+        """The answer once `pending` is done; raises the error it ended with."""
+        rows = self.pending.result()
+        return self.finish([rows] if self.in_sequence else rows)
+
+    async def response(self) -> pb.ModelInferResponse:
+        # A sequence request runs to its end even if this caller is cancelled: its state stays whole.
+        await (asyncio.shield(self.pending) if self.in_sequence else self.pending)
+        return self.result()
 
 
 class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -167,62 +173,83 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class _InferStream:
-    """One ModelStreamInfer RPC: read requests in order, answer each from its own task as it completes."""
+    """One ModelStreamInfer RPC: read requests in order; each answer is rendered when the engine is done
+    with it and queued for the one writer task, so no task waits per request."""
 
     def __init__(self, servicer: KServeV2Servicer, context: grpc.aio.ServicerContext) -> None:
         self.servicer = servicer
         self.context = context
-        self._write_lock = asyncio.Lock()  # grpc.aio takes one write at a time per call
-        self._answering: set[asyncio.Task] = set()
+        self._outbox: deque[tuple[pb.ModelStreamInferResponse, str]] = deque()
+        self._wake = asyncio.Event()  # something to write, or the reading is over
+        self._room = asyncio.Event()  # fewer than MAX_IN_FLIGHT_PER_STREAM requests in the engine
+        self._room.set()
+        self._in_engine = 0
+        self._reading = True
 
     async def run(self) -> None:
+        writer = asyncio.create_task(self._write_all())
         try:
-            while True:
-                if len(self._answering) >= MAX_IN_FLIGHT_PER_STREAM:
-                    await asyncio.wait(self._answering, return_when=asyncio.FIRST_COMPLETED)
-                try:
-                    request = await self.context.read()
-                except ServiceError as error:  # bytes that do not parse: no id to answer, the stream goes on
-                    await self._refuse(pb.ModelInferRequest(), error)
-                    continue
-                if request is grpc.aio.EOF:
-                    break
-                try:
-                    admitted = self.servicer.admit(request)
-                except ServiceError as error:
-                    await self._refuse(request, error)
-                    continue
-                task = asyncio.create_task(self._answer(admitted))
-                self._answering.add(task)
-                task.add_done_callback(self._answering.discard)
-            if self._answering:
-                await asyncio.gather(*self._answering)
+            await self._read_all()
+            self._reading = False
+            self._wake.set()
+            await writer
         finally:
-            for task in self._answering:  # the client went away: its answers have nowhere to go
-                task.cancel()
+            writer.cancel()  # the client went away: the answers still coming have nowhere to go
 
-    async def _answer(self, admitted: _Admitted) -> None:
-        try:
-            response = pb.ModelStreamInferResponse(infer_response=await admitted.response())
-        except ServiceError as error:
-            await self._refuse(admitted.request, error)
+    async def _read_all(self) -> None:
+        while True:
+            await self._room.wait()
+            try:
+                request = await self.context.read()
+            except ServiceError as error:  # bytes that do not parse: no id to answer, the stream goes on
+                self._refuse(pb.ModelInferRequest(), error)
+                continue
+            if request is grpc.aio.EOF:
+                return
+            try:
+                admitted = self.servicer.admit(request)
+            except ServiceError as error:
+                self._refuse(request, error)
+                continue
+            self._in_engine += 1
+            if self._in_engine >= MAX_IN_FLIGHT_PER_STREAM:
+                self._room.clear()
+            admitted.pending.add_done_callback(lambda _done, admitted=admitted: self._answered(admitted))
+
+    def _answered(self, admitted: _Admitted) -> None:
+        self._in_engine -= 1
+        self._room.set()
+        if admitted.pending.cancelled():
+            self._wake.set()
             return
+        try:
+            self._put(pb.ModelStreamInferResponse(infer_response=admitted.result()), "OK")
+        except ServiceError as error:
+            self._refuse(admitted.request, error)
         except Exception as error:  # the rows of a failed onnxruntime call: this request only
             log.exception("ModelStreamInfer request %r failed", admitted.request.id)
-            await self._send(
+            self._put(
                 converters.stream_error(admitted.request, "INTERNAL", f"internal error: {error}"), "INTERNAL"
             )
-            return
-        await self._send(response, "OK")
 
-    async def _refuse(self, request: pb.ModelInferRequest, error: ServiceError) -> None:
+    def _refuse(self, request: pb.ModelInferRequest, error: ServiceError) -> None:
         code = status_code(error).name
-        await self._send(converters.stream_error(request, code, str(error)), code)
+        self._put(converters.stream_error(request, code, str(error)), code)
 
-    async def _send(self, response: pb.ModelStreamInferResponse, code: str) -> None:
-        async with self._write_lock:
+    def _put(self, response: pb.ModelStreamInferResponse, code: str) -> None:
+        self._outbox.append((response, code))
+        self._wake.set()
+
+    async def _write_all(self) -> None:
+        """grpc.aio takes one write at a time per call: this task makes them all, in the order answered."""
+        while self._outbox or self._reading or self._in_engine:
+            if not self._outbox:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            response, code = self._outbox.popleft()
             await self.context.write(response)
-        self.servicer.metrics.request_done(STREAM_RESPONSE, code)
+            self.servicer.metrics.request_done(STREAM_RESPONSE, code)
 
 
 def _unimplemented(name: str):
