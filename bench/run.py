@@ -92,8 +92,7 @@ def main(
             with run.servers() as servers:
                 ort = run.ort_ceiling()
                 echo = run.baseline(servers.echo, "echo")
-                naive = run.grid(servers.naive, "naive")
-                grid = run.grid(servers.seqserve, "seqserve")
+                naive, grid = run.grids(servers.naive, servers.seqserve)
                 rounds = run.ratio_rounds(servers)
                 run.advance("Triton peer (perf_analyzer, both servers)")
                 peer = run_peer(

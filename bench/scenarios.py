@@ -52,7 +52,9 @@ class BenchConfig:
     worker_counts: tuple[int, ...] = (1, 2)
     worker_streams_per_channel: int = 4
     # Triton peer (bench/triton_peer.py): sequences in flight, perf_analyzer's window per trial.
-    triton_sequences: tuple[int, ...] = (1, 16, 64)
+    # Not 64: this tritonserver (nvidia-pytriton 0.7.0) segfaults in TRITONBACKEND_RequestRelease after
+    # the Python backend's execute once more than 16 sequences run (32 and 64 tried, max batch 32 or 64).
+    triton_sequences: tuple[int, ...] = (1, 16)
     triton_window_ms: int = 1500
 
     @property
@@ -287,14 +289,17 @@ class BenchRun:
                 figures.append(self.served(server, kind, "stream", streams, chunk))
         return figures
 
-    def grid(self, server: ServerProcess, kind: str) -> list[ServedFigures]:
-        """seqserve or the naive server at every concurrency of the grid, both chunk sizes."""
-        grid = []
+    def grids(self, naive: ServerProcess, seqserve: ServerProcess) -> tuple[list[ServedFigures], ...]:
+        """The naive server and seqserve at every cell of the grid (concurrency x chunk), the two back to
+        back in each cell, so the cell-by-cell comparison sees the same load on the box."""
+        naive_grid, seqserve_grid = [], []
         for chunk in self.config.chunks:
             for streams in self.config.stream_counts:
-                self.advance(f"{kind} chunk {chunk} x {streams} streams")
-                grid.append(self.served(server, kind, "stream", streams, chunk))
-        return grid
+                self.advance(f"naive chunk {chunk} x {streams} streams")
+                naive_grid.append(self.served(naive, "naive", "stream", streams, chunk))
+                self.advance(f"seqserve chunk {chunk} x {streams} streams")
+                seqserve_grid.append(self.served(seqserve, "seqserve", "stream", streams, chunk))
+        return naive_grid, seqserve_grid
 
     def workers(self) -> list[ServedFigures]:
         """`seqserve serve --workers N` at the ratio concurrency, both chunk sizes; CPU of all processes."""

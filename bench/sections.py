@@ -30,7 +30,7 @@ class BenchSection(Protocol):
 @dataclass
 class NaiveGrid:
     """Issue 15's first target: at every grid cell seqserve's msgs/s >= the naive server's, and its p50
-    <= the naive server's + 0.05 ms (the two grids run one after the other in one bench run)."""
+    <= the naive server's + 0.05 ms (in each cell the two run back to back)."""
 
     naive: list[ServedFigures]
     seqserve: list[ServedFigures]

@@ -65,7 +65,7 @@ def ensure_tools(install: bool = True) -> str | None:
     return None
 
 
-def _config(info: ModelInfo, max_batch: int, max_delay_us: int) -> str:
+def _config(info: ModelInfo, max_batch: int, max_delay_us: int, candidates: int = 4096) -> str:
     controls = "\n".join(
         f'    {{ name: "{name}" control [ {{ kind: CONTROL_SEQUENCE_{kind} fp32_false_true: [ 0, 1 ] }} ] }},'
         for name, kind in (("START", "START"), ("END", "END"), ("READY", "READY"))
@@ -87,7 +87,7 @@ sequence_batching {{
     {{ name: "CORRID" control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 }} ] }}
   ]
   oldest {{
-    max_candidate_sequences: 4096
+    max_candidate_sequences: {candidates}
     preferred_batch_size: [ {max_batch} ]
     max_queue_delay_microseconds: {max_delay_us}
   }}
@@ -142,7 +142,8 @@ def running_triton(
         "--allow-http", "false", "--allow-metrics", "false", "--allow-gpu-metrics", "false",
         "--pinned-memory-pool-byte-size", "0",
         "--log-verbose", os.environ.get("SEQSERVE_TRITON_LOG_VERBOSE", "0"),
-        "--backend-config", "python,shm-default-byte-size=33554432",
+        "--backend-config", "python,shm-default-byte-size=67108864",
+        "--backend-config", "python,shm-growth-byte-size=67108864",
     ]  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
@@ -208,7 +209,7 @@ def perf_analyzer(
     ]  # fmt: skip
     before = cpu_seconds()
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120 + 5 * window_ms / 1000)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60 + 10 * window_ms / 1000)
     wall = time.monotonic() - started
     cpu = cpu_seconds() - before
     if done.returncode != 0 or not out.exists():
