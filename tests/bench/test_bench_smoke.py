@@ -34,7 +34,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--processes", "2"],
         cwd=ROOT,
         check=True,
-        timeout=240,
+        timeout=480,  # the quick run starts 5 servers and Triton where installed
     )
     return json.loads((out / "latest.json").read_text()), out
 
