@@ -110,6 +110,7 @@ def main(out: Path = Path("bench/results/kserve_v2.json"), processes: int = 2) -
     from bench.server_process import running_server
 
     config = BenchConfig()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-v2-") as work:
         repository = Path(work) / "repository"
         info = write_bench_model(repository, Path(work))
@@ -118,7 +119,7 @@ def main(out: Path = Path("bench/results/kserve_v2.json"), processes: int = 2) -
             with running_server(run.command("seqserve"), out.parent / "tmp" / "seqserve-v2.log") as server:
                 section = measure(run, server)
     meta = {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started_at": started_at,
         "load_average_at_end": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
         "window_ms": config.triton_window_ms,
