@@ -48,6 +48,7 @@ BAD_MESSAGE_P = 0.05
 CANCEL_P = 0.05
 CLASSIFY_EVERY = 20
 OVERLOAD_CHUNK = 8
+STREAMS_PER_CHANNEL = 250  # one HTTP/2 connection per this many overload streams (50 changed nothing)
 END = pb.StreamRequest(end=pb.StreamEnd()).SerializeToString()
 
 
@@ -170,6 +171,8 @@ def _scrape(server: ServerProcess) -> dict[str, float]:
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in ("seqserve_streams_active", "seqserve_state_bytes"):
             sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif name == "seqserve_requests_total":  # the server's own count, by rpc and code
+            sums[line.rsplit(" ", 1)[0]] = float(line.rsplit(" ", 1)[1])
     return sums
 
 
@@ -263,14 +266,14 @@ async def _overload_stream(channel: grpc.aio.Channel, model: str, until: float, 
     code = await call.code()
     if code != grpc.StatusCode.OK:
         out["errors"] += 1
+        stage = "while sending" if time.perf_counter() < until else "at the end"
         if len(out["errors_seen"]) < 10:
-            out["errors_seen"].append(f"{code.name}: {await call.details()}")
+            out["errors_seen"].append(f"{code.name} {stage}: {await call.details()}")
 
 
 async def _overload_process(target: str, model: str, streams: int, until: float, seed: int) -> dict:
     out: dict = {"latencies": [], "errors": 0, "errors_seen": []}
-    # Several channels: one HTTP/2 connection per few hundred streams, as many clients would open.
-    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, streams // 250))]
+    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, streams // STREAMS_PER_CHANNEL))]
     await asyncio.gather(
         *(_overload_stream(channels[i % len(channels)], model, until, seed + i, out) for i in range(streams))
     )
@@ -315,6 +318,7 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
         "errors_on_good_streams": sum(part["errors"] for part in parts),
         "errors_seen": [e for part in parts for e in part["errors_seen"]][:10],
         "streams_left_open_after": held.get("seqserve_streams_active", 0.0),
+        "server_requests_total": {k: v for k, v in held.items() if k.startswith("seqserve_requests_total")},
         "state_bytes_left_after": held.get("seqserve_state_bytes", 0.0),
     }
 
