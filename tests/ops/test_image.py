@@ -35,6 +35,7 @@ from .podman import (
     run_script,
     unique,
 )
+from .test_entrypoint import steps_counted
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SEQSERVE_IMAGE_TEST") != "1",
@@ -118,7 +119,8 @@ def server(model_volume: tuple[str, Path]) -> Iterator[dict[str, str]]:
             if running != "true" or time.monotonic() > deadline:
                 pytest.fail(f"{SERVE_IMAGE} did not serve:\n{podman('logs', name, check=False).stdout}")
             time.sleep(0.5)
-        yield {"name": name, "target": target}
+        metrics = podman("port", name, "9090").stdout.strip().splitlines()[0]
+        yield {"name": name, "target": target, "metrics": metrics}
     finally:
         podman("rm", "-f", name, check=False)
 
@@ -143,12 +145,15 @@ def test_streams_from_the_host_get_the_offline_accuracy(
     server: dict[str, str], model_volume, model: str
 ) -> None:
     _, folder = model_volume
+    steps_before = steps_counted(f"http://{server['metrics']}/metrics", model)
     offline = json.loads((folder / model / "1" / "model.json").read_text())["test_metrics"]["test_accuracy"]
     report = asyncio.run(
         on_dataset(stream_load, server["target"], model, MODELS[model], chunk=4, concurrency=8)
     )
     assert report.scored > 0
     assert report.accuracy == pytest.approx(offline, abs=1e-9)
+    # /metrics listens on 0.0.0.0 in the image (SEQSERVE_SERVE_METRICS_HOST), so the published port answers.
+    assert steps_counted(f"http://{server['metrics']}/metrics", model) - steps_before == report.steps
 
 
 def test_podman_stop_drains_an_open_stream_and_exits_0(server: dict[str, str], stopwatch: Stopwatch) -> None:
