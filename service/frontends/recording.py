@@ -26,16 +26,28 @@ _BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 class _WatchedContext:
     """A servicer context that remembers the status the handler chose; everything else passes through."""
 
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, rpc: str, metrics: ServiceMetrics) -> None:
         self._context = context
+        self._rpc = rpc
+        self._metrics = metrics
+        self._counted = False
         self.chosen: grpc.StatusCode | None = None
+
+    def count(self, code: grpc.StatusCode) -> None:
+        """Count the call once; an abort counts before its status goes out, so a client that reads the
+        metric after its status finds it counted."""
+        if not self._counted:
+            self._counted = True
+            self._metrics.request_done(self._rpc, code.name)
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         self.chosen = code
+        self.count(code)
         await self._context.abort(code, details, trailing_metadata)
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         self.chosen = status.code
+        self.count(status.code)
         await self._context.abort_with_status(status)
 
     def set_code(self, code: grpc.StatusCode) -> None:
@@ -65,7 +77,7 @@ def _counted(behaviour: Callable, rpc: str, metrics: ServiceMetrics) -> Callable
     if inspect.isasyncgenfunction(behaviour):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            watched, error = _WatchedContext(context), None
+            watched, error = _WatchedContext(context, rpc, metrics), None
             try:
                 async for response in behaviour(request, watched):
                     yield response
@@ -73,12 +85,12 @@ def _counted(behaviour: Callable, rpc: str, metrics: ServiceMetrics) -> Callable
                 error = raised
                 raise
             finally:
-                metrics.request_done(rpc, _outcome(watched, error).name)
+                watched.count(_outcome(watched, error))
 
         return stream
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        watched, error = _WatchedContext(context), None
+        watched, error = _WatchedContext(context, rpc, metrics), None
         try:
             result = behaviour(request, watched)
             return await result if inspect.isawaitable(result) else result
@@ -86,7 +98,7 @@ def _counted(behaviour: Callable, rpc: str, metrics: ServiceMetrics) -> Callable
             error = raised
             raise
         finally:
-            metrics.request_done(rpc, _outcome(watched, error).name)
+            watched.count(_outcome(watched, error))
 
     return call
 
