@@ -90,6 +90,20 @@ def _bad(rng: random.Random) -> bytes:
     return pb.StreamRequest(chunk=pb.StreamChunk(steps=steps, values=values)).SerializeToString()
 
 
+async def _open(call: grpc.aio.StreamStreamCall, model: str) -> None:
+    await call.write(pb.StreamRequest(open=pb.StreamOpen(model=model)).SerializeToString())
+    await call.read()
+
+
+async def _half_close(call: grpc.aio.StreamStreamCall, send_end: bool) -> None:
+    """End the stream (after a bad message the server has already ended it) and read what is left."""
+    if send_end:
+        await call.write(END)
+    await call.done_writing()
+    while await call.read() is not grpc.aio.EOF:
+        pass
+
+
 async def _stream(
     channel: grpc.aio.Channel, model: str, rng: random.Random, tally: Tally, hostile: bool
 ) -> None:
@@ -98,8 +112,7 @@ async def _stream(
     cancel_at = rng.randrange(chunks) if hostile and rng.random() < CANCEL_P else None
     sent_bad = False
     try:
-        await call.write(pb.StreamRequest(open=pb.StreamOpen(model=model)).SerializeToString())
-        await call.read()
+        await _open(call, model)
         for index in range(chunks):
             if index == cancel_at:
                 call.cancel()
@@ -116,11 +129,7 @@ async def _stream(
             tally.latencies.append((started, time.perf_counter() - started))
             tally.chunks += 1
             tally.steps += steps
-        if not sent_bad:
-            await call.write(END)
-        await call.done_writing()
-        while await call.read() is not grpc.aio.EOF:
-            pass
+        await _half_close(call, send_end=not sent_bad)
     except grpc.aio.AioRpcError:
         pass
     code = await call.code()
@@ -250,17 +259,13 @@ async def _overload_stream(channel: grpc.aio.Channel, model: str, until: float, 
     chunk = _chunk(rng, OVERLOAD_CHUNK)
     call = channel.stream_stream(STREAM)()
     try:
-        await call.write(pb.StreamRequest(open=pb.StreamOpen(model=model)).SerializeToString())
-        await call.read()
+        await _open(call, model)
         while time.perf_counter() < until:
             started = time.perf_counter()
             await call.write(chunk)
             await call.read()
             out["latencies"].append(time.perf_counter() - started)
-        await call.write(END)
-        await call.done_writing()
-        while await call.read() is not grpc.aio.EOF:
-            pass
+        await _half_close(call, send_end=True)
     except grpc.aio.AioRpcError:
         pass
     code = await call.code()
