@@ -541,7 +541,8 @@ class Generated:
     reason: int  # pb.GenerateStopReason
     tokens: int
     stop: str
-    arrivals_s: list[float]  # per token, seconds since the request was sent
+    arrivals_s: list[float]  # per token, seconds since the request was sent (a message's tokens share one)
+    messages: int  # GeneratedText messages the text came in
 
 
 async def generate(
@@ -556,7 +557,8 @@ async def generate(
     version: int = 0,
     on_text: Callable[[str], None] | None = None,
 ) -> Generated:
-    """Run one Generate call to its end; `on_text` sees each piece of text as it arrives."""
+    """Run one Generate call to its end; `on_text` sees each piece of text as it arrives (a message may
+    carry several tokens)."""
     request = pb.GenerateRequest(
         model=model, version=version, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
         top_k=top_k, seed=seed, stop=list(stop),
@@ -573,5 +575,5 @@ async def generate(
                 on_text(response.text.text)
         else:
             ended = response.ended
-            return Generated("".join(pieces), ended.reason, ended.tokens, ended.stop, arrivals)
+            return Generated("".join(pieces), ended.reason, ended.tokens, ended.stop, arrivals, len(pieces))
     raise RuntimeError("Generate ended without a GenerateEnded message")

@@ -2,15 +2,27 @@
 
 Each open generation is a stream of the StateStore (so the stream limit, metrics, drain and shutdown apply
 to it as to any stream) and one row of its model's batcher at every step: N generations in step share one
-onnxruntime call per step. The next step's row is queued before the token is handed to the caller, so a
-slow client write never keeps a row out of the next call.
+onnxruntime call per step.
+
+Stepping and sending are decoupled. A generation queues its next step as soon as it has picked a token and
+appends the token to its `Outbox`; the outbox's writer sends whatever has accumulated as one piece once
+the previous piece has gone out. Writes are budgeted: a model's generations send about
+`MESSAGES_PER_STEP` messages per step between them, so with up to 8 open each token goes out alone
+(streaming stays live) and with 64 a message carries 8; a slow reader gets larger pieces too. The text is
+the same whatever the pieces. The lead is bounded: with `MAX_UNSENT_TOKENS` made
+and not yet sent, the generation stops stepping (and leaves its batcher's set of rows waited for) until the
+writer has taken them, so a client that does not read costs at most that many tokens of memory and no
+row in the calls of the others. A stop string is matched on the text as made, whatever pieces it is sent
+in, and nothing after it is made at all. The generation's row and state are freed as soon as it stops
+stepping; the tail of the text then goes out at the client's pace.
 
 Sampling is reproducible: every generation draws from its own `numpy.random.Generator(seed)`, never a
 shared one, so the same request gives the same text whatever else the server runs. Temperature 0 is greedy
-(the argmax of the logits, no draw). Otherwise p ~ softmax(log(scores) / temperature) over the top_k most
-likely tokens (all when top_k is 0), and the token is the first whose cumulative p exceeds one uniform draw.
+(the batcher's argmax of the logits, no draw). Otherwise p ~ softmax(logits / temperature) over the top_k
+most likely tokens (all when top_k is 0), and the token is the first whose cumulative p exceeds one
+uniform draw.
 
-Knows nothing of gRPC: `service/frontends/` translates requests to `GenerateParams` and tokens back.
+Knows nothing of gRPC: `service/frontends/` translates requests to `GenerateParams` and pieces back.
 """
 
 from __future__ import annotations
@@ -45,11 +57,24 @@ class GenerateParams:
     stop: tuple[str, ...] = ()
 
 
+# Tokens a generation may make ahead of what its writer has taken. A message carries them all at once, so
+# past a few the lead buys nothing; 256 characters of a character model are a few hundred bytes a stream.
+MAX_UNSENT_TOKENS = 256
+# The write budget: a model's open generations send about this many messages per step between them. A
+# message costs the server a write and the client a read (tens of microseconds each in Python, more than a
+# row of the step's onnxruntime call), so with more generations than this open, each waits for
+# ceil(generations / budget) tokens before it sends: 1 up to 8 generations, 8 at 64 (bench/README.md).
+MESSAGES_PER_STEP = 8
+MAX_TOKENS_PER_MESSAGE = 64  # the budget's rule stops here, well under the lead
+
+
 @dataclass(frozen=True, slots=True)
-class Token:
-    id: int
+class Piece:
+    """Tokens made since the previous piece, in order: what one message carries."""
+
+    ids: list[int]
     text: str
-    index: int  # position in the generation, from 0
+    index: int  # position of the first token in the generation, from 0
 
 
 @dataclass(frozen=True)
@@ -105,16 +130,91 @@ class Sampler:
     def pick(self, result: RowResult) -> int:
         """The next token after the row's last step."""
         if self.temperature == 0:
-            return int(result.labels[-1])  # argmax of the logits themselves
-        with np.errstate(divide="ignore"):
-            logits = np.log(result.scores[-1].astype(np.float64)) / self.temperature
+            return int(result.labels[-1])  # the batcher's argmax of the logits themselves
+        # float64: the cumulative sum's rounding stays far below the spacing of a uniform draw.
+        logits = result.logits[-1].astype(np.float64)
         if 0 < self.top_k < logits.shape[0]:
             threshold = np.partition(logits, -self.top_k)[-self.top_k]
             logits[logits < threshold] = -np.inf
-        p = np.exp(logits - logits.max())
-        cumulative = np.cumsum(p / p.sum())
-        token = int(np.searchsorted(cumulative, self.rng.random(), side="right"))
-        return min(token, logits.shape[0] - 1)  # rounding can leave the last cumulative a hair under 1
+        cumulative = np.cumsum(np.exp((logits - logits.max()) / self.temperature))
+        token = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return min(token, logits.shape[0] - 1)  # a draw that rounds up to the total picks the last token
+
+
+class Outbox:
+    """The tokens a generation has made and not yet sent, and the writer task that sends them: each send
+    takes everything waiting as one `Piece` once `tokens_per_message()` have gathered (whatever is left at
+    the end), so a writer that falls behind sends fewer, larger messages."""
+
+    def __init__(
+        self,
+        emit: Callable[[Piece], Awaitable[None]],
+        tokens_per_message: Callable[[], int] = lambda: 1,
+        limit: int = MAX_UNSENT_TOKENS,
+    ) -> None:
+        self._emit = emit
+        self._tokens_per_message = tokens_per_message
+        self._limit = limit
+        self._ids: list[int] = []
+        self._texts: list[str] = []
+        self._index = 0  # position of the first unsent token
+        self._ended = False
+        self._waiting = asyncio.Event()  # tokens to send, or the end
+        self._room = asyncio.Event()  # fewer than `limit` unsent, or the writer has stopped
+        self._room.set()
+        self._writer = asyncio.ensure_future(self._send_all())
+        self._writer.add_done_callback(lambda _: self._room.set())
+
+    @property
+    def full(self) -> bool:
+        return len(self._ids) >= self._limit
+
+    def add(self, token: int, text: str) -> None:
+        self._ids.append(token)
+        self._texts.append(text)
+        if len(self._ids) >= self._tokens_per_message():
+            self._waiting.set()
+        if len(self._ids) >= self._limit:
+            self._room.clear()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        """A writer that failed (the client's call broke) stops the generation with its error."""
+        if self._writer.done() and not self._writer.cancelled() and self._writer.exception() is not None:
+            raise self._writer.exception()
+
+    async def finish(self) -> None:
+        """Send what is left, then return; a cancel here stops the writer too."""
+        self._ended = True
+        self._waiting.set()
+        try:
+            await self._writer
+        finally:
+            self._writer.cancel()
+
+    def cancel(self) -> None:
+        self._writer.cancel()
+
+    async def _send_all(self) -> None:
+        while True:
+            while not self._ids or (len(self._ids) < self._tokens_per_message() and not self._ended):
+                if self._ended:
+                    return
+                self._waiting.clear()
+                await self._waiting.wait()
+            piece = Piece(self._ids, "".join(self._texts), self._index)
+            self._ids, self._texts = [], []
+            self._index += len(piece.ids)
+            self._room.set()
+            await self._emit(piece)
+
+
+def tokens_per_message(generations: int) -> int:
+    """Tokens a generation gathers before it sends, with this many open on its model: the write budget."""
+    return min(MAX_TOKENS_PER_MESSAGE, max(1, -(-generations // MESSAGES_PER_STEP)))
 
 
 def _stop_matched(text: str, stops: tuple[str, ...]) -> str:
@@ -130,48 +230,67 @@ async def _step(model: ServedModel, stream: StreamState, tokens: np.ndarray) -> 
     return result
 
 
+async def _make(
+    model: ServedModel, stream: StreamState, params: GenerateParams, prompt: np.ndarray, outbox: Outbox
+) -> GenerationEnd:
+    """Step until max_tokens, a stop string or shutdown, adding each token to the outbox."""
+    vocabulary = model.runtime.info.vocabulary
+    sampler = Sampler(params.temperature, params.top_k, params.seed)
+    longest_stop = max((len(stop) for stop in params.stop), default=0)
+    tail = ""  # the text's last characters, as many as the longest stop string
+    result = await _step(model, stream, prompt)
+    for index in range(params.max_tokens):
+        token = sampler.pick(result)
+        text = vocabulary[token]
+        outbox.add(token, text)
+        if longest_stop:
+            tail = (tail + text)[-longest_stop:]
+            stop = _stop_matched(tail, params.stop)
+            if stop:
+                return GenerationEnd(STOP_STRING, index + 1, stop)
+        if stream.interrupted is not None:
+            return GenerationEnd(SERVER_SHUTDOWN, index + 1)
+        if index + 1 == params.max_tokens:
+            return GenerationEnd(MAX_TOKENS, index + 1)
+        if outbox.full:
+            # Paused: the batcher stops waiting for this row, so the others' calls go without it.
+            model.batcher.forget(stream)
+            await outbox.wait_for_room()
+        outbox.raise_failure()
+        result = await _step(model, stream, np.array([token], dtype=np.int64))
+        # A call the batcher ran inline (a lone row) returns without suspending: yield once, so the writer,
+        # new generations (which then share the calls) and cancellation get their turn.
+        await asyncio.sleep(0)
+    raise AssertionError("unreachable: the loop returns at max_tokens")
+
+
 async def generate(
     store: StateStore,
     model: ServedModel,
     params: GenerateParams,
     prompt: np.ndarray,
     idle_timeout_s: float,
-    emit: Callable[[Token], Awaitable[None]],
+    emit: Callable[[Piece], Awaitable[None]],
     caller: str | None = None,
 ) -> GenerationEnd:
-    """Generate until max_tokens, a stop string or shutdown, awaiting `emit` for every token in order.
-    A cancelled caller frees the stream (and its row) at once. `caller` counts against its own stream
+    """Generate until max_tokens, a stop string or shutdown, awaiting `emit` for each piece of text in
+    order (one writer task, never two sends at once); returns once the last piece has been sent. A
+    cancelled caller frees the stream (and its row) at once. `caller` counts against its own stream
     limit, as a Stream's does."""
     stream = store.open(model, idle_timeout_s, caller)
-    vocabulary = model.runtime.info.vocabulary
-    sampler = Sampler(params.temperature, params.top_k, params.seed)
+    model.open_generations += 1
+    outbox = Outbox(emit, lambda: tokens_per_message(model.open_generations))
     reason = "error"
-    pending: asyncio.Future | None = None
     try:
-        result = await _step(model, stream, prompt)
-        text = ""
-        for index in range(params.max_tokens):
-            token = sampler.pick(result)
-            text += vocabulary[token]
-            stop = _stop_matched(text, params.stop)
-            done = bool(stop) or index + 1 == params.max_tokens or stream.interrupted is not None
-            if not done:
-                # Queue the next step first: this row joins the next call even while the client reads.
-                pending = asyncio.ensure_future(_step(model, stream, np.array([token], dtype=np.int64)))
-            await emit(Token(token, vocabulary[token], index))
-            if stream.interrupted is not None:
-                reason = SERVER_SHUTDOWN
-                return GenerationEnd(SERVER_SHUTDOWN, index + 1)
-            if done:
-                reason = "completed"
-                return GenerationEnd(STOP_STRING if stop else MAX_TOKENS, index + 1, stop)
-            result = await pending
-            pending = None
-        raise AssertionError("unreachable: the loop returns at max_tokens")
+        end = await _make(model, stream, params, prompt, outbox)
+        reason = SERVER_SHUTDOWN if end.reason == SERVER_SHUTDOWN else "completed"
     except asyncio.CancelledError:
         reason = "cancelled"
         raise
     finally:
-        if pending is not None:
-            pending.cancel()
-        store.close(stream, reason)
+        model.open_generations -= 1
+        store.close(stream, reason)  # the row goes before the tail is sent
+        if reason in ("error", "cancelled"):
+            outbox.cancel()
+    await outbox.finish()
+    return end

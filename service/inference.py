@@ -247,10 +247,10 @@ class InferenceEngine:
         self,
         model: ServedModel,
         params: generation.GenerateParams,
-        emit: Callable[[generation.Token], Awaitable[None]],
+        emit: Callable[[generation.Piece], Awaitable[None]],
     ) -> generation.GenerationEnd:
-        """Continue a language model's prompt, awaiting `emit` for each token; bad requests raise before
-        any token (see `generation.encode_prompt`)."""
+        """Continue a language model's prompt, awaiting `emit` for each piece of text (one or more tokens);
+        bad requests raise before any token (see `generation.encode_prompt`)."""
         config = self.config
         prompt = generation.encode_prompt(model, params, config.max_generate_tokens, config.max_chunk_steps)
         return await generation.generate(

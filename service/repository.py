@@ -47,6 +47,7 @@ class ServedModel:
     metrics: ModelMetrics
     default: bool
     open_streams: int = 0  # kept by the state store; a retired version unloads at 0
+    open_generations: int = 0  # of those, Generate calls still stepping (service/generation.py)
     retired: bool = False
 
     @property

@@ -190,8 +190,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         model = self.engine.repository.resolve(request.model, request.version)
 
-        async def emit(token: generation.Token) -> None:
-            await context.write(converters.generated_text(token))
+        async def emit(piece: generation.Piece) -> None:
+            await context.write(converters.generated_text(piece))
 
         end = await self.engine.generate(model, converters.generate_params(request), emit)
         if end.reason == generation.SERVER_SHUTDOWN:

@@ -118,8 +118,8 @@ def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:
     )
 
 
-def generated_text(token: generation.Token) -> pb.GenerateResponse:
-    return pb.GenerateResponse(text=pb.GeneratedText(text=token.text, tokens=[token.id], index=token.index))
+def generated_text(piece: generation.Piece) -> pb.GenerateResponse:
+    return pb.GenerateResponse(text=pb.GeneratedText(text=piece.text, tokens=piece.ids, index=piece.index))
 
 
 def generate_ended(end: generation.GenerationEnd, message: str = "") -> pb.GenerateResponse:

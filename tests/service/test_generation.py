@@ -1,6 +1,7 @@
 """Generate on a language model: greedy equals the PyTorch and onnxruntime loops, seeded sampling is the
-same alone and among 31 others, many generations share calls, stop strings, every bad request, cancel
-frees the row; and Stream / Classify answer a language model per step over token chunks."""
+same alone and among 31 others (and in larger messages), many generations share calls, stop strings, every
+bad request, cancel frees the row, a reader that stops bounds the lead, a drain ends a generation with
+SERVER_SHUTDOWN; and Stream / Classify answer a language model per step over token chunks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from seqserve.export.graph import build_model
 from seqserve.export.inference import OnnxClassifier
 from seqserve.export.job import export_run
 from seqserve.export.repository import VersionFiles, write_versions
+from seqserve.service import generation
 from seqserve.service.client import Generated, generate
 from seqserve.service.config import ServerConfig
 from seqserve.service.launch import ServerThread
@@ -146,6 +148,8 @@ def test_seeded_sampling_is_the_same_alone_and_among_31_others(lm_server: Server
     results = run_generations(lm_server, [*others[:15], probe, *others[15:]])
     calls = _inference_calls(lm_server, "lm-gru") - before
     assert results[15].text == alone.text and len(alone.text) == 150
+    # Among 32, messages carry several tokens each (the write budget); the text is the same.
+    assert results[15].messages < results[15].tokens
     assert one(lm_server, **{**probe, "seed": 8}).text != alone.text
     assert len({r.text for r in results}) > 10  # the others really sampled, each its own way
     # 32 generations of 150 steps run alone would make 4,800 calls; batched, about one call per step.
@@ -163,6 +167,11 @@ def test_a_stop_string_ends_the_generation_with_it(lm_server: ServerThread) -> N
         greedy[:end],
     )
     assert stopped.tokens == end
+    # Among 23 others each message carries about 3 tokens: the stop may span two, and nothing after it goes.
+    crowd = [{"model": "lm-gru", "prompt": "Made ", "max_tokens": 60}] * 23
+    grouped = run_generations(lm_server, [{"model": "lm-gru", "prompt": "Now", "max_tokens": 60,
+                                           "stop": ["@never", stop]}, *crowd])[0]  # fmt: skip
+    assert (grouped.reason, grouped.text, grouped.tokens) == (stopped.reason, stopped.text, stopped.tokens)
 
 
 Code = grpc.StatusCode
@@ -225,6 +234,88 @@ def test_cancelling_a_generation_frees_its_row_at_once(lm_server: ServerThread) 
     registry = lm_server.running.metrics.registry
     labels = {"model": "lm-gru", "version": "1", "reason": "cancelled"}
     assert registry.get_sample_value("seqserve_streams_total", labels) >= 1
+
+
+def _steps(server: ServerThread) -> float:
+    registry = server.running.metrics.registry
+    return registry.get_sample_value("seqserve_steps_total", {"model": "lm-gru", "version": "1"}) or 0.0
+
+
+def test_a_reader_that_stops_bounds_the_lead_and_gets_the_same_text_in_larger_pieces(
+    lm_server: ServerThread,
+) -> None:
+    """Engine level: the first send blocks until released (a client that stops reading). The generation
+    makes MAX_UNSENT_TOKENS more tokens, pauses, then sends them as one piece once released."""
+    engine = lm_server.running.engine
+    model = engine.repository.resolve("lm-gru", 0)
+    params = generation.GenerateParams(prompt="Made ", max_tokens=MAX_GENERATE, temperature=0.8, seed=3)
+    prompt = generation.encode_prompt(model, params, MAX_GENERATE, 4096)
+    lead = generation.MAX_UNSENT_TOKENS
+
+    async def run() -> tuple[list[generation.Piece], list[generation.Piece], float, float, float]:
+        fast: list[generation.Piece] = []
+
+        async def keep_up(piece: generation.Piece) -> None:
+            fast.append(piece)
+
+        await generation.generate(engine.store, model, params, prompt, 30.0, keep_up)
+        slow: list[generation.Piece] = []
+        release = asyncio.Event()
+
+        async def stalled(piece: generation.Piece) -> None:
+            slow.append(piece)
+            await release.wait()
+
+        before = _steps(lm_server)
+        task = asyncio.ensure_future(generation.generate(engine.store, model, params, prompt, 30.0, stalled))
+        for _ in range(1000):  # bounded: the pause comes after lead steps, a fraction of a second here
+            if _steps(lm_server) - before >= len(prompt) + lead:
+                break
+            await asyncio.sleep(0.01)
+        paused_at = _steps(lm_server) - before
+        for _ in range(20):  # it stays paused: no step while the reader is stalled
+            await asyncio.sleep(0.01)
+        still = _steps(lm_server) - before
+        release.set()
+        end = await task
+        return fast, slow, paused_at, still, end.tokens
+
+    fast, slow, paused_at, still, tokens = lm_server.call(run(), timeout_s=60)
+    assert paused_at == still == len(prompt) + lead
+    assert "".join(p.text for p in slow) == "".join(p.text for p in fast) and tokens == MAX_GENERATE
+    # The stalled send held one token; the lead went out as the next piece, all at once.
+    assert [len(p.ids) for p in slow[:2]] == [1, lead]
+    assert [p.index for p in slow] == [sum(len(q.ids) for q in slow[:i]) for i in range(len(slow))]
+    assert [t for p in slow for t in p.ids] == [t for p in fast for t in p.ids]
+    assert lm_server.running.store.open_count == 0
+
+
+def test_a_drain_ends_a_generation_with_server_shutdown_and_frees_its_row(lm_repository: Path) -> None:
+    config = ServerConfig(repository=lm_repository, port=0, metrics_port=-1, grace_s=0.2,
+                          max_generate_tokens=10_000_000)  # fmt: skip
+    server = ServerThread(config).start()
+
+    async def run() -> tuple:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            call = stub.Generate(pb.GenerateRequest(model="lm-gru", prompt="Now", max_tokens=10_000_000))
+            text = [(await call.read()).text.text]
+            drain = asyncio.ensure_future(server.running.drain())
+            while (response := await call.read()).HasField("text"):  # on through the grace period
+                text.append(response.text.text)
+            await drain
+            return response.ended, "".join(text), await call.code(), await call.details()
+
+    store = server.running.store
+    try:
+        ended, text, code, details = server.call(run(), timeout_s=60)
+        server.running = None  # drained by the scenario
+    finally:
+        server.stop()
+    assert ended.reason == pb.GENERATE_STOP_REASON_SERVER_SHUTDOWN and "shut down" in ended.message
+    assert 0 < ended.tokens == len(text) < 10_000_000
+    assert code == grpc.StatusCode.UNAVAILABLE and "retry on another replica" in details
+    assert store.open_count == 0 and store.state_bytes == 0
 
 
 def _chunk(tokens: list[int]) -> pb.StreamRequest:
