@@ -1,7 +1,9 @@
-"""The one model every scenario runs: a JapaneseVowels-shaped GRU, exported into a fresh repository.
+"""The models the bench runs: a JapaneseVowels-shaped GRU (every stream scenario) and a character language
+model of the README's Shakespeare GRU's shape (the generation rows), each exported into a fresh repository.
 
-Its weights are seeded random, not trained: speed does not depend on them, and building it takes seconds
-where training would take minutes. It goes through the real exporter, so it is exactly what users serve.
+Their weights are seeded random, not trained: speed does not depend on them, and building one takes seconds
+where training takes minutes (the README's language model about ten). They go through the real exporter
+(parity on the data set's test split), so they are exactly what users serve.
 """
 
 from __future__ import annotations
@@ -47,6 +49,37 @@ def write_bench_model(
     # The exporter proves parity on the data set's test split, so the run names JapaneseVowels.
     data = {"dataset": "japanese_vowels", "seed": seed}
     torch.save(checkpoint_payload(model, labels, extra={"data": data}), run_dir / "checkpoint.pt")
+    export_run(run_dir, repository, name=name, version=BENCH_VERSION)
+    return read_model_info(version_dir(repository, name, BENCH_VERSION))
+
+
+BENCH_LM = "bench-lm"
+# The README's trained GRU: 1 layer, 384 hidden, embedding 64, the 75 characters of the Shakespeare plays.
+LM_HIDDEN = 384
+LM_EMBEDDING = 64
+
+
+def write_bench_language_model(
+    repository: Path, work_dir: Path, hidden: int = LM_HIDDEN, seed: int = 0, name: str = BENCH_LM
+) -> ModelInfo:
+    """Export a seeded GRU character model over the Shakespeare vocabulary as `<repository>/<name>/1/`."""
+    import torch
+
+    from seqserve.export.job import export_run
+    from seqserve.training.datasets import data_dir
+    from seqserve.training.language_model import CharLanguageModel, LanguageModelConfig, checkpoint_payload
+    from seqserve.training.text import SHAKESPEARE, load_text
+
+    vocabulary = load_text(data_dir(), SHAKESPEARE).vocabulary
+    torch.manual_seed(seed)
+    config = LanguageModelConfig(
+        cell="gru", vocabulary=len(vocabulary), embedding=LM_EMBEDDING, hidden=hidden
+    )
+    model = CharLanguageModel(config).eval()
+    run_dir = Path(work_dir) / f"{name}-run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    payload = checkpoint_payload(model, vocabulary, extra={"data": {"dataset": SHAKESPEARE, "seed": seed}})
+    torch.save(payload, run_dir / "checkpoint.pt")
     export_run(run_dir, repository, name=name, version=BENCH_VERSION)
     return read_model_info(version_dir(repository, name, BENCH_VERSION))
 

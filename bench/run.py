@@ -22,7 +22,15 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.bench_model import BENCH_MODEL, HIDDEN, LAYERS, write_bench_model
+from bench.bench_model import (
+    BENCH_LM,
+    BENCH_MODEL,
+    HIDDEN,
+    LAYERS,
+    write_bench_language_model,
+    write_bench_model,
+)
+from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
 from bench.plot import plot_streams
@@ -68,6 +76,8 @@ def main(
         "load_average_at_start": os.getloadavg()[0],
         "machine": platform.platform(),
         "model": f"{BENCH_MODEL} (GRU, hidden {HIDDEN}, {LAYERS} layers, seeded weights)",
+        "language_model": f"{BENCH_LM} (GRU, hidden {config.generation_hidden}, embedding 64, Shakespeare "
+        "vocabulary, seeded weights)",
         "inference_threads": INFERENCE_THREADS,
         "versions": {name: version(name) for name in ("onnxruntime", "grpcio", "protobuf", "numpy")},
     }
@@ -103,6 +113,10 @@ def main(
             idle = [run.idle_scale("echo"), run.idle_scale("seqserve")]
             workers = run.workers()
             checkpoints = run.checkpoints()
+            run.advance("exporting the bench language model")
+            lm_repository = Path(work) / "lm-repository"
+            write_bench_language_model(lm_repository, Path(work), hidden=config.generation_hidden)
+            generation = measure_generation(run, lm_repository, BENCH_LM)
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
@@ -112,6 +126,7 @@ def main(
         TritonPeer(peer.rows, peer.labels, peer.skipped),
         kserve_v2,
         Checkpoints(checkpoints),
+        generation,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)

@@ -56,6 +56,11 @@ class BenchConfig:
     # the Python backend's execute once more than 16 sequences run (32 and 64 tried, max batch 32 or 64).
     triton_sequences: tuple[int, ...] = (1, 16)
     triton_window_ms: int = 1500
+    # Generation rows (bench/generation.py): concurrent generations, characters each, the model's hidden
+    # size. The ratio concurrency's generate / client-loop pair runs `ratio_rounds` times, alternated.
+    generation_counts: tuple[int, ...] = (1, 16, 64)
+    generation_tokens: int = 200
+    generation_hidden: int = 384
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -72,7 +77,8 @@ class BenchConfig:
         rounds = len(fields(RatioRound)) * self.ratio_rounds
         v2 = 2 * 2 * len(self.triton_sequences)
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
-        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2 + checkpoints
+        generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
+        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2 + checkpoints + generation
 
 
 QUICK = BenchConfig(
@@ -89,6 +95,9 @@ QUICK = BenchConfig(
     worker_counts=(2,),
     triton_sequences=(1,),
     triton_window_ms=300,
+    generation_counts=(1, 4),
+    generation_tokens=10,
+    generation_hidden=16,
 )
 
 
@@ -210,17 +219,19 @@ class BenchRun:
             checkpoint_every_chunks=every,
         )
 
-    def command(self, kind: str) -> list[str]:
-        """The command line that starts the seqserve, echo or naive server on the bench repository."""
+    def command(self, kind: str, repository: Path | None = None) -> list[str]:
+        """The command line that starts the seqserve, echo or naive server on the bench repository (or
+        another: the generation rows' language model has its own)."""
+        repository = repository or self.repository
         if kind == "seqserve":
             return [
-                *(sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(self.repository)),
+                *(sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository)),
                 *("--port", "0", "--metrics-port", "0", "--device", self.device, "--grace-s", "1"),
                 *("--max-streams", str(max(20_000, 2 * self.config.idle_streams))),
                 *("--inference-threads", str(INFERENCE_THREADS)),
             ]
         return [
-            *(sys.executable, "-m", "bench.baseline_servers", kind, "--repository", str(self.repository)),
+            *(sys.executable, "-m", "bench.baseline_servers", kind, "--repository", str(repository)),
             *("--model", BENCH_MODEL, "--device", self.device, "--inference-threads", str(INFERENCE_THREADS)),
         ]
 

@@ -177,3 +177,20 @@ def test_kserve_v2_rows_or_the_reason(results: tuple[dict, Path]) -> None:
         assert v2["server"] == "seqserve" and v2["msgs_per_s"] > 0 and v1["steps_per_s"] > 0
         assert v2["steps_per_s"] == pytest.approx(v2["msgs_per_s"] * v2["chunk"])
         assert (v1["chunk"], v1["streams"]) == (v2["chunk"], v2["sequences"])
+
+
+def test_generation_rows_cover_every_variant_and_count_with_the_ratio(results: tuple[dict, Path]) -> None:
+    data = results[0]
+    config, section = data["config"], data["generation"]
+    top = max(config["generation_counts"])
+    rows = {(row["variant"], row["generations"], row["round"]) for row in section["rows"]}
+    assert rows >= {
+        (variant, count, 1)
+        for variant in ("generate", "client_loop", "stateless")
+        for count in config["generation_counts"]
+    }
+    for row in section["rows"]:
+        assert row["chars_per_s"] > 0 and row["p50_ms_per_char"] <= row["p99_ms_per_char"]
+        assert row["tokens_each"] == config["generation_tokens"] and row["tokens_per_message"] >= 1
+    assert data["ratios"][f"generate_vs_client_loop_{top}"] > 0
+    assert data["ratios"][f"generate_vs_stateless_{top}"] > 0
