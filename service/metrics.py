@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
@@ -142,6 +143,9 @@ class ServiceMetrics:
         self.requests = Counter(
             "seqserve_requests", "RPCs finished, by RPC and gRPC code.", ("rpc", "code"), registry=r
         )
+        # (rpc, code) -> its child: `labels()` takes a lock and checks its arguments, and a V2 stream counts
+        # every answer. Bounded: the RPCs served (plus "unknown") by the gRPC codes.
+        self._request_counts: dict[tuple[str, str], Any] = {}
         self.repository_events = Counter(
             "seqserve_repository_events",
             "Live repository changes after start: " + ", ".join(REPOSITORY_EVENTS) + " versions.",
@@ -205,4 +209,7 @@ class ServiceMetrics:
         self.repository_events.labels(event).inc()
 
     def request_done(self, rpc: str, code: str) -> None:
-        self.requests.labels(rpc, code).inc()
+        count = self._request_counts.get((rpc, code))
+        if count is None:
+            count = self._request_counts[(rpc, code)] = self.requests.labels(rpc, code)
+        count.inc()

@@ -8,7 +8,9 @@ idle timeout, metrics and drain as any other stream, and runs through the same b
 Order: `submit` is synchronous and chains each request behind the sequence's previous one, so requests
 are answered in the order they were submitted whatever task awaits them, while requests of different
 sequences run concurrently and share batcher calls. Each request runs as its own task: a caller that goes
-away (a cancelled RPC) does not leave a chunk half applied.
+away (a cancelled RPC) does not leave a chunk half applied. A caller that streams answers passes
+`on_answer`, which that task calls with the outcome as it ends, so the caller needs no task or done
+callback of its own per request (each costs the event loop another turn).
 
 Ends: `sequence_end` frees the stream after its answer. No handler waits in a read for a sequence, so the
 store's idle timer (and the drain) end an idle sequence through `StreamState.evict`, which frees it here.
@@ -21,6 +23,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +39,8 @@ SequenceId = int | str
 # (model version, sequence id, caller): each bearer token has its own sequence ids, so one client can neither
 # continue nor end another's sequence, and two clients that both pick id 1 do not collide.
 SequenceKey = tuple[str, SequenceId, str | None]
+# Called in the request's task as it ends: (its answer, None), or (None, the error it ended with).
+OnAnswer = Callable[[Any, BaseException | None], None]
 # How many ended sequences are remembered, so a late request learns why its sequence is gone.
 _REMEMBERED_ENDS = 4096
 _END_WORDS = {IDLE_TIMEOUT: "was ended by the idle timeout", "shutdown": "was ended by the server's shutdown"}
@@ -67,9 +72,16 @@ class SequenceTable:
         return len(self._open)
 
     def submit(
-        self, model: ServedModel, sequence_id: SequenceId, start: bool, end: bool, x: np.ndarray
+        self,
+        model: ServedModel,
+        sequence_id: SequenceId,
+        start: bool,
+        end: bool,
+        x: np.ndarray,
+        on_answer: OnAnswer | None = None,
     ) -> asyncio.Future[RowResult]:
-        """Queue one request of a sequence behind its previous one; refuse what is out of order at once."""
+        """Queue one request of a sequence behind its previous one; refuse what is out of order at once.
+        With `on_answer` the outcome goes there (the returned task then ends with None, never an error)."""
         if not model.streamable:
             raise OutOfOrder(
                 f"model {model.key} is bidirectional and cannot run a sequence chunk by chunk; send the "
@@ -91,8 +103,9 @@ class SequenceTable:
             del self._open[key]
         sequence.pending += 1
         sequence.stream.reading = False
-        task = asyncio.ensure_future(self._run(sequence, sequence.tail, x, end))
-        task.add_done_callback(_retrieve)  # the caller may be gone; its error is logged, not lost
+        task = asyncio.ensure_future(self._run(sequence, sequence.tail, x, end, on_answer))
+        if on_answer is None:
+            task.add_done_callback(_retrieve)  # the caller may be gone; its error is logged, not lost
         sequence.tail = task
         return task
 
@@ -107,13 +120,31 @@ class SequenceTable:
         return sequence
 
     async def _run(
-        self, sequence: Sequence, previous: asyncio.Future | None, x: np.ndarray, end: bool
-    ) -> RowResult:
+        self,
+        sequence: Sequence,
+        previous: asyncio.Future | None,
+        x: np.ndarray,
+        end: bool,
+        on_answer: OnAnswer | None,
+    ) -> RowResult | None:
         stream = sequence.stream
         try:
             if previous is not None and not previous.done():  # asyncio.wait costs a set and callbacks
                 await asyncio.wait([previous])
-            return await self._run_chunk(stream, x)
+            result = await self._run_chunk(stream, x)
+        except asyncio.CancelledError as error:  # the caller still learns that the request is over
+            if on_answer is not None:
+                on_answer(None, error)
+            raise
+        except Exception as error:
+            if on_answer is None:
+                raise
+            on_answer(None, error)
+            return None
+        else:
+            if on_answer is not None:
+                on_answer(result, None)
+            return result
         finally:
             sequence.pending -= 1
             if end:

@@ -11,9 +11,11 @@ answers in order, and a refused request gets a response with `error_message` whi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -51,32 +53,48 @@ def _server_version() -> str:
         return "0"
 
 
+# How a stream learns that an admitted request is over: (the request, the engine's answer, None) or
+# (the request, None, the error it ended with, CancelledError included). Called on the event loop.
+Answered = Callable[["_Admitted", Any, BaseException | None], None]
+
+
 @dataclass(slots=True)
 class _Admitted:
-    """A request that passed validation and was handed to the engine; `pending` is its answer."""
+    """A request that passed validation and was handed to the engine; `pending` ends with its answer (or
+    with None when the answer went to the stream's `Answered` callback)."""
 
     request: pb.ModelInferRequest
     model: ServedModel
-    outputs: list[str]
-    pending: asyncio.Future
+    outputs: tuple[str, ...]
     in_sequence: bool
     received: float
+    pending: asyncio.Future | None = None
 
-    def finish(self, rows: list[RowResult]) -> pb.ModelInferResponse:
-        response = converters.infer_response(self.request, self.model, rows, self.outputs)
+    def rows(self, answer: Any) -> list[RowResult]:
+        return [answer] if self.in_sequence else answer
+
+    def answered(self) -> None:
         if self.in_sequence:
             self.model.metrics.chunk_latency.observe(time.perf_counter() - self.received)
-        return response
 
-    def result(self) -> pb.ModelInferResponse:
-        """The answer once `pending` is done; raises the error it ended with."""
-        rows = self.pending.result()
-        return self.finish([rows] if self.in_sequence else rows)
+    def stream_response(self, answer: Any) -> pb.ModelStreamInferResponse:
+        response = converters.stream_response(self.request, self.model, self.rows(answer), self.outputs)
+        self.answered()
+        return response
 
     async def response(self) -> pb.ModelInferResponse:
         # A sequence request runs to its end even if this caller is cancelled: its state stays whole.
-        await (asyncio.shield(self.pending) if self.in_sequence else self.pending)
-        return self.result()
+        answer = await (asyncio.shield(self.pending) if self.in_sequence else self.pending)
+        response = converters.infer_response(self.request, self.model, self.rows(answer), self.outputs)
+        self.answered()
+        return response
+
+
+def _outcome(done: asyncio.Future) -> tuple[Any, BaseException | None]:
+    if done.cancelled():
+        return None, asyncio.CancelledError()
+    error = done.exception()
+    return (None, error) if error is not None else (done.result(), None)
 
 
 class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -86,8 +104,9 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self.engine = engine
         self.metrics = metrics
 
-    def admit(self, request: pb.ModelInferRequest) -> _Admitted:
-        """Validate and hand to the engine, synchronously: a sequence's requests queue in arrival order."""
+    def admit(self, request: pb.ModelInferRequest, answered: Answered | None = None) -> _Admitted:
+        """Validate and hand to the engine, synchronously: a sequence's requests queue in arrival order.
+        With `answered` the outcome goes there instead of to `pending`'s awaiter."""
         received = time.perf_counter()
         model = self._model(request.model_name, request.model_version)
         control = converters.sequence_control(request)
@@ -95,13 +114,18 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         max_steps = self.engine.config.max_chunk_steps if in_sequence else None
         x = converters.input_array(request, model, in_sequence, max_steps)
         outputs = converters.requested_outputs(request, model)
+        admitted = _Admitted(request, model, outputs, in_sequence, received)
         if in_sequence:
-            pending = self.engine.sequences.submit(
-                model, control.sequence_id, control.start, control.end, x[0]
+            # The sequence's own task reports the outcome: no further task or callback per request.
+            on_answer = None if answered is None else functools.partial(answered, admitted)
+            admitted.pending = self.engine.sequences.submit(
+                model, control.sequence_id, control.start, control.end, x[0], on_answer
             )
         else:
-            pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
-        return _Admitted(request, model, outputs, pending, in_sequence, received)
+            admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
+            if answered is not None:
+                admitted.pending.add_done_callback(lambda done: answered(admitted, *_outcome(done)))
+        return admitted
 
     def _model(self, name: str, version: str) -> ServedModel:
         return self.engine.repository.resolve(name, converters.version_number(version))
@@ -197,40 +221,45 @@ class _InferStream:
             writer.cancel()  # the client went away: the answers still coming have nowhere to go
 
     async def _read_all(self) -> None:
+        read = self.context.read
         while True:
-            await self._room.wait()
+            if not self._room.is_set():
+                await self._room.wait()
             try:
-                request = await self.context.read()
+                request = await read()
             except ServiceError as error:  # bytes that do not parse: no id to answer, the stream goes on
                 self._refuse(pb.ModelInferRequest(), error)
                 continue
             if request is grpc.aio.EOF:
                 return
             try:
-                admitted = self.servicer.admit(request)
+                self.servicer.admit(request, self._answered)
             except ServiceError as error:
                 self._refuse(request, error)
                 continue
             self._in_engine += 1
             if self._in_engine >= MAX_IN_FLIGHT_PER_STREAM:
                 self._room.clear()
-            admitted.pending.add_done_callback(lambda _done, admitted=admitted: self._answered(admitted))
 
-    def _answered(self, admitted: _Admitted) -> None:
+    def _answered(self, admitted: _Admitted, answer: Any, error: BaseException | None) -> None:
         self._in_engine -= 1
         self._room.set()
-        if admitted.pending.cancelled():
+        if isinstance(error, asyncio.CancelledError):
             self._wake.set()
             return
-        try:
-            self._put(pb.ModelStreamInferResponse(infer_response=admitted.result()), "OK")
-        except ServiceError as error:
+        if error is None:
+            try:
+                self._put(admitted.stream_response(answer), "OK")
+                return
+            except Exception as failed:  # noqa: BLE001 - answered like the engine's own failures
+                error = failed
+        if isinstance(error, ServiceError):
             self._refuse(admitted.request, error)
-        except Exception as error:  # the rows of a failed onnxruntime call: this request only
-            log.exception("ModelStreamInfer request %r failed", admitted.request.id)
-            self._put(
-                converters.stream_error(admitted.request, "INTERNAL", f"internal error: {error}"), "INTERNAL"
-            )
+            return
+        # The rows of a failed onnxruntime call: this request only.
+        log.error("ModelStreamInfer request %r failed", admitted.request.id, exc_info=error)
+        failed = converters.stream_error(admitted.request, "INTERNAL", f"internal error: {error}")
+        self._put(failed, "INTERNAL")
 
     def _refuse(self, request: pb.ModelInferRequest, error: ServiceError) -> None:
         code = status_code(error).name
@@ -242,14 +271,15 @@ class _InferStream:
 
     async def _write_all(self) -> None:
         """grpc.aio takes one write at a time per call: this task makes them all, in the order answered."""
+        write, done = self.context.write, self.servicer.metrics.request_done
         while self._outbox or self._reading or self._in_engine:
             if not self._outbox:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             response, code = self._outbox.popleft()
-            await self.context.write(response)
-            self.servicer.metrics.request_done(STREAM_RESPONSE, code)
+            await write(response)
+            done(STREAM_RESPONSE, code)
 
 
 def _unimplemented(name: str):

@@ -8,6 +8,7 @@ for many-to-one models ([batch, ...]). Validation of what a client sent lives he
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,9 @@ OUTPUTS = (OUTPUT_LOGITS, OUTPUT_LABEL, OUTPUT_SCORES)
 PLATFORM = "onnxruntime_onnx"
 _FLOAT32 = np.dtype("<f4")
 _DATATYPES = {OUTPUT_LOGITS: "FP32", OUTPUT_LABEL: "INT64", OUTPUT_SCORES: "FP32"}
+# Raw contents are little-endian (KServe V2); `astype(..., copy=False)` is free when the array already is.
+_WIRE_DTYPES = {OUTPUT_LOGITS: np.dtype("<f4"), OUTPUT_LABEL: np.dtype("<i8"), OUTPUT_SCORES: np.dtype("<f4")}
+_ROW_FIELDS = {OUTPUT_LOGITS: "logits", OUTPUT_LABEL: "labels", OUTPUT_SCORES: "scores"}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64}
 
 
@@ -49,13 +53,16 @@ def version_number(text: str) -> int:
 
 
 def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
+    # One map lookup per parameter (`get`): each lookup on a protobuf map builds a wrapper object.
     params = request.parameters
     sequence_id: SequenceId | None = None
-    if "sequence_id" in params:
-        param = params["sequence_id"]
+    param = params.get("sequence_id")
+    if param is not None:
         kind = param.WhichOneof("parameter_choice")
-        if kind in ("int64_param", "uint64_param"):
-            sequence_id = getattr(param, kind) or None  # 0 is Triton's "no sequence"
+        if kind == "int64_param":
+            sequence_id = param.int64_param or None  # 0 is Triton's "no sequence"
+        elif kind == "uint64_param":
+            sequence_id = param.uint64_param or None
         elif kind == "string_param":
             sequence_id = param.string_param or None
         else:
@@ -67,24 +74,26 @@ def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
 
 
 def _flag(params, name: str) -> bool:
-    if name not in params:
+    param = params.get(name)
+    if param is None:
         return False
-    kind = params[name].WhichOneof("parameter_choice")
+    kind = param.WhichOneof("parameter_choice")
     if kind != "bool_param":
         raise InvalidChunk(f"parameter {name} is a {kind}; expected a bool")
-    return params[name].bool_param
+    return param.bool_param
 
 
 def input_array(
     request: pb.ModelInferRequest, model: ServedModel, in_sequence: bool, max_steps: int | None
 ) -> np.ndarray:
     """float32 [batch, steps, features] from the request's one input; anything off raises what and why."""
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_X:
-        names = ", ".join(repr(t.name) for t in request.inputs) or "none"
+    inputs = request.inputs
+    if len(inputs) != 1 or inputs[0].name != INPUT_X:
+        names = ", ".join(repr(t.name) for t in inputs) or "none"
         raise InvalidChunk(f"request has inputs {names}; model {model.key} takes one input {INPUT_X!r}")
-    tensor = request.inputs[0]
+    tensor = inputs[0]
     features = model.runtime.info.features
-    shape = list(tensor.shape)
+    shape = tensor.shape[:]  # a list: a slice copies the repeated field at once, not value by value
     if tensor.datatype != "FP32":
         raise InvalidChunk(f"input x has datatype {tensor.datatype}; model {model.key} expects FP32")
     if len(shape) != 3 or shape[2] != features or min(shape) < 1:
@@ -110,9 +119,10 @@ def input_array(
 
 def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarray:
     count = shape[0] * shape[1] * shape[2]
-    if request.raw_input_contents:
-        raw = request.raw_input_contents[0]
-        if len(request.raw_input_contents) != 1 or len(raw) != 4 * count:
+    raw_contents = request.raw_input_contents
+    if raw_contents:
+        raw = raw_contents[0]
+        if len(raw_contents) != 1 or len(raw) != 4 * count:
             raise InvalidChunk(
                 f"input x has {len(raw)} bytes of raw_input_contents; shape {shape} FP32 needs {4 * count}"
             )
@@ -123,38 +133,80 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
-def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> list[str]:
+def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> tuple[str, ...]:
     """The outputs the client named, in its order; none named means all of them, as Triton does."""
-    names = [output.name for output in request.outputs] or list(OUTPUTS)
-    unknown = [name for name in names if name not in OUTPUTS]
-    if unknown:
-        raise InvalidChunk(
-            f"requested output {unknown[0]!r} is not one of model {model.key}'s outputs {', '.join(OUTPUTS)}"
-        )
+    names = tuple(output.name for output in request.outputs) or OUTPUTS
+    for name in names:
+        if name not in _DATATYPES:
+            raise InvalidChunk(
+                f"requested output {name!r} is not one of model {model.key}'s outputs {', '.join(OUTPUTS)}"
+            )
     return names
 
 
-def output_arrays(model: ServedModel, rows: list[RowResult]) -> dict[str, np.ndarray]:
-    """Stack the rows: many-to-many [batch, steps, ...], many-to-one (one answer per row) [batch, ...]."""
-    join = np.stack if model.runtime.info.task == "many_to_many" else np.concatenate
-    return {
-        OUTPUT_LOGITS: join([row.logits for row in rows]).astype(np.float32, copy=False),
-        OUTPUT_LABEL: join([row.labels for row in rows]).astype(np.int64, copy=False),
-        OUTPUT_SCORES: join([row.scores for row in rows]).astype(np.float32, copy=False),
-    }
+@functools.lru_cache(maxsize=1024)
+def _answer_layout(
+    model_name: str,
+    version: str,
+    many_to_many: bool,
+    classes: int,
+    names: tuple[str, ...],
+    rows: int,
+    steps: int,
+) -> pb.ModelInferResponse:
+    """What an answer holds besides its id and bytes (names, datatypes, shapes): it depends only on the
+    model, the outputs asked for and the request's shape, so it is built once and copied into each answer.
+    Never modified after it is built."""
+    layout = pb.ModelInferResponse(model_name=model_name, model_version=version)
+    leading = (rows, steps) if many_to_many else (rows,)
+    for name in names:
+        shape = leading if name == OUTPUT_LABEL else (*leading, classes)
+        layout.outputs.add(name=name, datatype=_DATATYPES[name], shape=shape)
+    return layout
+
+
+def fill_infer_response(
+    response: pb.ModelInferResponse,
+    request: pb.ModelInferRequest,
+    model: ServedModel,
+    rows: list[RowResult],
+    names: tuple[str, ...],
+) -> None:
+    """The rows' outputs into `response`: many-to-many [batch, steps, ...] (the rows stacked), else the
+    rows' answers one after another [batch, ...]. Raw bytes are the rows' arrays back to back, which is
+    the stacked array's C order, so nothing is stacked."""
+    info = model.runtime.info
+    many_to_many = info.task == "many_to_many"
+    if many_to_many:
+        count, steps = len(rows), len(rows[0].labels)
+    else:
+        count, steps = sum(len(row.labels) for row in rows), 0
+    layout = _answer_layout(info.name, str(info.version), many_to_many, info.classes, names, count, steps)
+    response.CopyFrom(layout)
+    response.id = request.id
+    contents = response.raw_output_contents
+    for name in names:
+        field, wire = _ROW_FIELDS[name], _WIRE_DTYPES[name]
+        if len(rows) == 1:
+            contents.append(getattr(rows[0], field).astype(wire, copy=False).tobytes())
+        else:
+            contents.append(b"".join(getattr(row, field).astype(wire, copy=False).tobytes() for row in rows))
 
 
 def infer_response(
-    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: list[str]
+    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: tuple[str, ...]
 ) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(
-        model_name=model.runtime.info.name, model_version=str(model.runtime.info.version), id=request.id
-    )
-    arrays = output_arrays(model, rows)
-    for name in names:
-        array = arrays[name]
-        response.outputs.add(name=name, datatype=_DATATYPES[name], shape=array.shape)
-        response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    response = pb.ModelInferResponse()
+    fill_infer_response(response, request, model, rows, names)
+    return response
+
+
+def stream_response(
+    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: tuple[str, ...]
+) -> pb.ModelStreamInferResponse:
+    """The answer on ModelStreamInfer, filled in place (wrapping a finished answer would copy it)."""
+    response = pb.ModelStreamInferResponse()
+    fill_infer_response(response.infer_response, request, model, rows, names)
     return response
 
 

@@ -73,11 +73,12 @@ class _ParsingContext:
 
     def __init__(self, context: grpc.aio.ServicerContext, parse: RequestParser) -> None:
         self._context = context
+        self._read = context.read  # once: through the recording wrapper it is a __getattr__ per message
         self._parse = parse
         self._count = 0
 
     async def read(self) -> Any:
-        raw = await self._context.read()
+        raw = await self._read()
         if raw is grpc.aio.EOF:
             return raw
         self._count += 1

@@ -208,3 +208,27 @@ def test_model_infer_without_sequence_id_is_a_whole_sequence(
     expected = offline.scores(model, x)
     np.testing.assert_allclose(scores[0] if model.startswith("bms") else scores, expected, atol=TOLERANCE)
     assert label.dtype == np.int64 and label.reshape(-1).tolist() == expected.argmax(axis=-1).tolist()
+
+
+@pytest.mark.parametrize("model", ["jv-gru", "bms-lstm"])
+def test_model_infer_without_sequence_id_answers_every_row_of_a_batch(
+    server: ServerThread, offline: Offline, sequences: dict, model: str
+) -> None:
+    """Rows of one stateless request come back stacked in the order sent: [batch, steps, ...] for
+    many-to-many, [batch, ...] for many-to-one."""
+    pool = sequences[MODEL_DATA[model]]
+    steps = min(len(x) for x in pool[:3])
+    batch = np.stack([x[:steps] for x in pool[:3]]).astype(np.float32)
+    tensor = grpcclient.InferInput("x", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch)
+    client = grpcclient.InferenceServerClient(url=server.target)
+    result = client.infer(model, [tensor])
+    client.close()
+    expected = np.stack([offline.scores(model, x) for x in batch])
+    many_to_many = model.startswith("bms")
+    expected = expected if many_to_many else expected[:, 0]
+    scores, label, logits = (result.as_numpy(name) for name in ("scores", "label", "logits"))
+    assert scores.shape == logits.shape == expected.shape and label.shape == expected.shape[:-1]
+    np.testing.assert_allclose(scores, expected, atol=TOLERANCE)
+    np.testing.assert_allclose(softmax(logits), scores, atol=TOLERANCE)
+    assert label.tolist() == expected.argmax(axis=-1).tolist()
