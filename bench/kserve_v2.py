@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.load_pool import LoadResult
+from bench.prometheus_scrape import scrape
 from bench.report import TextTable
-from bench.scenarios import BenchRun, ServedFigures
+from bench.scenarios import BATCH_SIZE_METRIC, BenchRun, ServedFigures
 from bench.server_process import ServerProcess
 from bench.triton_peer import PERF_ANALYZER, PerfFigures, perf_analyzer
 
@@ -76,6 +78,38 @@ class KServeV2:
                 f"{v1.p50_ms:.2f}", f"{v1.p99_ms:.2f}", f"{cell.ratio:.2f}",
             )  # fmt: skip
         return [table]
+
+
+def perf_served(run: BenchRun, server: ServerProcess, sequences: int, chunk: int) -> ServedFigures:
+    """perf_analyzer on a seqserve V2 endpoint as a ServedFigures row (bench/ab.py's V2 rows): server CPU
+    per request is the server's CPU over the whole perf_analyzer run divided by the chunks it answered in
+    that time (its `seqserve_chunks_total`), so warm-up and trials outside perf_analyzer's window cancel."""
+    before = scrape(server.metrics_url), server.cpu_seconds(), server.thread_cpu_seconds()
+    v2 = perf_analyzer(
+        "seqserve", server.target, server.cpu_seconds, sequences, chunk, run.info.features,
+        run.config.triton_window_ms,
+    )  # fmt: skip
+    after = scrape(server.metrics_url), server.cpu_seconds(), server.thread_cpu_seconds()
+    (metrics_before, cpu_before, threads_before), (metrics_after, cpu_after, threads_after) = before, after
+
+    def grown(name: str) -> float:
+        return metrics_after.get(name, 0.0) - metrics_before.get(name, 0.0)
+
+    requests = grown("seqserve_chunks_total")
+    by_thread = {
+        name: (seconds - threads_before.get(name, 0.0)) / requests * 1e6 if requests else 0.0
+        for name, seconds in threads_after.items()
+    }
+    batches = grown(f"{BATCH_SIZE_METRIC}_count")
+    load = LoadResult(
+        mode="v2", streams=sequences, chunk=chunk, processes=1, seconds=run.config.triton_window_ms / 1000,
+        messages=int(requests), steps=int(requests) * chunk, msgs_per_s=v2.msgs_per_s,
+        steps_per_s=v2.steps_per_s, p50_ms=v2.p50_ms, p99_ms=v2.p99_ms, sent_steps=int(requests) * chunk,
+        server_steps=0, client_cpu_us_per_msg=0.0,
+    )  # fmt: skip
+    cpu_per_step = (cpu_after - cpu_before) / (requests * chunk) * 1e6 if requests else 0.0
+    batch = grown(f"{BATCH_SIZE_METRIC}_sum") / batches if batches else None
+    return ServedFigures("seqserve", load, cpu_per_step, by_thread, batch)
 
 
 def measure(run: BenchRun, server: ServerProcess) -> KServeV2:

@@ -1,4 +1,6 @@
 """The one load client that drives every server: grpc.aio, run inside each load-generator process.
+Mode `v2` drives seqserve's KServe V2 endpoint the way perf_analyzer does (one sequence per
+ModelStreamInfer stream, Triton's sequence parameters), so the two protocols can be compared with one client.
 
 It is deliberately lean so it can outrun the servers: requests are serialised once and sent as bytes, and
 each stream keeps one chunk in flight (send, wait for its answer, send the next), so a chunk's latency is
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -19,6 +22,7 @@ import numpy as np
 from seqserve.v1 import seqserve_pb2 as pb
 
 STREAM_METHOD = "/seqserve.v1.InferenceService/Stream"
+V2_STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 CLASSIFY_METHOD = "/seqserve.v1.InferenceService/Classify"
 # Several connections per process, as many clients would open; each channel gets its own connection.
 STREAMS_PER_CHANNEL = 100
@@ -29,8 +33,9 @@ _OPENING_AT_ONCE = 200
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """What a scenario asks of the clients. `mode`: stream (chunks on Stream), resend (the whole sequence
-    so far on Classify at every step, `resend_steps` long) or idle (open, one chunk, then wait)."""
+    """What a scenario asks of the clients. `mode`: stream (chunks on Stream), v2 (a sequence's requests on
+    ModelStreamInfer), resend (the whole sequence so far on Classify at every step, `resend_steps` long) or
+    idle (open, one chunk, then wait)."""
 
     target: str
     model: str
@@ -131,6 +136,50 @@ async def _stream(method, requests: _Requests, chunk: int, window: _Window) -> t
     return sent, await _end(call, requests)
 
 
+def _v2_requests(spec: LoadSpec, sequence_id: int) -> tuple[bytes, bytes, bytes]:
+    """One sequence's ModelInferRequests as perf_analyzer sends them: start, middle, end, serialised."""
+    from tritonclient.grpc import service_pb2 as v2  # the bench's V2 rows only
+
+    def request(start: bool, end: bool) -> bytes:
+        message = v2.ModelInferRequest(model_name=spec.model, id=str(sequence_id))
+        message.parameters["sequence_id"].int64_param = sequence_id
+        message.parameters["sequence_start"].bool_param = start
+        message.parameters["sequence_end"].bool_param = end
+        message.inputs.add(name="x", datatype="FP32", shape=[1, spec.chunk, spec.features])
+        for name in ("label", "logits", "scores"):
+            message.outputs.add(name=name)
+        message.raw_input_contents.append(_values(spec.chunk, spec.features, seed=1))
+        return message.SerializeToString()
+
+    return request(True, False), request(False, False), request(False, True)
+
+
+def _v2_answer(raw: bytes | object) -> None:
+    from tritonclient.grpc import service_pb2 as v2
+
+    if raw is grpc.aio.EOF:
+        raise RuntimeError("ModelStreamInfer closed by the server while waiting for an answer")
+    response = v2.ModelStreamInferResponse.FromString(raw)
+    if response.error_message:
+        raise RuntimeError(f"ModelStreamInfer answered an error: {response.error_message}")
+
+
+async def _sequence(method, spec: LoadSpec, sequence_id: int, window: _Window) -> int:
+    """One V2 sequence on its own ModelStreamInfer call until the window closes; returns steps sent."""
+    start, middle, end = _v2_requests(spec, sequence_id)
+    call = method()
+    request, sent = start, 0
+    while (sent_at := time.monotonic()) < window.end:
+        await call.write(request)
+        _v2_answer(await call.read())
+        request, sent = middle, sent + spec.chunk
+        window.record(sent_at)
+    await call.write(end)
+    _v2_answer(await call.read())
+    await call.done_writing()
+    return sent + spec.chunk
+
+
 async def _resend(method, requests: list[bytes], offset: int, window: _Window) -> int:
     """Walk a sequence one step at a time, sending the whole prefix each time; returns steps sent."""
     sent = 0
@@ -196,6 +245,12 @@ async def run_share(spec: LoadSpec, streams: int, start_at: float, conn: Connect
             runs = [_stream(methods[i % len(methods)], requests, spec.chunk, window) for i in range(streams)]
             totals = await asyncio.gather(*runs)
             sent, counted = (sum(column) for column in zip(*totals, strict=True))
+        elif spec.mode == "v2":
+            methods = [channel.stream_stream(V2_STREAM_METHOD) for channel in channels]
+            first_id = os.getpid() << 20  # sequence ids unique across the load processes
+            runs = [_sequence(methods[i % len(methods)], spec, first_id + i, window) for i in range(streams)]
+            sent = sum(await asyncio.gather(*runs))
+            counted = sent
         elif spec.mode == "resend":
             requests = _resend_requests(spec)
             methods = [channel.unary_unary(CLASSIFY_METHOD) for channel in channels]
@@ -204,7 +259,7 @@ async def run_share(spec: LoadSpec, streams: int, start_at: float, conn: Connect
             runs = [_resend(methods[i % len(methods)], requests, offsets[i], window) for i in range(streams)]
             sent, counted = sum(await asyncio.gather(*runs)), 0
         else:
-            raise ValueError(f"load mode {spec.mode!r} is not one of stream, resend, idle")
+            raise ValueError(f"load mode {spec.mode!r} is not one of stream, v2, resend, idle")
         await cpu
         return ClientTally(np.asarray(window.latencies), sent, counted, streams, window.cpu_s)
     finally:
