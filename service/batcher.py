@@ -20,7 +20,8 @@ Policy (decided here; docs/operations.md documents the flags):
   first call, a CUDA warm-up). A lone stream's one-row call then costs no thread hop, the loop is never
   held longer than the budget (a long chunk or a slow model cannot stall other streams, health or the
   drain), and where batching pays the executor computes while the loop does the streams' I/O.
-Padding, the onnxruntime call, softmax and argmax run vectorised per call, wherever the call runs.
+Padding, the onnxruntime call and argmax run vectorised per call, wherever the call runs; the softmax scores
+are made once per call too, and only when some row of the call reads them (most answers carry labels only).
 
 A failed onnxruntime call fails only its own rows, with `InferenceFailed` (INTERNAL) naming the model;
 the next call runs as usual. After `FAILURES_BEFORE_NOT_SERVING` failed calls in a row the version
@@ -49,15 +50,56 @@ log = logging.getLogger(__name__)
 FAILURES_BEFORE_NOT_SERVING = 3
 
 
-@dataclass(slots=True)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Over the last axis (the classes), float32 like the logits."""
+    scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+class _CallScores:
+    """One call's softmax, made the first time any of its rows asks and then shared by all of them: most
+    answers carry labels only (a lone stream's chunk paid five numpy calls for scores nobody read)."""
+
+    __slots__ = ("logits", "scores")
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+        self.scores: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self.scores is None:
+            self.scores = softmax(self.logits)
+        return self.scores
+
+
 class RowResult:
     """One row's answer: labels, logits and softmax scores per output step, and the state after its last
-    step."""
+    step. `scores` is given, or taken from its call's softmax (`call`, at `pick`) when first read."""
 
-    labels: np.ndarray  # int64 [steps] (many-to-many) or [1] (many-to-one)
-    scores: np.ndarray  # float32 [len(labels), classes]
-    states: tuple[np.ndarray, ...]  # each [layers * directions, hidden]
-    logits: np.ndarray  # float32 [len(labels), classes], what the graph returned
+    __slots__ = ("labels", "states", "logits", "_scores", "_call", "_pick")
+
+    def __init__(
+        self,
+        labels: np.ndarray,  # int64 [steps] (many-to-many) or [1] (many-to-one)
+        scores: np.ndarray | None,  # float32 [len(labels), classes]
+        states: tuple[np.ndarray, ...],  # each [layers * directions, hidden]
+        logits: np.ndarray,  # float32 [len(labels), classes], what the graph returned
+        call: _CallScores | None = None,
+        pick: object = None,
+    ) -> None:
+        self.labels = labels
+        self.states = states
+        self.logits = logits
+        self._scores = scores
+        self._call = call
+        self._pick = pick
+
+    @property
+    def scores(self) -> np.ndarray:
+        if self._scores is None:
+            self._scores = self._call.get()[self._pick] if self._call is not None else softmax(self.logits)
+        return self._scores
 
 
 @dataclass(slots=True, eq=False)
@@ -93,6 +135,8 @@ INLINE_MAX_ROWS = 4
 
 def _size_class(rows: list[_Row]) -> int:
     """Calls of padded rows x steps within a factor of 2 share a class: their cost is alike."""
+    if len(rows) == 1:
+        return rows[0].x.shape[0].bit_length()
     return (len(rows) * max(row.x.shape[0] for row in rows)).bit_length()
 
 
@@ -175,50 +219,50 @@ class Batcher:
             self._timer = None
         rows = pending[: self.max_batch]
         del pending[: self.max_batch]
-        inline = self._runs_inline(rows, self._active_streams(now))
+        size = _size_class(rows)
         self._calls_in_flight += 1
         self._rows_in_flight += len(rows)
-        if inline:
-            self._finish(rows, self._inline(rows))
+        if self._runs_inline(rows, size, self._active_streams(now)):
+            try:
+                results = self._run(rows, size)
+            except Exception as error:  # noqa: BLE001 - handed to the rows, as from the executor
+                self._finish(rows, None, error)
+            else:
+                self._finish(rows, results, None)
             return
-        call = asyncio.get_running_loop().run_in_executor(self.executor, self._run, rows)
-        call.add_done_callback(lambda done: self._finish(rows, done))
+        call = asyncio.get_running_loop().run_in_executor(self.executor, self._run, rows, size)
+        call.add_done_callback(
+            lambda done: (
+                self._finish(rows, None, error)
+                if (error := done.exception()) is not None
+                else self._finish(rows, done.result(), None)
+            )
+        )
 
-    def _runs_inline(self, rows: list[_Row], active: int) -> bool:
+    def _runs_inline(self, rows: list[_Row], size: int, active: int) -> bool:
         # Streams not in this call would wait on the loop, while the executor could overlap them; and
         # past a few rows the loop's own work on them (answers out, next chunks in) overlaps the call.
-        if self._calls_in_flight or not len(rows) <= INLINE_MAX_ROWS or len(rows) < active:
+        if self._calls_in_flight > 1 or not len(rows) <= INLINE_MAX_ROWS or len(rows) < active:
             return False
         if self.inline_budget_s <= 0:
             return False
-        seconds = self._call_seconds.get(_size_class(rows))
+        seconds = self._call_seconds.get(size)
         return seconds is not None and seconds <= self.inline_budget_s
-
-    def _inline(self, rows: list[_Row]) -> asyncio.Future:
-        """The call on the loop, as a done future, so `_finish` treats both paths alike."""
-        done = asyncio.get_running_loop().create_future()
-        try:
-            done.set_result(self._run(rows))
-        except Exception as error:  # noqa: BLE001 - handed to the rows, as from the executor
-            done.set_exception(error)
-        return done
 
     def _on_timer(self) -> None:
         self._timer = None
         self._maybe_dispatch()
 
-    def _finish(self, rows: list[_Row], done: asyncio.Future) -> None:
+    def _finish(self, rows: list[_Row], results: list[RowResult] | None, error: BaseException | None) -> None:
         self._calls_in_flight -= 1
         self._rows_in_flight -= len(rows)
-        error = done.exception()
         failure = None if error is None else self._failed(error, len(rows))
         if failure is None and self.consecutive_failures:
             self._set_failures(0)
-        results = None if failure is not None else done.result()
         for index, row in enumerate(rows):
             if row.future.done():  # the stream was cancelled while waiting
                 continue
-            if results is None:
+            if failure is not None:
                 row.future.set_exception(failure)
             else:
                 row.future.set_result(results[index])
@@ -240,51 +284,74 @@ class Batcher:
         if self.healthy != was and self.on_health_change is not None:
             self.on_health_change()
 
-    def _run(self, rows: list[_Row]) -> list[RowResult]:
-        """Executor thread: pad, run, softmax, argmax, scatter; one onnxruntime call per length group."""
+    def _run(self, rows: list[_Row], size: int) -> list[RowResult]:
+        """On the loop or an executor thread: pad, run, argmax, scatter; one onnxruntime call per length
+        group. `size` is the call's size class."""
         start = time.perf_counter()
+        queue = self.metrics.queue
         for row in rows:
-            self.metrics.queue.observe(start - row.queued_at)
-        if len(rows) == 1:  # a lone stream's call: nothing to group
-            results = self._run_group(rows)
+            queue.observe(start - row.queued_at)
+        if len(rows) == 1:  # a lone stream's call: nothing to group, pad or stack
+            results = [self._run_one(rows[0])]
         else:
             results = [None] * len(rows)
             for group in length_groups([row.x.shape[0] for row in rows]):
                 for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
                     results[index] = result
         # Written from the executor thread or the loop; a lost update only delays the average.
-        size = _size_class(rows)
         seconds = time.perf_counter() - start
         previous = self._call_seconds.get(size)
         self._call_seconds[size] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
         return results  # type: ignore[return-value]
 
-    def _run_group(self, rows: list[_Row]) -> list[RowResult]:
-        if len(rows) == 1:  # no padding, no copies: views of the row with a batch axis
-            row = rows[0]
-            lengths = np.array([row.x.shape[0]], dtype=np.int32)
-            x = row.x[np.newaxis]
-            states = tuple(np.ascontiguousarray(state[:, np.newaxis]) for state in row.states)
-        else:
-            lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
-            x = np.zeros((len(rows), int(lengths.max()), *rows[0].x.shape[1:]), dtype=rows[0].x.dtype)
-            for index, row in enumerate(rows):
-                x[index, : row.x.shape[0]] = row.x
-            columns = zip(*(row.states for row in rows), strict=True)
-            states = tuple(np.stack(column, axis=1) for column in columns)
+    def _compute(
+        self, x: np.ndarray, states: tuple[np.ndarray, ...], lengths: np.ndarray, rows: int
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """The onnxruntime call of `rows` rows, timed into the metrics."""
         start = time.perf_counter()
         logits, new_states = self.runtime.run(x, states, lengths)
         elapsed = time.perf_counter() - start
         self.metrics.inference.observe(elapsed)
         # Each row waited for the whole call: per-row compute, as Triton's ModelStatistics reports it.
-        self.metrics.row_compute.inc(elapsed * len(rows))
-        self.metrics.batch_size.observe(len(rows))
+        self.metrics.row_compute.inc(elapsed * rows)
+        self.metrics.batch_size.observe(rows)
+        return logits, new_states
+
+    def _run_one(self, row: _Row) -> RowResult:
+        """A lone row: views with a batch axis of 1, no copies (states are contiguous already, as the
+        previous call or the zero state left them)."""
+        states = tuple([np.ascontiguousarray(state[:, np.newaxis]) for state in row.states])
+        logits, new_states = self._compute(row.x[np.newaxis], states, _lengths(row.x.shape[0]), 1)
+        logits = logits[0] if self._many_to_many else logits  # [steps, classes] or [1, classes]
+        states_after = tuple([state[:, 0] for state in new_states])
+        return RowResult(logits.argmax(axis=-1), None, states_after, logits)
+
+    def _run_group(self, rows: list[_Row]) -> list[RowResult]:
+        lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
+        x = np.zeros((len(rows), int(lengths.max()), *rows[0].x.shape[1:]), dtype=rows[0].x.dtype)
+        for index, row in enumerate(rows):
+            x[index, : row.x.shape[0]] = row.x
+        columns = zip(*(row.states for row in rows), strict=True)
+        states = tuple(np.stack(column, axis=1) for column in columns)
+        logits, new_states = self._compute(x, states, lengths, len(rows))
         labels = logits.argmax(axis=-1)
-        scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        scores /= scores.sum(axis=-1, keepdims=True)
+        scores = _CallScores(logits)
         out = []
         for index, n in enumerate(lengths.tolist()):
             pick = (index, slice(0, n)) if self._many_to_many else slice(index, index + 1)
             states_after = tuple(state[:, index] for state in new_states)
-            out.append(RowResult(labels[pick], scores[pick], states_after, logits[pick]))
+            out.append(RowResult(labels[pick], None, states_after, logits[pick], scores, pick))
         return out
+
+
+_LENGTHS: dict[int, np.ndarray] = {}
+
+
+def _lengths(steps: int) -> np.ndarray:
+    """The lengths input of a lone row of `steps` steps, made once per length and read-only (onnxruntime
+    only reads its inputs); bounded by --max-chunk-steps."""
+    lengths = _LENGTHS.get(steps)
+    if lengths is None:
+        lengths = _LENGTHS[steps] = np.array([steps], dtype=np.int32)
+        lengths.setflags(write=False)
+    return lengths

@@ -199,7 +199,7 @@ class InferenceEngine:
         stream.checkpoint = None
         stream.chunks += 1
         model = stream.model
-        model.metrics.chunks.inc()
+        model.metrics.chunks.inc(1)
         model.metrics.steps.inc(x.shape[0])
         if not model.streamable:
             self._buffer(stream, x)

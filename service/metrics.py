@@ -5,6 +5,13 @@ file (a name, never the token), none from a request, and no family has a per-str
 bound once per served version (`ModelMetrics`) so the hot path is an attribute access and one locked add,
 not a label lookup.
 
+The per-chunk families (chunks, steps, latencies, batch size) are updated through `HotCounter` and
+`HotHistogram`: the same children, minus prometheus-client's per-call checks and its Python loop over the
+buckets (a lone stream's chunk made ~40 Python calls into prometheus-client, a quarter of seqserve's own
+per-chunk work; see bench/README.md). tests/service/test_metrics_hot.py proves the samples equal those of
+the public API, so an upgrade of prometheus-client that changes its internals fails there, not in
+production.
+
 Buckets: chunk latency, queue wait and inference span 100 µs (a chunk of 1 step on CPU) to 10 s (a long
 buffered sequence on a loaded server); batch sizes are powers of two up to the largest sensible --max-batch.
 """
@@ -12,6 +19,7 @@ buffered sequence on a loaded server); batch sizes are powers of two up to the l
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +51,37 @@ class ModelTotals:
     compute_s: float  # summed over rows (a call of B rows counts B times)
 
 
-def _sample(child: Counter | Histogram, suffix: str) -> float:
+class HotCounter:
+    """A bound counter child, incremented without the wrapper's checks: one locked add per update (the
+    value object is the same one, in-process or multiprocess). `inc(amount)`: the amount is required, >= 0."""
+
+    __slots__ = ("child", "inc")
+
+    def __init__(self, child: Counter) -> None:
+        self.child = child
+        self.inc = child._value.inc
+
+
+class HotHistogram:
+    """A bound histogram child, observed with one bisect instead of a Python loop over the buckets.
+    Amounts are durations or sizes, never NaN."""
+
+    __slots__ = ("child", "_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self._bounds = child._upper_bounds  # ends with +Inf, so every amount finds its bucket
+        self._buckets = child._buckets  # per bucket, not cumulative, as prometheus-client keeps them
+        self._sum = child._sum
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)  # the first bound >= amount
+
+
+def _sample(child: Counter | Histogram | HotCounter | HotHistogram, suffix: str) -> float:
+    if isinstance(child, HotCounter | HotHistogram):
+        child = child.child
     for family in child.collect():
         for sample in family.samples:
             if sample.name.endswith(suffix):
@@ -59,13 +97,13 @@ class ModelMetrics:
     streams_ended: dict[str, Counter]
     evictions: dict[str, Counter]
     state_bytes: Gauge
-    chunks: Counter
-    steps: Counter
-    chunk_latency: Histogram
-    queue: Histogram
-    inference: Histogram
-    row_compute: Counter
-    batch_size: Histogram
+    chunks: HotCounter
+    steps: HotCounter
+    chunk_latency: HotHistogram
+    queue: HotHistogram
+    inference: HotHistogram
+    row_compute: HotCounter
+    batch_size: HotHistogram
     checkpoints: Counter
     resumes: Counter
 
@@ -183,13 +221,13 @@ class ServiceMetrics:
             streams_ended={reason: self.streams_total.labels(*labels, reason) for reason in END_REASONS},
             evictions={reason: self.evictions.labels(*labels, reason) for reason in EVICTION_REASONS},
             state_bytes=self.state_bytes.labels(*labels),
-            chunks=self.chunks.labels(*labels),
-            steps=self.steps.labels(*labels),
-            chunk_latency=self.chunk_latency.labels(*labels),
-            queue=self.queue.labels(*labels),
-            inference=self.inference.labels(*labels),
-            row_compute=self.row_compute.labels(*labels),
-            batch_size=self.batch_size.labels(*labels),
+            chunks=HotCounter(self.chunks.labels(*labels)),
+            steps=HotCounter(self.steps.labels(*labels)),
+            chunk_latency=HotHistogram(self.chunk_latency.labels(*labels)),
+            queue=HotHistogram(self.queue.labels(*labels)),
+            inference=HotHistogram(self.inference.labels(*labels)),
+            row_compute=HotCounter(self.row_compute.labels(*labels)),
+            batch_size=HotHistogram(self.batch_size.labels(*labels)),
             checkpoints=self.checkpoints.labels(*labels),
             resumes=self.resumes.labels(*labels),
         )
