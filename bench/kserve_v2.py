@@ -24,7 +24,7 @@ from bench.prometheus_scrape import scrape
 from bench.report import TextTable
 from bench.scenarios import BATCH_SIZE_METRIC, BenchRun, ServedFigures
 from bench.server_process import ServerProcess
-from bench.triton_peer import PERF_ANALYZER, PerfFigures, perf_analyzer
+from bench.triton_peer import PERF_ANALYZER, perf_analyzer
 
 TARGET_SEQUENCES = 64
 TARGET_RATIO = 0.9
@@ -32,12 +32,15 @@ TARGET_RATIO = 0.9
 
 @dataclass
 class V2Cell:
-    v2: PerfFigures
+    """One (chunk, sequences): perf_analyzer on V2 and seqserve's client on seqserve.v1, back to back."""
+
+    v2: ServedFigures
     v1: ServedFigures
 
     @property
     def ratio(self) -> float:
-        return self.v2.steps_per_s / self.v1.load.steps_per_s if self.v1.load.steps_per_s else 0.0
+        v1 = self.v1.load.steps_per_s
+        return self.v2.load.steps_per_s / v1 if v1 else 0.0
 
 
 @dataclass
@@ -58,7 +61,7 @@ class KServeV2:
         }
 
     def ratios(self) -> dict[str, float]:
-        return {f"v2_vs_v1_chunk{c.v2.chunk}_{c.v2.sequences}": c.ratio for c in self.cells}
+        return {f"v2_vs_v1_chunk{c.v2.load.chunk}_{c.v2.load.streams}": c.ratio for c in self.cells}
 
     def targets(self) -> dict[str, tuple[str, float]]:
         return {key: (">=", TARGET_RATIO) for key in self.ratios() if key.endswith(f"_{TARGET_SEQUENCES}")}
@@ -67,15 +70,17 @@ class KServeV2:
         title = "KServe V2 endpoint (perf_analyzer, --streaming, sequences) beside seqserve.v1 (own client)"
         if self.skipped:
             title += f": skipped, {self.skipped}"
-        columns = ("chunk", "sequences", "V2 req/s", "V2 steps/s", "V2 p50 ms", "V2 p99 ms",
-                   "v1 msgs/s", "v1 steps/s", "v1 p50 ms", "v1 p99 ms", "V2 / v1 steps/s")  # fmt: skip
+        columns = ("chunk", "sequences", "V2 req/s", "V2 steps/s", "V2 p50 ms", "V2 p99 ms", "V2 cpu us/req",
+                   "v1 msgs/s", "v1 steps/s", "v1 p50 ms", "v1 p99 ms", "v1 cpu us/msg",
+                   "V2 / v1 steps/s")  # fmt: skip
         table = TextTable(title, columns)
         for cell in self.cells:
-            v2, v1 = cell.v2, cell.v1.load
+            v2, v1 = cell.v2.load, cell.v1.load
             table.add_row(
-                str(v2.chunk), str(v2.sequences), f"{v2.msgs_per_s:,.0f}", f"{v2.steps_per_s:,.0f}",
-                f"{v2.p50_ms:.2f}", f"{v2.p99_ms:.2f}", f"{v1.msgs_per_s:,.0f}", f"{v1.steps_per_s:,.0f}",
-                f"{v1.p50_ms:.2f}", f"{v1.p99_ms:.2f}", f"{cell.ratio:.2f}",
+                str(v2.chunk), str(v2.streams), f"{v2.msgs_per_s:,.0f}", f"{v2.steps_per_s:,.0f}",
+                f"{v2.p50_ms:.2f}", f"{v2.p99_ms:.2f}", f"{cell.v2.server_cpu_us_per_step * v2.chunk:.0f}",
+                f"{v1.msgs_per_s:,.0f}", f"{v1.steps_per_s:,.0f}", f"{v1.p50_ms:.2f}", f"{v1.p99_ms:.2f}",
+                f"{cell.v1.server_cpu_us_per_step * v1.chunk:.0f}", f"{cell.ratio:.2f}",
             )  # fmt: skip
         return [table]
 
@@ -118,13 +123,10 @@ def measure(run: BenchRun, server: ServerProcess) -> KServeV2:
         return KServeV2([], "perf_analyzer is not installed (bash scripts/install_perf_analyzer.sh)")
     config, cells, failed = run.config, [], []
     for chunk in config.chunks:
-        for count in config.triton_sequences:
+        for count in config.v2_sequences:
             run.advance(f"V2 endpoint: perf_analyzer chunk {chunk} x {count}")
             try:
-                v2 = perf_analyzer(
-                    "seqserve", server.target, server.cpu_seconds, count, chunk, run.info.features,
-                    config.triton_window_ms,
-                )  # fmt: skip
+                v2 = perf_served(run, server, count, chunk)
             except (RuntimeError, subprocess.TimeoutExpired) as error:  # one cell lost, not the run
                 failed.append(f"chunk {chunk} x {count}: {error}"[-300:])
                 continue

@@ -168,15 +168,16 @@ def test_kserve_v2_rows_or_the_reason(results: tuple[dict, Path]) -> None:
         assert "perf_analyzer" in section["skipped"]
         return
     config = results[0]["config"]
-    cells = {(row["v2"]["chunk"], row["v2"]["sequences"]) for row in section["rows"]}
+    cells = {(row["v2"]["chunk"], row["v2"]["streams"]) for row in section["rows"]}
     assert cells == {
-        (c, n) for c in (config["small_chunk"], config["large_chunk"]) for n in config["triton_sequences"]
+        (c, n) for c in (config["small_chunk"], config["large_chunk"]) for n in config["v2_sequences"]
     }
     for row in section["rows"]:
         v2, v1 = row["v2"], row["v1"]
         assert v2["server"] == "seqserve" and v2["msgs_per_s"] > 0 and v1["steps_per_s"] > 0
         assert v2["steps_per_s"] == pytest.approx(v2["msgs_per_s"] * v2["chunk"])
-        assert (v1["chunk"], v1["streams"]) == (v2["chunk"], v2["sequences"])
+        assert v2["messages"] > 0 and v2["server_cpu_us_per_step"] > 0  # from the server's own counters
+        assert (v1["chunk"], v1["streams"]) == (v2["chunk"], v2["streams"])
 
 
 def test_generation_rows_cover_every_variant_and_count_with_the_ratio(results: tuple[dict, Path]) -> None:
