@@ -103,7 +103,7 @@ class SequenceTable:
             del self._open[key]
         sequence.pending += 1
         sequence.stream.reading = False
-        task = asyncio.ensure_future(self._run(sequence, sequence.tail, x, end, on_answer))
+        task = asyncio.get_running_loop().create_task(self._run(sequence, sequence.tail, x, end, on_answer))
         if on_answer is None:
             task.add_done_callback(_retrieve)  # the caller may be gone; its error is logged, not lost
         sequence.tail = task
