@@ -69,7 +69,7 @@ def _committed_tree(rev: str, work: Path) -> Path:
     return packages
 
 
-def _command(run: BenchRun, flags: str, repository: Path, work: Path) -> list[str]:
+def variant_command(run: BenchRun, flags: str, repository: Path, work: Path) -> list[str]:
     """seqserve with these flags; `git:REV [flags]` seqserve as committed at REV; `@echo` or `@naive` a
     baseline; `!command line` any server ({repo})."""
     if flags.startswith("@"):
@@ -109,7 +109,7 @@ def main(
         info = write_bench_model(repository, Path(work))
         with contextlib.closing(LoadPool(processes)) as pool, contextlib.ExitStack() as stack:
             run = BenchRun(config, pool, repository, info, "cpu", Path(work) / "logs")
-            commands = {name: _command(run, f, repository, Path(work)) for name, f in variants.items()}
+            commands = {name: variant_command(run, f, repository, Path(work)) for name, f in variants.items()}
             speaks_v2 = {name for name, flags in variants.items() if not flags.startswith(("@", "!"))}
             if naive:
                 commands["naive"] = run.command("naive")
