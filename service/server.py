@@ -41,6 +41,13 @@ REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 # Streams the drain ends after the grace period finish within their current chunk; this bounds the wait.
 _INTERRUPT_WAIT_S = 5.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# grpc core's own hard limit on calls waiting to be accepted (grpc.server.max_pending_requests_hard_limit).
+_GRPC_PENDING_HARD_LIMIT = 3000
+# How long a call may wait in that queue (grpc's default: 30 s, then CANCELLED, counted nowhere). On a
+# saturated loop the aio server accepts a few dozen calls a second, so a burst of opens can wait longer;
+# a client bounds its own wait with a deadline (DEADLINE_EXCEEDED, which it understands); this bound only
+# frees the calls of clients that set none.
+ACCEPT_WAIT_S = 300
 
 
 class ModelHealth:
@@ -168,6 +175,19 @@ def _interceptors(config: ServerConfig) -> list[grpc.aio.ServerInterceptor]:
     return [BearerTokenInterceptor(tokens)]
 
 
+def pending_call_limit(max_streams: int) -> int:
+    """How many calls grpc core may hold that this process has not accepted yet.
+
+    The aio server accepts one call per turn of the event loop, so a burst of stream opens on a busy loop
+    waits in core's pending queue. By default core sheds that queue at random from 1,000 waiting calls
+    (all of them from 3,000): the shed calls end CANCELLED (or INTERNAL, when the client's first write
+    races the reset, grpc/grpc#36066) before any handler sees them, so no metric counts them. Refusing
+    streams is `max_streams`'s job (RESOURCE_EXHAUSTED, counted): core sheds only beyond it, never at
+    random (soft and hard limit equal), and never below its own default hard limit.
+    """
+    return max(max_streams, _GRPC_PENDING_HARD_LIMIT)
+
+
 def _certificates(config: ServerConfig) -> ReloadingCertificates | None:
     if config.tls_cert is None:
         return None
@@ -208,6 +228,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", receive_ceiling(limit)),
             ("grpc.so_reuseport", int(config.reuse_port)),
+            ("grpc.server.max_pending_requests", pending_call_limit(config.max_streams)),
+            ("grpc.server.max_pending_requests_hard_limit", pending_call_limit(config.max_streams)),
+            ("grpc.server_max_unrequested_time_in_server", ACCEPT_WAIT_S),
         ],
     )
     add_service(server, InferenceServicer(engine), SERVICE, limit)
