@@ -9,8 +9,9 @@ the first minute (least squares, MB/min; target < 1), streams left open once all
 be 0), errors on good streams (must be 0), p99 over time.
 
 Overload (`--overload-s`, 60): `--overload-streams` (2,000) streams each send 8-step chunks as fast as the
-server answers (one in flight per stream) on `--overload-clients` client processes. Reported: chunks and
-steps per second, p50/p99, RSS peak, errors on good streams, and that every stream is freed after.
+server answers (one in flight per stream) on `--overload-clients` client processes, one connection per 250
+streams. Reported: chunks and steps per second, p50/p99, RSS peak, errors on good streams, the server's own
+count of outcomes, and that every stream is freed after. `--duration-s 0` runs the overload alone.
 
 The server is a `seqserve serve` subprocess over a seeded GRU (bench/bench_model.py); RSS is read from
 /proc. Writes `<out>/soak.json` and `<out>/soak.png`.
@@ -48,7 +49,10 @@ BAD_MESSAGE_P = 0.05
 CANCEL_P = 0.05
 CLASSIFY_EVERY = 20
 OVERLOAD_CHUNK = 8
-STREAMS_PER_CHANNEL = 250  # one HTTP/2 connection per this many overload streams (50 changed nothing)
+STREAMS_PER_CHANNEL = 250  # one HTTP/2 connection per this many overload streams
+# Channels to one target with the same options share one connection (grpc's global subchannel pool):
+# without this option every overload stream of a process rode one connection whatever the channel count.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 END = pb.StreamRequest(end=pb.StreamEnd()).SerializeToString()
 
 
@@ -258,27 +262,35 @@ async def _overload_stream(channel: grpc.aio.Channel, model: str, until: float, 
     rng = random.Random(seed)
     chunk = _chunk(rng, OVERLOAD_CHUNK)
     call = channel.stream_stream(STREAM)()
+    stage = "opening"
+    chunks = 0
     try:
+        started = time.perf_counter()
         await _open(call, model)
+        out["open_waits"].append(time.perf_counter() - started)  # mostly waiting to be accepted
+        stage = "sending"
         while time.perf_counter() < until:
             started = time.perf_counter()
             await call.write(chunk)
             await call.read()
             out["latencies"].append(time.perf_counter() - started)
+            chunks += 1
+        stage = "ending"
         await _half_close(call, send_end=True)
     except grpc.aio.AioRpcError:
         pass
     code = await call.code()
+    out["without_a_chunk"] += chunks == 0
     if code != grpc.StatusCode.OK:
         out["errors"] += 1
-        stage = "while sending" if time.perf_counter() < until else "at the end"
         if len(out["errors_seen"]) < 10:
-            out["errors_seen"].append(f"{code.name} {stage}: {await call.details()}")
+            out["errors_seen"].append(f"{code.name} while {stage}: {await call.details()}")
 
 
 async def _overload_process(target: str, model: str, streams: int, until: float, seed: int) -> dict:
-    out: dict = {"latencies": [], "errors": 0, "errors_seen": []}
-    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, streams // STREAMS_PER_CHANNEL))]
+    out: dict = {"latencies": [], "open_waits": [], "errors": 0, "errors_seen": [], "without_a_chunk": 0}
+    count = max(1, streams // STREAMS_PER_CHANNEL)
+    channels = [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
     await asyncio.gather(
         *(_overload_stream(channels[i % len(channels)], model, until, seed + i, out) for i in range(streams))
     )
@@ -307,6 +319,7 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
             time.sleep(1.0)
         parts = [p.get() for p in pending]
     latencies = [s for part in parts for s in part["latencies"]]
+    open_waits = [s for part in parts for s in part["open_waits"]]
     chunks_per_s = sum(len(part["latencies"]) / part["window_s"] for part in parts)
     held = asyncio.run(_settled(server))
     return {
@@ -318,6 +331,11 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
         "steps_per_s": round(chunks_per_s * OVERLOAD_CHUNK, 1),
         "p50_ms": round(_p(latencies, 50), 2),
         "p99_ms": round(_p(latencies, 99), 2),
+        # From the first write to the open's answer: on a saturated server, mostly the wait to be accepted.
+        "open_wait_p50_ms": round(_p(open_waits, 50), 1),
+        "open_wait_p99_ms": round(_p(open_waits, 99), 1),
+        "open_wait_max_ms": round(max(open_waits, default=float("nan")) * 1000, 1),
+        "streams_without_a_chunk": sum(part["without_a_chunk"] for part in parts),
         "rss_peak_mb": round(peak, 1),
         "rss_after_mb": round(server.rss_mb(), 1),
         "errors_on_good_streams": sum(part["errors"] for part in parts),
@@ -356,7 +374,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration-s", type=float, default=600.0)
+    parser.add_argument("--duration-s", type=float, default=600.0, help="0 skips the soak")
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--overload-s", type=float, default=60.0, help="0 skips the overload run")
     parser.add_argument("--overload-streams", type=int, default=2000)
@@ -380,16 +398,24 @@ def main(argv: list[str] | None = None) -> dict:
         command = [sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository),
                    "--port", "0", "--metrics-port", "0"]  # fmt: skip
         with running_server(command, args.out / "soak-server.log") as server:
-            log.info("soak: %d streams for %.0f s against %s", args.streams, args.duration_s, server.target)
-            result = {"soak": asyncio.run(soak(server, args.model, args.duration_s, args.streams, args.seed))}
+            result = {}
+            if args.duration_s > 0:
+                log.info(
+                    "soak: %d streams for %.0f s against %s", args.streams, args.duration_s, server.target
+                )
+                result["soak"] = asyncio.run(
+                    soak(server, args.model, args.duration_s, args.streams, args.seed)
+                )
             if args.overload_s > 0:
                 log.info("overload: %d streams for %.0f s", args.overload_streams, args.overload_s)
                 result["overload"] = overload(
                     server, args.model, args.overload_s, args.overload_streams, args.overload_clients
                 )
     (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.out / "soak.png")
-    summary = {k: v for k, v in result["soak"].items() if k != "samples"}
+    summary = None
+    if "soak" in result:
+        plot(result, args.out / "soak.png")
+        summary = {k: v for k, v in result["soak"].items() if k != "samples"}
     print(json.dumps({"soak": summary, "overload": result.get("overload")}, indent=2))
     return result
 
