@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import re
@@ -143,8 +142,7 @@ def main(
                 command = variant_command(run, spec, work / "repository", work)
                 if not spec.startswith(("@", "!")):
                     command = [*command, "--inline-max-us", "1e9"]
-                with contextlib.suppress(KeyboardInterrupt):
-                    rows.append(_count(command, chunk, info.features, messages, work, name))
+                rows.append(_count(command, chunk, info.features, messages, work, name))
                 console.print(json.dumps(rows[-1]))
     table = Table(title="instructions per message (callgrind, whole server process, 1 stream)")
     for column in ("chunk", "server", "instructions/msg", "libpython", "onnxruntime", "cygrpc", "numpy"):

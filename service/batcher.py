@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.predictions import softmax
 from seqserve.service.errors import InferenceFailed
 from seqserve.service.metrics import ModelMetrics
 from seqserve.service.runtime import ModelRuntime
@@ -48,13 +49,6 @@ log = logging.getLogger(__name__)
 # Failed calls in a row before a version counts as not serving: one bad call is the rows' bad luck (or
 # bad input that onnxruntime refused), three in a row is the model.
 FAILURES_BEFORE_NOT_SERVING = 3
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Over the last axis (the classes), float32 like the logits."""
-    scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores
 
 
 class _CallScores:

@@ -79,9 +79,7 @@ class HotHistogram:
         self._buckets[bisect_left(self._bounds, amount)].inc(1)  # the first bound >= amount
 
 
-def _sample(child: Counter | Histogram | HotCounter | HotHistogram, suffix: str) -> float:
-    if isinstance(child, HotCounter | HotHistogram):
-        child = child.child
+def _sample(child: Counter | Histogram, suffix: str) -> float:
     for family in child.collect():
         for sample in family.samples:
             if sample.name.endswith(suffix):
@@ -109,10 +107,10 @@ class ModelMetrics:
 
     def totals(self) -> ModelTotals:
         return ModelTotals(
-            rows=int(_sample(self.queue, "_count")),
-            calls=int(_sample(self.inference, "_count")),
-            queue_s=_sample(self.queue, "_sum"),
-            compute_s=_sample(self.row_compute, "_total"),
+            rows=int(_sample(self.queue.child, "_count")),
+            calls=int(_sample(self.inference.child, "_count")),
+            queue_s=_sample(self.queue.child, "_sum"),
+            compute_s=_sample(self.row_compute.child, "_total"),
         )
 
 

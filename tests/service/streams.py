@@ -28,6 +28,15 @@ def chunk_request(x: np.ndarray, steps: int | None = None) -> pb.StreamRequest:
 END = pb.StreamRequest(end=pb.StreamEnd())
 
 
+async def end_ok(call: grpc.aio.StreamStreamCall) -> pb.StreamEnded:
+    """Send end, half-close, read StreamEnded; the stream must finish OK."""
+    await call.write(END)
+    await call.done_writing()
+    ended = (await call.read()).ended
+    assert await call.code() == grpc.StatusCode.OK
+    return ended
+
+
 @dataclass
 class Outcome:
     """Everything the server sent on one stream, and the status it ended with."""

@@ -15,7 +15,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .reference import Offline
-from .streams import END, Outcome, chunk_request, drive, open_request
+from .streams import END, Outcome, chunk_request, drive, end_ok, open_request
 
 MODEL = "jv-gru"
 FEATURES = 12
@@ -40,10 +40,7 @@ async def _bystander(stub: pb_grpc.InferenceServiceStub, x: np.ndarray, halfway:
             await resume.wait()
         await call.write(chunk_request(part))
         await call.read()
-    await call.write(END)
-    await call.done_writing()
-    ended = (await call.read()).ended
-    assert await call.code() == grpc.StatusCode.OK
+    ended = await end_ok(call)
     return np.array([ended.final_results[0].scores])
 
 

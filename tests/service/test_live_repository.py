@@ -24,7 +24,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .reference import Offline
-from .streams import END, chunk_request, open_request
+from .streams import END, chunk_request, end_ok, open_request
 
 POLL_S = 0.05
 Status = health_pb2.HealthCheckResponse
@@ -81,10 +81,7 @@ async def _whole_stream(stub: pb_grpc.InferenceServiceStub, model: str, x: np.nd
     for part in np.array_split(x, 2):
         await call.write(chunk_request(part))
         await call.read()
-    await call.write(END)
-    await call.done_writing()
-    ended = (await call.read()).ended
-    assert await call.code() == grpc.StatusCode.OK
+    ended = await end_ok(call)
     return opened.model.version, np.array([ended.final_results[0].scores])
 
 

@@ -17,7 +17,7 @@ from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .reference import Offline
-from .streams import END, chunk_request, open_request
+from .streams import END, chunk_request, end_ok, open_request
 from .wire import METHODS, call_raw
 
 # Watch answers a valid request by watching forever: it is covered by the bad-bytes test instead.
@@ -100,10 +100,7 @@ async def _good_streams(target: str, offline: Offline, stop: asyncio.Event) -> i
             for part in np.array_split(x, min(3, len(x))):
                 await call.write(chunk_request(part))
                 await call.read()
-            await call.write(END)
-            await call.done_writing()
-            ended = (await call.read()).ended
-            assert await call.code() == grpc.StatusCode.OK
+            ended = await end_ok(call)
             np.testing.assert_allclose(
                 [ended.final_results[0].scores], offline.scores("jv-gru", x), atol=1e-5
             )
