@@ -9,6 +9,7 @@ for many-to-one models ([batch, ...]). Validation of what a client sent lives he
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,7 +256,8 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
         config.sequence_batching.max_sequence_idle_microseconds = round(idle_timeout_s * 1_000_000)
     config.parameters["seqserve.task"].string_value = info.task
     config.parameters["seqserve.cell"].string_value = info.cell
-    config.parameters["seqserve.labels"].string_value = ",".join(info.labels)
+    # JSON, not a comma-joined string: a label may hold a comma.
+    config.parameters["seqserve.labels"].string_value = json.dumps(info.labels, ensure_ascii=False)
     return config
 
 
