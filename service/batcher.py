@@ -175,13 +175,20 @@ class Batcher:
     async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None) -> RowResult:
         """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call; `stream`
         (any hashable, None for one-off rows) tells rows of the same client apart."""
+        return await self.submit(x, states, stream)
+
+    def submit(
+        self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None
+    ) -> asyncio.Future[RowResult]:
+        """`infer` without a coroutine: the row is queued at once and the future ends with its answer, so
+        a caller may take it in a done callback and spare the event loop a task per row."""
         future = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
         if stream is not None:
             self._last_row_at[stream] = now
         self._pending.append(_Row(x, states, future, now))
         self._maybe_dispatch()
-        return await future
+        return future
 
     def forget(self, stream: object) -> None:
         """A stream has ended: stop waiting for its rows (else each restart of a short sequence leaves a

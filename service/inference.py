@@ -56,7 +56,10 @@ class InferenceEngine:
         self.config = config
         # Triton-style sequences: streams of the same store, named by the client's id, one request each.
         self.sequences = SequenceTable(
-            store, lambda model: store.open(model, self.idle_timeout_s(0), current_caller()), self.chunk
+            store,
+            lambda model: store.open(model, self.idle_timeout_s(0), current_caller()),
+            self.start_chunk,
+            self.finish_chunk,
         )
         self.keys = keys
         self.metrics = metrics
@@ -196,6 +199,13 @@ class InferenceEngine:
     async def chunk(self, stream: StreamState, x: np.ndarray) -> RowResult | None:
         """The chunk's answer, or None for a non-streamable model, which buffers until end. When the
         stream's checkpoint interval is due, `stream.checkpoint` holds a token covering this chunk."""
+        row = self.start_chunk(stream, x)
+        return None if row is None else self.finish_chunk(stream, x.shape[0], await row)
+
+    def start_chunk(self, stream: StreamState, x: np.ndarray) -> asyncio.Future[RowResult] | None:
+        """`chunk`'s first half, synchronous: count the chunk and queue its row in the batcher (None: a
+        non-streamable model buffered it). The caller hands the row's answer to `finish_chunk`, awaited or
+        in a done callback (a sequence request, which no task waits for: sequences.py)."""
         stream.checkpoint = None
         stream.chunks += 1
         model = stream.model
@@ -204,9 +214,13 @@ class InferenceEngine:
         if not model.streamable:
             self._buffer(stream, x)
             return None
-        result = await model.batcher.infer(x, stream.states, stream)
+        return model.batcher.submit(x, stream.states, stream)
+
+    def finish_chunk(self, stream: StreamState, steps: int, result: RowResult) -> RowResult:
+        """`chunk`'s second half: the answer of the row (of `steps` steps) becomes the stream's state and
+        latest answer."""
         stream.states = result.states
-        stream.steps += x.shape[0]
+        stream.steps += steps
         stream.last = result
         every = stream.options.checkpoint_every_chunks
         if every and stream.chunks % every == 0:

@@ -5,12 +5,15 @@ request at a time, with many sequences interleaved on one gRPC stream or spread 
 maps (model version, sequence id) to a stream of the one StateStore, so a sequence has the same limits,
 idle timeout, metrics and drain as any other stream, and runs through the same batcher.
 
-Order: `submit` is synchronous and chains each request behind the sequence's previous one, so requests
-are answered in the order they were submitted whatever task awaits them, while requests of different
-sequences run concurrently and share batcher calls. Each request runs as its own task: a caller that goes
-away (a cancelled RPC) does not leave a chunk half applied. A caller that streams answers passes
-`on_answer`, which that task calls with the outcome as it ends, so the caller needs no task or done
-callback of its own per request (each costs the event loop another turn).
+Order: `submit` is synchronous. A sequence with no request in the batcher queues the new one's row at once;
+otherwise the request waits in the sequence's own queue and goes to the batcher when the one before it is
+answered. So requests are answered in the order they were submitted, while requests of different sequences
+run concurrently and share batcher calls.
+
+No task per request: the row's answer is taken in a done callback of its batcher future, which applies it
+to the stream and hands the outcome to the caller's `on_answer` (a task, and the coroutine layers it
+resumes, cost the event loop two more turns per request). A request runs to its end whatever its caller
+does, so a caller that goes away (a cancelled RPC) never leaves a chunk half applied.
 
 Ends: `sequence_end` frees the stream after its answer. No handler waits in a read for a sequence, so the
 store's idle timer (and the drain) end an idle sequence through `StreamState.evict`, which frees it here.
@@ -19,9 +22,10 @@ store's idle timer (and the drain) end an idle sequence through `StreamState.evi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +43,7 @@ SequenceId = int | str
 # (model version, sequence id, caller): each bearer token has its own sequence ids, so one client can neither
 # continue nor end another's sequence, and two clients that both pick id 1 do not collide.
 SequenceKey = tuple[str, SequenceId, str | None]
-# Called in the request's task as it ends: (its answer, None), or (None, the error it ended with).
+# Called on the event loop as the request ends: (its answer, None), or (None, the error it ended with).
 OnAnswer = Callable[[Any, BaseException | None], None]
 # How many ended sequences are remembered, so a late request learns why its sequence is gone.
 _REMEMBERED_ENDS = 4096
@@ -47,11 +51,18 @@ _END_WORDS = {IDLE_TIMEOUT: "was ended by the idle timeout", "shutdown": "was en
 
 
 @dataclass(eq=False, slots=True)
+class _Request:
+    x: np.ndarray
+    end: bool
+    on_answer: OnAnswer
+
+
+@dataclass(eq=False, slots=True)
 class Sequence:
     key: SequenceKey
     stream: StreamState
-    tail: asyncio.Future | None = None  # the latest submitted request; the next one waits for it
-    pending: int = 0
+    running: bool = False  # one of its requests is in the batcher
+    waiting: deque[_Request] | None = None  # the requests behind it, in order (made when first needed)
 
 
 class SequenceTable:
@@ -59,11 +70,13 @@ class SequenceTable:
         self,
         store: StateStore,
         open_stream: Callable[[ServedModel], StreamState],
-        run_chunk: Callable[[StreamState, np.ndarray], Awaitable[RowResult | None]],
+        start_chunk: Callable[[StreamState, np.ndarray], asyncio.Future[RowResult] | None],
+        finish_chunk: Callable[[StreamState, int, RowResult], RowResult],
     ) -> None:
         self.store = store
         self._open_stream = open_stream
-        self._run_chunk = run_chunk
+        self._start_chunk = start_chunk
+        self._finish_chunk = finish_chunk
         self._open: dict[SequenceKey, Sequence] = {}
         self._ended: OrderedDict[SequenceKey, str] = OrderedDict()
 
@@ -78,10 +91,10 @@ class SequenceTable:
         start: bool,
         end: bool,
         x: np.ndarray,
-        on_answer: OnAnswer | None = None,
-    ) -> asyncio.Future[RowResult]:
-        """Queue one request of a sequence behind its previous one; refuse what is out of order at once.
-        With `on_answer` the outcome goes there (the returned task then ends with None, never an error)."""
+        on_answer: OnAnswer,
+    ) -> None:
+        """Queue one request of a sequence behind its previous one, its outcome to `on_answer`; refuse what
+        is out of order at once (raises)."""
         if not model.streamable:
             raise OutOfOrder(
                 f"model {model.key} is bidirectional and cannot run a sequence chunk by chunk; send the "
@@ -101,13 +114,14 @@ class SequenceTable:
         if end:
             # The id is free for a new sequence at once; this one closes after its last answer.
             del self._open[key]
-        sequence.pending += 1
+        request = _Request(x, end, on_answer)
+        if sequence.running:
+            if sequence.waiting is None:
+                sequence.waiting = deque()
+            sequence.waiting.append(request)
+            return
         sequence.stream.reading = False
-        task = asyncio.get_running_loop().create_task(self._run(sequence, sequence.tail, x, end, on_answer))
-        if on_answer is None:
-            task.add_done_callback(_retrieve)  # the caller may be gone; its error is logged, not lost
-        sequence.tail = task
-        return task
+        self._run(sequence, request)
 
     def _start(self, model: ServedModel, key: SequenceKey) -> Sequence:
         stream = self._open_stream(model)
@@ -119,41 +133,48 @@ class SequenceTable:
         self._ended.pop(key, None)
         return sequence
 
-    async def _run(
-        self,
-        sequence: Sequence,
-        previous: asyncio.Future | None,
-        x: np.ndarray,
-        end: bool,
-        on_answer: OnAnswer | None,
-    ) -> RowResult | None:
+    def _run(self, sequence: Sequence, request: _Request) -> None:
+        sequence.running = True
+        try:
+            row = self._start_chunk(sequence.stream, request.x)
+        except Exception as error:  # noqa: BLE001 - the request's own outcome, as from the batcher
+            self._answered(sequence, request, None, error)
+            return
+        row.add_done_callback(functools.partial(self._row_done, sequence, request))
+
+    def _row_done(self, sequence: Sequence, request: _Request, row: asyncio.Future[RowResult]) -> None:
+        if row.cancelled():
+            self._answered(sequence, request, None, asyncio.CancelledError())
+        elif (error := row.exception()) is not None:
+            self._answered(sequence, request, None, error)
+        else:
+            try:
+                result = self._finish_chunk(sequence.stream, request.x.shape[0], row.result())
+            except Exception as failed:  # noqa: BLE001
+                self._answered(sequence, request, None, failed)
+            else:
+                self._answered(sequence, request, result, None)
+
+    def _answered(
+        self, sequence: Sequence, request: _Request, result: RowResult | None, error: BaseException | None
+    ) -> None:
+        """Tell the caller, then run the sequence's next request or mark it idle; the bookkeeping runs
+        whatever the caller's callback does, so a sequence is never left stuck."""
         stream = sequence.stream
         try:
-            if previous is not None and not previous.done():  # asyncio.wait costs a set and callbacks
-                await asyncio.wait([previous])
-            result = await self._run_chunk(stream, x)
-        except asyncio.CancelledError as error:  # the caller still learns that the request is over
-            if on_answer is not None:
-                on_answer(None, error)
-            raise
-        except Exception as error:
-            if on_answer is None:
-                raise
-            on_answer(None, error)
-            return None
-        else:
-            if on_answer is not None:
-                on_answer(result, None)
-            return result
+            request.on_answer(result, error)
         finally:
-            sequence.pending -= 1
-            if end:
+            if request.end:
                 self.store.close(stream, "completed")
-            elif sequence.pending == 0 and not stream.closed:
-                stream.last_seen = asyncio.get_running_loop().time()
-                stream.reading = True
-                if stream.interrupted is not None:  # the drain asked while a request ran
-                    self._evict(sequence, stream.interrupted)
+            elif sequence.waiting:
+                self._run(sequence, sequence.waiting.popleft())
+            else:
+                sequence.running = False
+                if not stream.closed:
+                    stream.last_seen = asyncio.get_running_loop().time()
+                    stream.reading = True
+                    if stream.interrupted is not None:  # the drain asked while a request ran
+                        self._evict(sequence, stream.interrupted)
 
     def _evict(self, sequence: Sequence, reason: str) -> None:
         if self._open.get(sequence.key) is sequence:
@@ -175,8 +196,3 @@ class SequenceTable:
             f"sequence {sequence_id!r} of model {model.key} is not open: it was never started or has "
             "ended; its first request must carry sequence_start"
         )
-
-
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("sequence request failed: %s", task.exception())

@@ -60,8 +60,8 @@ Answered = Callable[["_Admitted", Any, BaseException | None], None]
 
 @dataclass(slots=True)
 class _Admitted:
-    """A request that passed validation and was handed to the engine; `pending` ends with its answer (or
-    with None when the answer went to the stream's `Answered` callback)."""
+    """A request that passed validation and was handed to the engine. Its outcome goes to the stream's
+    `Answered` callback, or without one to `pending`, which `response` awaits (a unary call)."""
 
     request: pb.ModelInferRequest
     model: ServedModel
@@ -82,9 +82,18 @@ class _Admitted:
         self.answered()
         return response
 
+    def settle(self, answer: Any, error: BaseException | None) -> None:
+        """A sequence request's outcome into `pending` (its caller may have gone: then nobody reads it)."""
+        if self.pending.done():
+            return
+        if error is not None:
+            self.pending.set_exception(error)
+        else:
+            self.pending.set_result(answer)
+
     async def response(self) -> pb.ModelInferResponse:
-        # A sequence request runs to its end even if this caller is cancelled: its state stays whole.
-        answer = await (asyncio.shield(self.pending) if self.in_sequence else self.pending)
+        # A cancelled caller cancels only `pending`: a sequence request runs to its end, its state whole.
+        answer = await self.pending
         response = converters.infer_response(self.request, self.model, self.rows(answer), self.outputs)
         self.answered()
         return response
@@ -116,11 +125,12 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         outputs = converters.requested_outputs(request, model)
         admitted = _Admitted(request, model, outputs, in_sequence, received)
         if in_sequence:
-            # The sequence's own task reports the outcome: no further task or callback per request.
-            on_answer = None if answered is None else functools.partial(answered, admitted)
-            admitted.pending = self.engine.sequences.submit(
-                model, control.sequence_id, control.start, control.end, x[0], on_answer
-            )
+            if answered is None:
+                admitted.pending = asyncio.get_running_loop().create_future()
+                on_answer = admitted.settle
+            else:
+                on_answer = functools.partial(answered, admitted)
+            self.engine.sequences.submit(model, control.sequence_id, control.start, control.end, x[0], on_answer)
         else:
             admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
             if answered is not None:
