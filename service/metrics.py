@@ -247,5 +247,5 @@ class ServiceMetrics:
     def request_done(self, rpc: str, code: str) -> None:
         count = self._request_counts.get((rpc, code))
         if count is None:
-            count = self._request_counts[(rpc, code)] = self.requests.labels(rpc, code)
-        count.inc()
+            count = self._request_counts[(rpc, code)] = HotCounter(self.requests.labels(rpc, code)).inc
+        count(1)

@@ -17,6 +17,7 @@ renames a finished folder into place): a changed version is not reloaded, remove
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -50,11 +51,12 @@ class ServedModel:
     open_generations: int = 0  # of those, Generate calls still stepping (service/generation.py)
     retired: bool = False
 
-    @property
+    # Cached: read per request, and the runtime's info never changes.
+    @functools.cached_property
     def key(self) -> str:
         return f"{self.runtime.info.name}:{self.runtime.info.version}"
 
-    @property
+    @functools.cached_property
     def streamable(self) -> bool:
         return self.runtime.info.streamable
 

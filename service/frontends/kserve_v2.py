@@ -130,7 +130,8 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 on_answer = admitted.settle
             else:
                 on_answer = functools.partial(answered, admitted)
-            self.engine.sequences.submit(model, control.sequence_id, control.start, control.end, x[0], on_answer)
+            sequence_id, start, end = control
+            self.engine.sequences.submit(model, sequence_id, start, end, x[0], on_answer)
         else:
             admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
             if answered is not None:
@@ -208,15 +209,16 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
 class _InferStream:
     """One ModelStreamInfer RPC: read requests in order; each answer is rendered when the engine is done
-    with it and queued for the one writer task, so no task waits per request."""
+    with it and queued for the one writer task, so no task waits per request. The two tasks sleep on bare
+    futures (`_writable`, `_room`) that the other side resolves: an asyncio.Event costs each answer two more
+    Python calls and a waiter list."""
 
     def __init__(self, servicer: KServeV2Servicer, context: grpc.aio.ServicerContext) -> None:
         self.servicer = servicer
         self.context = context
         self._outbox: deque[tuple[pb.ModelStreamInferResponse, str]] = deque()
-        self._wake = asyncio.Event()  # something to write, or the reading is over
-        self._room = asyncio.Event()  # fewer than MAX_IN_FLIGHT_PER_STREAM requests in the engine
-        self._room.set()
+        self._writable: asyncio.Future | None = None  # the writer sleeps on it: something to write, or done
+        self._room: asyncio.Future | None = None  # the reader sleeps on it at MAX_IN_FLIGHT_PER_STREAM
         self._in_engine = 0
         self._reading = True
 
@@ -225,16 +227,17 @@ class _InferStream:
         try:
             await self._read_all()
             self._reading = False
-            self._wake.set()
+            self._wake_writer()
             await writer
         finally:
             writer.cancel()  # the client went away: the answers still coming have nowhere to go
 
     async def _read_all(self) -> None:
-        read = self.context.read
+        read, admit, answered = self.context.read, self.servicer.admit, self._answered
         while True:
-            if not self._room.is_set():
-                await self._room.wait()
+            if self._in_engine >= MAX_IN_FLIGHT_PER_STREAM:
+                self._room = asyncio.get_running_loop().create_future()
+                await self._room
             try:
                 request = await read()
             except ServiceError as error:  # bytes that do not parse: no id to answer, the stream goes on
@@ -243,19 +246,19 @@ class _InferStream:
             if request is grpc.aio.EOF:
                 return
             try:
-                self.servicer.admit(request, self._answered)
+                admit(request, answered)
             except ServiceError as error:
                 self._refuse(request, error)
                 continue
             self._in_engine += 1
-            if self._in_engine >= MAX_IN_FLIGHT_PER_STREAM:
-                self._room.clear()
 
     def _answered(self, admitted: _Admitted, answer: Any, error: BaseException | None) -> None:
         self._in_engine -= 1
-        self._room.set()
+        if self._room is not None:
+            self._room.set_result(None)
+            self._room = None
         if isinstance(error, asyncio.CancelledError):
-            self._wake.set()
+            self._wake_writer()
             return
         if error is None:
             try:
@@ -277,17 +280,24 @@ class _InferStream:
 
     def _put(self, response: pb.ModelStreamInferResponse, code: str) -> None:
         self._outbox.append((response, code))
-        self._wake.set()
+        if self._writable is not None:
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():  # done: the writer was cancelled
+            writable.set_result(None)
 
     async def _write_all(self) -> None:
         """grpc.aio takes one write at a time per call: this task makes them all, in the order answered."""
-        write, done = self.context.write, self.servicer.metrics.request_done
-        while self._outbox or self._reading or self._in_engine:
-            if not self._outbox:
-                self._wake.clear()
-                await self._wake.wait()
+        write, done, outbox = self.context.write, self.servicer.metrics.request_done, self._outbox
+        loop = asyncio.get_running_loop()
+        while outbox or self._reading or self._in_engine:
+            if not outbox:
+                self._writable = loop.create_future()
+                await self._writable
                 continue
-            response, code = self._outbox.popleft()
+            response, code = outbox.popleft()
             await write(response)
             done(STREAM_RESPONSE, code)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from seqserve.contract import INPUT_X, OUTPUT_LOGITS
 from seqserve.service.batcher import RowResult
 from seqserve.service.errors import InvalidChunk, LimitExceeded
+from seqserve.service.frontends.values import all_finite
 from seqserve.service.metrics import ModelTotals
 from seqserve.service.repository import ServedModel
 from seqserve.service.sequences import SequenceId
@@ -35,13 +36,15 @@ _ROW_FIELDS = {OUTPUT_LOGITS: "logits", OUTPUT_LABEL: "labels", OUTPUT_SCORES: "
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64}
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceControl:
+class SequenceControl(NamedTuple):
     """The sequence extension's request parameters; `sequence_id` None is a stateless, whole sequence."""
 
     sequence_id: SequenceId | None
     start: bool
     end: bool
+
+
+_STATELESS = SequenceControl(None, False, False)
 
 
 def version_number(text: str) -> int:
@@ -56,6 +59,8 @@ def version_number(text: str) -> int:
 def sequence_control(request: pb.ModelInferRequest) -> SequenceControl:
     # One map lookup per parameter (`get`): each lookup on a protobuf map builds a wrapper object.
     params = request.parameters
+    if not params:
+        return _STATELESS
     sequence_id: SequenceId | None = None
     param = params.get("sequence_id")
     if param is not None:
@@ -89,15 +94,15 @@ def input_array(
 ) -> np.ndarray:
     """float32 [batch, steps, features] from the request's one input; anything off raises what and why."""
     inputs = request.inputs
-    if len(inputs) != 1 or inputs[0].name != INPUT_X:
+    tensor = inputs[0] if len(inputs) == 1 else None
+    if tensor is None or tensor.name != INPUT_X:
         names = ", ".join(repr(t.name) for t in inputs) or "none"
         raise InvalidChunk(f"request has inputs {names}; model {model.key} takes one input {INPUT_X!r}")
-    tensor = inputs[0]
     features = model.runtime.info.features
     shape = tensor.shape[:]  # a list: a slice copies the repeated field at once, not value by value
     if tensor.datatype != "FP32":
         raise InvalidChunk(f"input x has datatype {tensor.datatype}; model {model.key} expects FP32")
-    if len(shape) != 3 or shape[2] != features or min(shape) < 1:
+    if len(shape) != 3 or shape[2] != features or shape[0] < 1 or shape[1] < 1:
         raise InvalidChunk(
             f"input x has shape {shape}; model {model.key} expects [batch, steps, {features}] "
             "with batch and steps >= 1"
@@ -109,7 +114,7 @@ def input_array(
     if max_steps is not None and shape[1] > max_steps:
         raise LimitExceeded(f"input x has {shape[1]} steps, the server's limit per request is {max_steps}")
     x = _values(request, tensor, shape)
-    if not np.isfinite(x).all():
+    if not all_finite(x):
         row, step, feature = np.argwhere(~np.isfinite(x))[0].tolist()
         raise InvalidChunk(
             f"input x has {x[row, step, feature]} at batch {row}, step {step}, feature {feature}; "
@@ -136,7 +141,10 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
 
 def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> tuple[str, ...]:
     """The outputs the client named, in its order; none named means all of them, as Triton does."""
-    names = tuple(output.name for output in request.outputs) or OUTPUTS
+    outputs = request.outputs
+    if not outputs:
+        return OUTPUTS
+    names = tuple([output.name for output in outputs])
     for name in names:
         if name not in _DATATYPES:
             raise InvalidChunk(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from seqserve.service import generation
 from seqserve.service.batcher import RowResult
 from seqserve.service.checkpoints import IssuedCheckpoint
 from seqserve.service.errors import InvalidChunk, LimitExceeded, ServiceError
+from seqserve.service.frontends.values import all_finite
 from seqserve.service.repository import ServedModel
 from seqserve.service.state import StreamOptions, StreamState
 from seqserve.v1 import seqserve_pb2 as pb
@@ -42,12 +41,6 @@ def values_array(
         if all_finite(x):
             return x
     raise _problem(steps, values, model, f"{kind} {index}", max_steps)
-
-
-def all_finite(x: np.ndarray) -> bool:
-    """No NaN or infinity in x. One reduction on the common path: a sum is finite when every value is,
-    unless finite values overflow it, and then the exact check decides."""
-    return math.isfinite(x.sum()) or bool(np.isfinite(x).all())
 
 
 def _problem(steps: int, values: bytes, model: ServedModel, what: str, max_steps: int | None) -> ServiceError:
