@@ -143,17 +143,13 @@ class SequenceTable:
         row.add_done_callback(functools.partial(self._row_done, sequence, request))
 
     def _row_done(self, sequence: Sequence, request: _Request, row: asyncio.Future[RowResult]) -> None:
-        if row.cancelled():
-            self._answered(sequence, request, None, asyncio.CancelledError())
-        elif (error := row.exception()) is not None:
-            self._answered(sequence, request, None, error)
-        else:
+        result, error = outcome(row)
+        if error is None:
             try:
-                result = self._finish_chunk(sequence.stream, request.x.shape[0], row.result())
-            except Exception as failed:  # noqa: BLE001
-                self._answered(sequence, request, None, failed)
-            else:
-                self._answered(sequence, request, result, None)
+                result = self._finish_chunk(sequence.stream, request.x.shape[0], result)
+            except Exception as failed:  # noqa: BLE001 - this request's outcome, the sequence goes on
+                result, error = None, failed
+        self._answered(sequence, request, result, error)
 
     def _answered(
         self, sequence: Sequence, request: _Request, result: RowResult | None, error: BaseException | None
@@ -196,3 +192,11 @@ class SequenceTable:
             f"sequence {sequence_id!r} of model {model.key} is not open: it was never started or has "
             "ended; its first request must carry sequence_start"
         )
+
+
+def outcome(done: asyncio.Future) -> tuple[Any, BaseException | None]:
+    """A finished future as (its result, None) or (None, the error it ended with, CancelledError too)."""
+    if done.cancelled():
+        return None, asyncio.CancelledError()
+    error = done.exception()
+    return (None, error) if error is not None else (done.result(), None)

@@ -31,6 +31,7 @@ from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.inference import InferenceEngine
 from seqserve.service.metrics import ServiceMetrics
 from seqserve.service.repository import ServedModel
+from seqserve.service.sequences import outcome
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,6 @@ class _Admitted:
         return response
 
 
-def _outcome(done: asyncio.Future) -> tuple[Any, BaseException | None]:
-    if done.cancelled():
-        return None, asyncio.CancelledError()
-    error = done.exception()
-    return (None, error) if error is not None else (done.result(), None)
-
-
 class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     """Registered through `registration.add_service`: requests arrive parsed, errors are mapped there."""
 
@@ -135,7 +129,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         else:
             admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
             if answered is not None:
-                admitted.pending.add_done_callback(lambda done: answered(admitted, *_outcome(done)))
+                admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
         return admitted
 
     def _model(self, name: str, version: str) -> ServedModel:
