@@ -49,7 +49,9 @@ def main(
                 for index in range(rounds):
                     pair = {}
                     for every in (0, 16) if index % 2 == 0 else (16, 0):
-                        served = run.served(server, f"every {every}", "stream", streams, chunk, every=every)
+                        served = run.served(
+                            server, f"every {every}", "stream", streams, chunk, checkpoint_every_chunks=every
+                        )
                         pair[f"every{every}_steps_per_s"] = served.load.steps_per_s
                         pair[f"every{every}_cpu_us_per_step"] = served.server_cpu_us_per_step
                     figures.setdefault(f"chunk{chunk}", []).append(pair)

@@ -51,6 +51,8 @@ class LoadSpec:
     streams_per_channel: int = STREAMS_PER_CHANNEL
     # A signed state checkpoint with every Nth chunk's answer (0: none); the server needs a state key.
     checkpoint_every_chunks: int = 0
+    # Ask for every class's score with each answer, not only the label (what perf_analyzer's V2 rows get).
+    include_scores: bool = False
 
 
 @dataclass
@@ -104,6 +106,7 @@ class _Requests:
             model=spec.model,
             idle_timeout_ms=spec.idle_timeout_ms,
             checkpoint_every_chunks=spec.checkpoint_every_chunks,
+            include_scores=spec.include_scores,
         )
         self.open = pb.StreamRequest(open=stream_open).SerializeToString()
         chunk = pb.StreamChunk(steps=spec.chunk, values=_values(spec.chunk, spec.features, seed=1))

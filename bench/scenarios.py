@@ -58,6 +58,7 @@ class BenchConfig:
     triton_window_ms: int = 1500
     # seqserve's own V2 endpoint (bench/kserve_v2.py) has no such limit: issue 16's target is at 64.
     v2_sequences: tuple[int, ...] = (1, 16, 64)
+    v2_target_sequences: int = 64  # measured `ratio_rounds` times, the order alternated
     # Generation rows (bench/generation.py): concurrent generations, characters each, the model's hidden
     # size. The ratio concurrency's generate / client-loop pair runs `ratio_rounds` times, alternated.
     generation_counts: tuple[int, ...] = (1, 16, 64)
@@ -74,10 +75,12 @@ class BenchConfig:
 
     def scenario_count(self) -> int:
         """For the progress bar: ceiling, echo, naive and seqserve grids, ratio rounds, idle, workers,
-        Triton, the KServe V2 rows (two steps a cell), checkpoints."""
+        Triton, the KServe V2 rows (a step a round), checkpoints."""
         grids = 2 * 2 * len(self.stream_counts)
         rounds = len(fields(RatioRound)) * self.ratio_rounds
-        v2 = 2 * 2 * len(self.v2_sequences)
+        v2 = 2 * (
+            len(self.v2_sequences) + (self.ratio_rounds - 1) * (self.v2_target_sequences in self.v2_sequences)
+        )
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
         return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2 + checkpoints + generation
@@ -204,9 +207,8 @@ class BenchRun:
     logs: Path
     advance: Callable[[str], None] = field(default=lambda name: None)
 
-    def _spec(
-        self, target: str, mode: str, streams: int, chunk: int = 1, per_channel: int = 100, every: int = 0
-    ) -> LoadSpec:
+    def _spec(self, target: str, mode: str, streams: int, chunk: int = 1, **options) -> LoadSpec:
+        """`options`: other LoadSpec fields (streams_per_channel, checkpoint_every_chunks, include_scores)."""
         return LoadSpec(
             target=target,
             model=BENCH_MODEL,
@@ -218,8 +220,7 @@ class BenchRun:
             warmup_s=self.config.warmup_s,
             duration_s=self.config.duration_s,
             idle_timeout_ms=IDLE_TIMEOUT_MS,
-            streams_per_channel=per_channel,
-            checkpoint_every_chunks=every,
+            **options,
         )
 
     def command(self, kind: str, repository: Path | None = None) -> list[str]:
@@ -267,8 +268,7 @@ class BenchRun:
         mode: str,
         streams: int,
         chunk: int,
-        per_channel: int = 100,
-        every: int = 0,
+        **options,
     ) -> ServedFigures:
         """One load scenario; the server's CPU time and metrics are read as the window opens and closes."""
 
@@ -276,7 +276,7 @@ class BenchRun:
             metrics = scrape(server.metrics_url) if server.metrics_url else {}
             return server.cpu_seconds(), server.thread_cpu_seconds(), metrics
 
-        spec = self._spec(server.target, mode, streams, chunk, per_channel, every)
+        spec = self._spec(server.target, mode, streams, chunk, **options)
         load, before, after = self.pool.run(spec, probe)
         (cpu_before, threads_before, metrics_before), (cpu_after, threads_after, metrics_after) = (
             before,
@@ -325,7 +325,9 @@ class BenchRun:
                 for chunk in self.config.chunks:
                     self.advance(f"seqserve --workers {count}: chunk {chunk} x {streams}")
                     name = f"seqserve --workers {count}"
-                    figures.append(self.served(server, name, "stream", streams, chunk, per_channel))
+                    figures.append(
+                        self.served(server, name, "stream", streams, chunk, streams_per_channel=per_channel)
+                    )
         return figures
 
     def checkpoints(self) -> CheckpointFigures:
@@ -341,7 +343,9 @@ class BenchRun:
             for chunk in self.config.chunks:
                 for every in CHECKPOINT_EVERY:
                     self.advance(f"checkpoint every {every}: chunk {chunk} x {streams}")
-                    figures = self.served(server, f"every {every}", "stream", streams, chunk, every=every)
+                    figures = self.served(
+                        server, f"every {every}", "stream", streams, chunk, checkpoint_every_chunks=every
+                    )
                     rows.append((every, figures))
             self.advance("checkpoint token and resume time")
             probe = asyncio.run(measure_resume(server.target, BENCH_MODEL, self.info.features))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -179,6 +180,8 @@ class PerfFigures:
     p99_ms: float
     server_cpu_us_per_step: float
     load_average: float
+    # perf_analyzer's own CPU over its whole run (it shares the box's cores with the server).
+    client_cpu_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,11 +210,11 @@ def perf_analyzer(
         # chunk 32 x 12 features one lands in the buffer): zeros cost both servers the same.
         "--input-data", "zero",
     ]  # fmt: skip
-    before = cpu_seconds()
+    before, client_before = cpu_seconds(), _children_cpu_seconds()
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=60 + 10 * window_ms / 1000)
     wall = time.monotonic() - started
-    cpu = cpu_seconds() - before
+    cpu, client_cpu = cpu_seconds() - before, _children_cpu_seconds() - client_before
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"perf_analyzer on {name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     row = next(csv.DictReader(out.read_text().splitlines()))
@@ -230,7 +233,14 @@ def perf_analyzer(
         p99_ms=float(row["p99 latency"]) / 1000,
         server_cpu_us_per_step=cpu / steps_run * 1e6 if steps_run else 0.0,
         load_average=os.getloadavg()[0],
+        client_cpu_s=client_cpu,
     )
+
+
+def _children_cpu_seconds() -> float:
+    # Waited-for children only: the perf_analyzer run that just ended, not the live load processes.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def streamed_logits(target: str, x: np.ndarray, chunk: int) -> np.ndarray:

@@ -178,6 +178,9 @@ def test_kserve_v2_rows_or_the_reason(results: tuple[dict, Path]) -> None:
         assert v2["steps_per_s"] == pytest.approx(v2["msgs_per_s"] * v2["chunk"])
         assert v2["messages"] > 0 and v2["server_cpu_us_per_step"] > 0  # from the server's own counters
         assert (v1["chunk"], v1["streams"]) == (v2["chunk"], v2["streams"])
+        assert v2["client_cpu_us_per_msg"] > 0  # perf_analyzer's own CPU, read after it exits
+        assert row["v2_vs_v1_steps_per_s"] in row["round_ratios"]
+    assert section["sequences_per_connection"] >= 1
 
 
 def test_generation_rows_cover_every_variant_and_count_with_the_ratio(results: tuple[dict, Path]) -> None:
