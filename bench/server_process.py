@@ -29,18 +29,33 @@ def _stat_cpu_seconds(stat: str) -> float:
     return (int(after_name[11]) + int(after_name[12])) / _CLOCK_TICKS
 
 
+def _read_live(path: Path) -> str | None:
+    """A /proc file of a process or thread, or None when it has ended meanwhile: before the open
+    (FileNotFoundError) or between the open and the read (ESRCH, ProcessLookupError)."""
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _live_tasks(pid: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 def process_tree_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live descendants (workers, a backend's stub)."""
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
-        try:
-            total += _stat_cpu_seconds(Path(f"/proc/{current}/stat").read_text())
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending.extend(int(child) for child in (task / "children").read_text().split())
-        except FileNotFoundError:  # it ended meanwhile
+        if (stat := _read_live(Path(f"/proc/{current}/stat"))) is None:
             continue
+        total += _stat_cpu_seconds(stat)
+        for task in _live_tasks(current):
+            pending.extend(int(child) for child in (_read_live(task / "children") or "").split())
     return total
 
 
@@ -64,10 +79,8 @@ class ServerProcess:
         (`python` for Python's own threads: the inference executor and grpc's poller; grpc's C threads)."""
         pid = self.process.pid
         groups: dict[str, float] = {}
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                stat = (task / "stat").read_text()
-            except FileNotFoundError:  # the thread ended between the listing and the read
+        for task in _live_tasks(pid):
+            if (stat := _read_live(task / "stat")) is None:
                 continue
             name = "main" if task.name == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
             groups[name] = groups.get(name, 0.0) + _stat_cpu_seconds(stat)
