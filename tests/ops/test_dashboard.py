@@ -1,5 +1,6 @@
 """The Grafana dashboard (docker/grafana/) lints: its PromQL parses with promtool, names only families the
-server exports, and uses the datasource the compose stack provisions."""
+server exports, and uses the datasource the compose stack provisions. The PromQL that docs/operations.md
+offers operators is held to the same two checks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from seqserve.service.metrics import ServiceMetrics
 from .image_entrypoint import DOCKER_DIR
 
 GRAFANA_DIR = DOCKER_DIR / "grafana"
+OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 # What the issue asks the dashboard to show, each found in some panel's PromQL.
 REQUIRED_FAMILIES = {
     "seqserve_streams_active",
@@ -54,6 +56,21 @@ def all_exprs() -> list[tuple[str, str]]:
     return found
 
 
+def documented_exprs() -> list[tuple[str, str]]:
+    """(rule name, PromQL) for every query in docs/operations.md's promql blocks: one per line, an
+    indented line continuing the one before, `#` lines the comments between them."""
+    found: list[str] = []
+    for block in re.findall(r"```promql\n(.*?)```", OPERATIONS_DOC.read_text(), re.S):
+        for line in block.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if line[0].isspace() and found:
+                found[-1] += " " + line.strip()
+            else:
+                found.append(line.strip())
+    return [(f"docs:operations:{index}", expr) for index, expr in enumerate(found)]
+
+
 def promtool_check(exprs: list[tuple[str, str]], tmp_path: Path) -> subprocess.CompletedProcess:
     """`promtool check rules` on the expressions as recording rules: promtool's own PromQL parser, offline."""
     rules = {"groups": [{"name": "dashboard", "rules": [{"record": n, "expr": e} for n, e in exprs]}]}
@@ -80,6 +97,20 @@ def test_every_panel_query_parses_with_promtool(tmp_path: Path) -> None:
     check = promtool_check(exprs, tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in check.stdout
+
+
+@needs_promtool
+def test_every_documented_query_parses_with_promtool(tmp_path: Path) -> None:
+    exprs = documented_exprs()
+    assert len(exprs) >= 10
+    check = promtool_check(exprs, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in check.stdout
+
+
+def test_documented_queries_name_only_exported_families() -> None:
+    named = set().union(*(metric_names(expr) for _, expr in documented_exprs()))
+    assert named <= exported_sample_names(), f"not exported: {sorted(named - exported_sample_names())}"
 
 
 @needs_promtool
