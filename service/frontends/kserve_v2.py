@@ -42,8 +42,10 @@ IMPLEMENTED = (
     "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
     "RepositoryIndex", "ModelStatistics", "ModelInfer", "ModelStreamInfer",
 )  # fmt: skip
-# Requests one ModelStreamInfer stream may have in flight before the server stops reading it.
-MAX_IN_FLIGHT_PER_STREAM = 4096
+# Requests one ModelStreamInfer stream may have read and not yet answered on the wire (in the engine, or
+# answered and waiting for a client that does not read) before the server stops reading it: gRPC's flow
+# control then stalls the client's writes, and its answers cost the server a bounded amount of memory.
+MAX_IN_FLIGHT_PER_STREAM = 1024
 STREAM_RESPONSE = "ModelStreamInfer.response"  # the rpc label of each answer on a stream
 
 
@@ -205,14 +207,15 @@ class _InferStream:
     """One ModelStreamInfer RPC: read requests in order; each answer is rendered when the engine is done
     with it and queued for the one writer task, so no task waits per request. The two tasks sleep on bare
     futures (`_writable`, `_room`) that the other side resolves: an asyncio.Event costs each answer two more
-    Python calls and a waiter list."""
+    Python calls and a waiter list. The reader stops at MAX_IN_FLIGHT_PER_STREAM requests in the engine or
+    in the outbox: a client that sends without reading would otherwise have its answers pile up here."""
 
     def __init__(self, servicer: KServeV2Servicer, context: grpc.aio.ServicerContext) -> None:
         self.servicer = servicer
         self.context = context
         self._outbox: deque[tuple[pb.ModelStreamInferResponse, str]] = deque()
         self._writable: asyncio.Future | None = None  # the writer sleeps on it: something to write, or done
-        self._room: asyncio.Future | None = None  # the reader sleeps on it at MAX_IN_FLIGHT_PER_STREAM
+        self._room: asyncio.Future | None = None  # the reader sleeps on it while the stream is full
         self._in_engine = 0
         self._reading = True
 
@@ -229,7 +232,7 @@ class _InferStream:
     async def _read_all(self) -> None:
         read, admit, answered = self.context.read, self.servicer.admit, self._answered
         while True:
-            if self._in_engine >= MAX_IN_FLIGHT_PER_STREAM:
+            while self._in_engine + len(self._outbox) >= MAX_IN_FLIGHT_PER_STREAM:
                 self._room = asyncio.get_running_loop().create_future()
                 await self._room
             try:
@@ -248,10 +251,8 @@ class _InferStream:
 
     def _answered(self, admitted: _Admitted, answer: Any, error: BaseException | None) -> None:
         self._in_engine -= 1
-        if self._room is not None:
-            self._room.set_result(None)
-            self._room = None
         if isinstance(error, asyncio.CancelledError):
+            self._make_room()
             self._wake_writer()
             return
         if error is None:
@@ -277,6 +278,11 @@ class _InferStream:
         if self._writable is not None:
             self._wake_writer()
 
+    def _make_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
     def _wake_writer(self) -> None:
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():  # done: the writer was cancelled
@@ -292,6 +298,8 @@ class _InferStream:
                 await self._writable
                 continue
             response, code = outbox.popleft()
+            if self._room is not None:
+                self._make_room()
             await write(response)
             done(STREAM_RESPONSE, code)
 
