@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
-EXTENSIONS = ("sequence", "model_configuration", "statistics")
+EXTENSIONS = ("sequence", "model_configuration", "statistics", "classification")
 IMPLEMENTED = (
     "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelConfig",
     "RepositoryIndex", "ModelStatistics", "ModelInfer", "ModelStreamInfer",
@@ -68,7 +68,7 @@ class _Admitted:
 
     request: pb.ModelInferRequest
     model: ServedModel
-    outputs: tuple[str, ...]
+    outputs: converters.Requested
     in_sequence: bool
     received: float
     pending: asyncio.Future | None = None

@@ -3,7 +3,10 @@
 Tensors (docs/triton.md): input `x` FP32 [batch, steps, features] (batch 1 for a sequence request), in
 `raw_input_contents` or typed `fp32_contents`; outputs `logits` FP32, `label` INT64 (class index) and
 `scores` FP32 (softmax), per step for many-to-many models ([batch, steps, ...]), at the request's last step
-for many-to-one models ([batch, ...]). Validation of what a client sent lives here.
+for many-to-one models ([batch, ...]). `logits` and `scores` may instead be asked for through Triton's
+classification extension (the output's `classification` parameter, tritonclient's `class_count`): BYTES
+[..., count], the top `count` classes of each row (and step) as "<value>:<index>:<label>". Validation of
+what a client sent lives here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import serialize_byte_tensor
 
 from seqserve.contract import INPUT_X, OUTPUT_LOGITS
 from seqserve.service.batcher import RowResult
@@ -34,6 +38,20 @@ _DATATYPES = {OUTPUT_LOGITS: "FP32", OUTPUT_LABEL: "INT64", OUTPUT_SCORES: "FP32
 _WIRE_DTYPES = {OUTPUT_LOGITS: np.dtype("<f4"), OUTPUT_LABEL: np.dtype("<i8"), OUTPUT_SCORES: np.dtype("<f4")}
 _ROW_FIELDS = {OUTPUT_LOGITS: "logits", OUTPUT_LABEL: "labels", OUTPUT_SCORES: "scores"}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64}
+
+
+class Classified(NamedTuple):
+    """An output asked for through the classification extension: its top `count` classes."""
+
+    name: str
+    count: int
+
+
+# What `requested_outputs` gives: output names, and Classified for the classification extension's.
+Requested = tuple[str | Classified, ...]
+_CLASSIFIABLE = (OUTPUT_LOGITS, OUTPUT_SCORES)
+# Output parameters for data the server would place in shared memory, which seqserve does not have.
+_SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 class SequenceControl(NamedTuple):
@@ -139,18 +157,51 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
-def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> tuple[str, ...]:
+def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> Requested:
     """The outputs the client named, in its order; none named means all of them, as Triton does."""
     outputs = request.outputs
     if not outputs:
         return OUTPUTS
-    names = tuple([output.name for output in outputs])
-    for name in names:
+    requested = []
+    for output in outputs:
+        name = output.name
         if name not in _DATATYPES:
             raise InvalidChunk(
                 f"requested output {name!r} is not one of model {model.key}'s outputs {', '.join(OUTPUTS)}"
             )
-    return names
+        requested.append(_classified(output, model) if output.parameters else name)
+    return tuple(requested)
+
+
+def _classified(
+    output: pb.ModelInferRequest.InferRequestedOutputTensor, model: ServedModel
+) -> str | Classified:
+    """An output with parameters: the classification extension's, or a refusal of what seqserve lacks."""
+    params = output.parameters
+    for name in _SHARED_MEMORY_PARAMETERS:
+        if name in params:
+            raise InvalidChunk(
+                f"output {output.name!r} asks for shared memory ({name}); seqserve has no shared memory, "
+                "leave the output's shared memory parameters out to get it in the response"
+            )
+    param = params.get("classification")
+    if param is None:
+        return output.name
+    kind = param.WhichOneof("parameter_choice")
+    count = (
+        param.int64_param if kind == "int64_param" else param.uint64_param if kind == "uint64_param" else 0
+    )
+    if kind not in ("int64_param", "uint64_param") or count < 1:
+        raise InvalidChunk(
+            f"output {output.name!r} has classification {getattr(param, kind) if kind else None!r}; "
+            "expected a class count >= 1"
+        )
+    if output.name not in _CLASSIFIABLE:
+        raise InvalidChunk(
+            f"output {output.name!r} has no class dimension to classify; ask classification of "
+            f"{' or '.join(repr(n) for n in _CLASSIFIABLE)}"
+        )
+    return Classified(output.name, min(count, model.runtime.info.classes))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -159,7 +210,7 @@ def _answer_layout(
     version: str,
     many_to_many: bool,
     classes: int,
-    names: tuple[str, ...],
+    names: Requested,
     rows: int,
     steps: int,
 ) -> pb.ModelInferResponse:
@@ -169,6 +220,9 @@ def _answer_layout(
     layout = pb.ModelInferResponse(model_name=model_name, model_version=version)
     leading = (rows, steps) if many_to_many else (rows,)
     for name in names:
+        if isinstance(name, Classified):
+            layout.outputs.add(name=name.name, datatype="BYTES", shape=(*leading, name.count))
+            continue
         shape = leading if name == OUTPUT_LABEL else (*leading, classes)
         layout.outputs.add(name=name, datatype=_DATATYPES[name], shape=shape)
     return layout
@@ -179,7 +233,7 @@ def fill_infer_response(
     request: pb.ModelInferRequest,
     model: ServedModel,
     rows: list[RowResult],
-    names: tuple[str, ...],
+    names: Requested,
 ) -> None:
     """The rows' outputs into `response`: many-to-many [batch, steps, ...] (the rows stacked), else the
     rows' answers one after another [batch, ...]. Raw bytes are the rows' arrays back to back, which is
@@ -195,6 +249,9 @@ def fill_infer_response(
     response.id = request.id
     contents = response.raw_output_contents
     for name in names:
+        if isinstance(name, Classified):
+            contents.append(_classes(rows, name, info.labels))
+            continue
         field, wire = _ROW_FIELDS[name], _WIRE_DTYPES[name]
         if len(rows) == 1:
             contents.append(getattr(rows[0], field).astype(wire, copy=False).tobytes())
@@ -202,8 +259,21 @@ def fill_infer_response(
             contents.append(b"".join(getattr(row, field).astype(wire, copy=False).tobytes() for row in rows))
 
 
+def _classes(rows: list[RowResult], classified: Classified, labels: list[str]) -> bytes:
+    """The top classes of every row (and step) as Triton's classification extension writes them, "%f" value
+    first, highest first, ties to the lower index; raw BYTES (each element's length, then the element)."""
+    values = np.concatenate([getattr(row, _ROW_FIELDS[classified.name]) for row in rows])
+    top = np.argsort(-values, axis=-1, kind="stable")[..., : classified.count]
+    picked = np.take_along_axis(values, top, axis=-1)
+    texts = [
+        f"{value:f}:{index}:{labels[index]}".encode()
+        for value, index in zip(picked.reshape(-1).tolist(), top.reshape(-1).tolist(), strict=True)
+    ]
+    return serialize_byte_tensor(np.array(texts, dtype=np.object_)).item()  # a 0-d array holding the bytes
+
+
 def infer_response(
-    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: tuple[str, ...]
+    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: Requested
 ) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse()
     fill_infer_response(response, request, model, rows, names)
@@ -211,7 +281,7 @@ def infer_response(
 
 
 def stream_response(
-    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: tuple[str, ...]
+    request: pb.ModelInferRequest, model: ServedModel, rows: list[RowResult], names: Requested
 ) -> pb.ModelStreamInferResponse:
     """The answer on ModelStreamInfer, filled in place (wrapping a finished answer would copy it)."""
     response = pb.ModelStreamInferResponse()

@@ -5,6 +5,7 @@ the offline onnxruntime result."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 
 import grpc
@@ -232,3 +233,63 @@ def test_model_infer_without_sequence_id_answers_every_row_of_a_batch(
     np.testing.assert_allclose(scores, expected, atol=TOLERANCE)
     np.testing.assert_allclose(softmax(logits), scores, atol=TOLERANCE)
     assert label.tolist() == expected.argmax(axis=-1).tolist()
+
+
+def _parsed_classes(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Triton's "<value>:<index>:<label>" strings -> values, indexes, labels."""
+    fields = [text.decode().split(":", 2) for text in texts.reshape(-1)]
+    values = np.array([float(f[0]) for f in fields]).reshape(texts.shape)
+    indexes = np.array([int(f[1]) for f in fields]).reshape(texts.shape)
+    return values, indexes, [f[2] for f in fields]
+
+
+@pytest.mark.parametrize("model", ["jv-gru", "bms-lstm"])
+def test_classification_extension_gives_the_top_classes_as_triton_writes_them(
+    server: ServerThread, offline: Offline, sequences: dict, model: str
+) -> None:
+    """tritonclient's class_count, stateless and in a sequence: BYTES [..., count], highest first."""
+    x = sequences[MODEL_DATA[model]][2]
+    client = grpcclient.InferenceServerClient(url=server.target)
+    labels = json.loads(client.get_model_config(model).config.parameters["seqserve.labels"].string_value)
+    assert "classification" in client.get_server_metadata().extensions
+    outputs = [
+        grpcclient.InferRequestedOutput("scores", class_count=3),
+        grpcclient.InferRequestedOutput("label"),
+    ]
+    stateless = client.infer(model, _inputs(x), outputs=outputs)
+    # The same sequence in two requests of a sequence: the second answer covers the whole sequence.
+    half = len(x) // 2
+    client.infer(model, _inputs(x[:half]), sequence_id=4242, sequence_start=True, outputs=outputs)
+    second = client.infer(model, _inputs(x[half:]), sequence_id=4242, sequence_end=True, outputs=outputs)
+    client.close()
+    expected = offline.scores(model, x)  # [steps, classes] or [1, classes]
+    many_to_many = model.startswith("bms")
+    for result, steps in ((stateless, expected), (second, expected[half:] if many_to_many else expected)):
+        texts = result.as_numpy("scores")
+        assert result.get_output("scores").datatype == "BYTES"
+        assert texts.shape == ((1, len(steps), 3) if many_to_many else (1, 3))
+        values, indexes, names = _parsed_classes(texts)
+        wanted = np.argsort(-steps, axis=-1, kind="stable")[:, :3].reshape(indexes.shape)
+        assert indexes.tolist() == wanted.tolist()
+        np.testing.assert_allclose(
+            values,
+            np.take_along_axis(steps, wanted.reshape(len(steps), 3), -1).reshape(values.shape),
+            atol=TOLERANCE,
+        )
+        assert names == [labels[i] for i in indexes.reshape(-1)]
+        assert (values[..., :-1] >= values[..., 1:]).all()
+        assert result.as_numpy("label").reshape(-1).tolist() == indexes[..., 0].reshape(-1).tolist()
+
+
+def test_classification_count_above_the_classes_gives_every_class(
+    server: ServerThread, sequences: dict
+) -> None:
+    x = sequences[MODEL_DATA["jv-gru"]][0]
+    client = grpcclient.InferenceServerClient(url=server.target)
+    result = client.infer(
+        "jv-gru", _inputs(x), outputs=[grpcclient.InferRequestedOutput("logits", class_count=99)]
+    )
+    client.close()
+    texts = result.as_numpy("logits")
+    _, indexes, _ = _parsed_classes(texts)
+    assert texts.shape == (1, 9) and sorted(indexes.reshape(-1).tolist()) == list(range(9))

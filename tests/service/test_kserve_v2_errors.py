@@ -41,7 +41,23 @@ def _bad_requests(x: np.ndarray) -> list[tuple[pb.ModelInferRequest, str, str]]:
         (infer_request("jv-gru", x[:2], "e9", 1, True), "FAILED_PRECONDITION", "already open"),
         (infer_request("jv-bigru", x[:2], "e10", 5, True), "FAILED_PRECONDITION", "bidirectional"),
         (infer_request("jv-gru", two_rows, "e11", 6, True), "INVALID_ARGUMENT", "batch 2 in a sequence"),
+        (_asking(infer_request("jv-gru", x[:2], "e12", 7, True), "label", "classification", 3),
+         "INVALID_ARGUMENT", "'label' has no class dimension to classify"),
+        (_asking(infer_request("jv-gru", x[:2], "e13", 7, True), "scores", "classification", 0),
+         "INVALID_ARGUMENT", "expected a class count >= 1"),
+        (_asking(infer_request("jv-gru", x[:2], "e14", 7, True), "logits", "shared_memory_region", "r0"),
+         "INVALID_ARGUMENT", "seqserve has no shared memory"),
     ]  # fmt: skip
+
+
+def _asking(request: pb.ModelInferRequest, output: str, name: str, value: int | str) -> pb.ModelInferRequest:
+    """`request` asking for `output` with one parameter, as tritonclient's InferRequestedOutput sets it."""
+    parameters = request.outputs.add(name=output).parameters
+    if isinstance(value, str):
+        parameters[name].string_param = value
+    else:
+        parameters[name].int64_param = value
+    return request
 
 
 async def _stream_with_errors(target: str, xs: list[np.ndarray]) -> tuple[dict, list]:
@@ -91,7 +107,7 @@ def test_every_stream_error_is_answered_and_other_sequences_finish_exactly(
     assert server.running.store.open_count == 0  # the refused starts opened nothing
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(14))
 def test_model_infer_errors_are_grpc_statuses(server: ServerThread, sequences: dict, case: int) -> None:
     x = sequences["japanese_vowels"][0]
 
