@@ -293,3 +293,15 @@ def test_classification_count_above_the_classes_gives_every_class(
     texts = result.as_numpy("logits")
     _, indexes, _ = _parsed_classes(texts)
     assert texts.shape == (1, 9) and sorted(indexes.reshape(-1).tolist()) == list(range(9))
+
+
+def test_priority_timeout_and_custom_parameters_are_accepted_and_change_nothing(
+    server: ServerThread, offline: Offline, sequences: dict
+) -> None:
+    """docs/triton.md: Triton's `priority` and `timeout` request parameters and a client's own are read
+    past; the answer is the one without them."""
+    x = sequences[MODEL_DATA["jv-gru"]][1]
+    client = grpcclient.InferenceServerClient(url=server.target)
+    result = client.infer("jv-gru", _inputs(x), priority=1, timeout=1000, parameters={"tenant": "a"})
+    client.close()
+    np.testing.assert_allclose(result.as_numpy("scores"), offline.scores("jv-gru", x), atol=TOLERANCE)
