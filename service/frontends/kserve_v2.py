@@ -257,7 +257,7 @@ class _InferStream:
             return
         if error is None:
             try:
-                self._put(admitted.stream_response(answer), "OK")
+                self._put(admitted.request, admitted.stream_response(answer), "OK")
                 return
             except Exception as failed:  # noqa: BLE001 - answered like the engine's own failures
                 error = failed
@@ -267,13 +267,14 @@ class _InferStream:
         # The rows of a failed onnxruntime call: this request only.
         log.error("ModelStreamInfer request %r failed", admitted.request.id, exc_info=error)
         failed = converters.stream_error(admitted.request, "INTERNAL", f"internal error: {error}")
-        self._put(failed, "INTERNAL")
+        self._put(admitted.request, failed, "INTERNAL")
 
     def _refuse(self, request: pb.ModelInferRequest, error: ServiceError) -> None:
         code = status_code(error).name
-        self._put(converters.stream_error(request, code, str(error)), code)
+        self._put(request, converters.stream_error(request, code, str(error)), code)
 
-    def _put(self, response: pb.ModelStreamInferResponse, code: str) -> None:
+    def _put(self, request: pb.ModelInferRequest, response: pb.ModelStreamInferResponse, code: str) -> None:
+        converters.mark_final(request, response)
         self._outbox.append((response, code))
         if self._writable is not None:
             self._wake_writer()

@@ -32,6 +32,8 @@ OUTPUT_LABEL = "label"
 OUTPUT_SCORES = "scores"
 OUTPUTS = (OUTPUT_LOGITS, OUTPUT_LABEL, OUTPUT_SCORES)
 PLATFORM = "onnxruntime_onnx"
+FINAL_RESPONSE_ASKED = "triton_enable_empty_final_response"
+FINAL_RESPONSE = "triton_final_response"
 _FLOAT32 = np.dtype("<f4")
 _DATATYPES = {OUTPUT_LOGITS: "FP32", OUTPUT_LABEL: "INT64", OUTPUT_SCORES: "FP32"}
 # Raw contents are little-endian (KServe V2); `astype(..., copy=False)` is free when the array already is.
@@ -287,6 +289,17 @@ def stream_response(
     response = pb.ModelStreamInferResponse()
     fill_infer_response(response.infer_response, request, model, rows, names)
     return response
+
+
+def mark_final(request: pb.ModelInferRequest, response: pb.ModelStreamInferResponse) -> None:
+    """Triton's `triton_enable_empty_final_response`: a client that asks for it (written for decoupled
+    models too) waits for a response flagged `triton_final_response`; a request here has one response, so
+    that is it, and no empty one follows."""
+    params = request.parameters
+    if params:
+        asked = params.get(FINAL_RESPONSE_ASKED)
+        if asked is not None and asked.bool_param:
+            response.infer_response.parameters[FINAL_RESPONSE].bool_param = True
 
 
 def stream_error(request: pb.ModelInferRequest, code_name: str, message: str) -> pb.ModelStreamInferResponse:

@@ -305,3 +305,34 @@ def test_priority_timeout_and_custom_parameters_are_accepted_and_change_nothing(
     result = client.infer("jv-gru", _inputs(x), priority=1, timeout=1000, parameters={"tenant": "a"})
     client.close()
     np.testing.assert_allclose(result.as_numpy("scores"), offline.scores("jv-gru", x), atol=TOLERANCE)
+
+
+def test_enable_empty_final_response_flags_each_answer_final(server: ServerThread, sequences: dict) -> None:
+    """A client written for decoupled models waits for `triton_final_response`: every answer carries it,
+    only for requests that asked (refusals: test_kserve_v2_errors)."""
+    x = sequences[MODEL_DATA["jv-gru"]][0]
+    received: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url=server.target)
+    client.start_stream(callback=lambda result, error: received.put((result, error)))
+    try:
+        sends = [
+            ("a0", 0, 3, True, False, True),
+            ("a1", 3, 6, False, True, True),
+            ("b0", 0, 2, True, True, False),
+        ]
+        for request_id, start, stop, first, last, asks in sends:
+            client.async_stream_infer(
+                "jv-gru", _inputs(x[start:stop]), request_id=request_id, sequence_id=request_id[0] + "-final",
+                sequence_start=first, sequence_end=last, enable_empty_final_response=asks,
+            )  # fmt: skip
+        flags = {}
+        for _ in sends:
+            result, error = received.get(timeout=60)
+            assert error is None, error
+            response = result.get_response()
+            parameter = response.parameters.get("triton_final_response")
+            flags[response.id] = None if parameter is None else parameter.bool_param
+    finally:
+        client.stop_stream()
+        client.close()
+    assert flags == {"a0": True, "a1": True, "b0": None}

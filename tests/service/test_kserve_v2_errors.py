@@ -272,3 +272,22 @@ def test_metadata_config_statistics_health_and_reflection(server: ServerThread, 
     error = got["unimplemented"]
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "does not implement inference.GRPCInferenceService/RepositoryModelLoad" in error.details()
+
+
+def test_a_refusal_is_the_final_response_when_the_client_asks(server: ServerThread, sequences: dict) -> None:
+    x = sequences["japanese_vowels"][0]
+    request = infer_request("jv-gru", x[:2], "never-started", 31337)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+
+    async def run() -> pb.ModelStreamInferResponse:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            await call.write(request)
+            response = await call.read()
+            await call.done_writing()
+            return response
+
+    response = server.call(run())
+    assert response.error_message.startswith("FAILED_PRECONDITION: ")
+    assert response.infer_response.id == "never-started"
+    assert response.infer_response.parameters["triton_final_response"].bool_param
