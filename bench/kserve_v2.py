@@ -17,7 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from bench.load_pool import LoadResult
 from bench.prometheus_scrape import scrape
@@ -200,7 +202,12 @@ def _round(run: BenchRun, server: ServerProcess, count: int, chunk: int, v1_firs
     return V2Cell(perf_served(run, server, count, chunk), v1())
 
 
-def main(out: Path = Path("bench/results/kserve_v2.json"), processes: int = 2) -> None:
+def main(
+    out: Annotated[Path, typer.Option(help="JSON file for the figures.")] = Path(
+        "bench/results/kserve_v2.json"
+    ),
+    processes: Annotated[int, typer.Option(help="Load-generator processes.", min=1)] = 2,
+) -> None:
     """`python -m bench.kserve_v2`: only these rows, on the bench model, against one `seqserve serve`
     (what `make bench` runs among everything else); prints the table and writes `out`."""
     from rich.console import Console
@@ -237,4 +244,4 @@ def main(out: Path = Path("bench/results/kserve_v2.json"), processes: int = 2) -
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)
