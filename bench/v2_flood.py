@@ -11,35 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import numpy as np
 import typer
-from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2 as pb
 
 from bench.ab import variant_command
 from bench.bench_model import BENCH_MODEL, write_bench_model
+from bench.prometheus_scrape import sample_value
 from bench.scenarios import BenchConfig, BenchRun
 from bench.server_process import ServerProcess, running_server
 
 app = typer.Typer(add_completion=False)
 ANSWERS = ("seqserve_requests_total", {"rpc": "ModelStreamInfer.response", "code": "OK"})
 READ = ("seqserve_steps_total", {"model": BENCH_MODEL, "version": "1"})
-
-
-def _sample(url: str, wanted: tuple[str, dict[str, str]]) -> float:
-    name, labels = wanted
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def _requests(count: int, features: int) -> list[bytes]:
@@ -79,7 +67,7 @@ async def _flood(target: str, requests: list[bytes], stall_s: float) -> int:
 def flood(server: ServerProcess, count: int, features: int, stall_s: float) -> dict[str, float]:
     rss_before = server.rss_mb()
     sent = asyncio.run(_flood(server.target, _requests(count, features), stall_s))
-    read, written = _sample(server.metrics_url, READ), _sample(server.metrics_url, ANSWERS)
+    read, written = (sample_value(server.metrics_url, *wanted) for wanted in (READ, ANSWERS))
     return {
         "requests": count,
         "sent_before_stall": sent,

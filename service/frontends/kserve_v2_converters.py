@@ -190,10 +190,8 @@ def _classified(
     if param is None:
         return output.name
     kind = param.WhichOneof("parameter_choice")
-    count = (
-        param.int64_param if kind == "int64_param" else param.uint64_param if kind == "uint64_param" else 0
-    )
-    if kind not in ("int64_param", "uint64_param") or count < 1:
+    count = getattr(param, kind) if kind in ("int64_param", "uint64_param") else 0
+    if count < 1:
         raise InvalidChunk(
             f"output {output.name!r} has classification {getattr(param, kind) if kind else None!r}; "
             "expected a class count >= 1"

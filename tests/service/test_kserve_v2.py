@@ -42,6 +42,15 @@ def _outputs(result) -> dict[str, np.ndarray]:
     return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
 
 
+def _infer_once(target: str, model: str, inputs: list, **options) -> grpcclient.InferResult:
+    """One ModelInfer call on a client of its own (tritonclient's `infer` keywords in `options`)."""
+    client = grpcclient.InferenceServerClient(url=target)
+    try:
+        return client.infer(model, inputs, **options)
+    finally:
+        client.close()
+
+
 def _by_sequence(parts: list[Part], answers: dict[str, dict], count: int) -> list[list[dict]]:
     grouped: list[list[dict]] = [[] for _ in range(count)]
     for part in sorted(parts, key=lambda p: (p.index, p.number)):
@@ -200,10 +209,8 @@ def test_model_infer_without_sequence_id_is_a_whole_sequence(
     server: ServerThread, offline: Offline, sequences: dict, model: str
 ) -> None:
     x = sequences[MODEL_DATA[model]][3]
-    client = grpcclient.InferenceServerClient(url=server.target)
     outputs = [grpcclient.InferRequestedOutput("scores"), grpcclient.InferRequestedOutput("label")]
-    result = client.infer(model, _inputs(x), outputs=outputs)
-    client.close()
+    result = _infer_once(server.target, model, _inputs(x), outputs=outputs)
     scores, label = result.as_numpy("scores"), result.as_numpy("label")
     assert result.as_numpy("logits") is None  # only what was asked for
     expected = offline.scores(model, x)
@@ -222,9 +229,7 @@ def test_model_infer_without_sequence_id_answers_every_row_of_a_batch(
     batch = np.stack([x[:steps] for x in pool[:3]]).astype(np.float32)
     tensor = grpcclient.InferInput("x", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch)
-    client = grpcclient.InferenceServerClient(url=server.target)
-    result = client.infer(model, [tensor])
-    client.close()
+    result = _infer_once(server.target, model, [tensor])
     expected = np.stack([offline.scores(model, x) for x in batch])
     many_to_many = model.startswith("bms")
     expected = expected if many_to_many else expected[:, 0]
@@ -285,11 +290,8 @@ def test_classification_count_above_the_classes_gives_every_class(
     server: ServerThread, sequences: dict
 ) -> None:
     x = sequences[MODEL_DATA["jv-gru"]][0]
-    client = grpcclient.InferenceServerClient(url=server.target)
-    result = client.infer(
-        "jv-gru", _inputs(x), outputs=[grpcclient.InferRequestedOutput("logits", class_count=99)]
-    )
-    client.close()
+    outputs = [grpcclient.InferRequestedOutput("logits", class_count=99)]
+    result = _infer_once(server.target, "jv-gru", _inputs(x), outputs=outputs)
     texts = result.as_numpy("logits")
     _, indexes, _ = _parsed_classes(texts)
     assert texts.shape == (1, 9) and sorted(indexes.reshape(-1).tolist()) == list(range(9))
@@ -301,9 +303,9 @@ def test_priority_timeout_and_custom_parameters_are_accepted_and_change_nothing(
     """docs/triton.md: Triton's `priority` and `timeout` request parameters and a client's own are read
     past; the answer is the one without them."""
     x = sequences[MODEL_DATA["jv-gru"]][1]
-    client = grpcclient.InferenceServerClient(url=server.target)
-    result = client.infer("jv-gru", _inputs(x), priority=1, timeout=1000, parameters={"tenant": "a"})
-    client.close()
+    result = _infer_once(
+        server.target, "jv-gru", _inputs(x), priority=1, timeout=1000, parameters={"tenant": "a"}
+    )
     np.testing.assert_allclose(result.as_numpy("scores"), offline.scores("jv-gru", x), atol=TOLERANCE)
 
 
