@@ -40,7 +40,7 @@ import numpy as np
 from bench.report import TextTable
 from bench.scenarios import BenchRun
 from bench.server_process import running_server
-from seqserve.service.client import CHANNEL_OPTIONS, generate
+from seqserve.service.client.load import CHANNEL_OPTIONS, generate
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

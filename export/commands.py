@@ -127,7 +127,7 @@ def export_command(
     opset: int,
     force: bool,
 ) -> None:
-    from seqserve.cli import fail
+    from seqserve.console import fail
     from seqserve.export.errors import ExportInputError
     from seqserve.export.job import export_runs, steps_of
 
@@ -162,7 +162,7 @@ def export_command(
 
 def models_command(repository: Path) -> None:
     from seqserve import contract
-    from seqserve.cli import fail
+    from seqserve.console import fail
 
     if not repository.is_dir():
         fail(f"repository {repository} is not a folder")

@@ -59,7 +59,7 @@ def _configure(
     os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if verbose else "NONE")
 
 
-# Client options of stream, classify and health: the fields of service/channels.py's ClientSecurity.
+# Client options of stream, classify and health: the fields of service/client/channels.py's ClientSecurity.
 TlsFlag = Annotated[
     bool, typer.Option("--tls", help="TLS with the system's trusted CAs (implied by --tls-ca or --tls-cert).")
 ]
@@ -79,12 +79,6 @@ Token = Annotated[
         envvar="SEQSERVE_TOKEN", show_envvar=True, help="Bearer token: 'authorization: Bearer <token>'."
     ),
 ]
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr and a non-zero exit: how every bad input ends a command."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -331,7 +325,7 @@ def serve(
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, generate, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.commands import serve_command
+    from seqserve.service.server.commands import serve_command
 
     serve_command(**options)
 
@@ -378,7 +372,7 @@ def stream(
 ) -> None:
     """Stream a data set's sequences chunk by chunk and report accuracy, throughput and latency."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.commands import stream_command
+    from seqserve.service.client.commands import stream_command
 
     stream_command(**options)
 
@@ -410,7 +404,7 @@ def classify(
 ) -> None:
     """Classify whole sequences with the unary Classify RPC and report accuracy."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.commands import classify_command
+    from seqserve.service.client.commands import classify_command
 
     classify_command(**options)
 
@@ -435,7 +429,7 @@ def predict(
 ) -> None:
     """Predict offline, no server: labels and probabilities per sequence (or per step) for your data."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.commands import predict_command
+    from seqserve.service.client.commands import predict_command
 
     predict_command(**options)
 
@@ -456,7 +450,7 @@ def generate(
 ) -> None:
     """Continue a prompt with a language model on the server, printing the text as it arrives."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.commands import generate_command
+    from seqserve.service.client.commands import generate_command
 
     generate_command(**options)
 
@@ -477,7 +471,7 @@ def health(
     Health needs no token; over TLS give --tls-ca (and --tls-cert/--tls-key when the server requires mTLS).
     """
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.health_probe import health_command
+    from seqserve.service.client.health_probe import health_command
 
     health_command(**options)
 

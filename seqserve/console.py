@@ -1,8 +1,9 @@
-"""What the CLI prints: consoles whose tables keep every name whole when piped, and progress per step.
+"""What the CLI prints: one-line errors, consoles whose tables keep every name whole when piped, and
+progress per step.
 
 On a terminal a long step shows a rich progress bar on stderr; when stderr is not a terminal (a log file,
 CI, a pipe) each finished step prints one plain line instead, so logs show progress without control codes.
-Only the standard library and rich at module top: the serving image imports this too.
+Only the standard library, typer and rich at module top: the serving image imports this too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import typer
 from rich.console import Console
 
 # Wide enough for any table this project prints; rich would otherwise assume 80 columns off a terminal
@@ -81,3 +83,9 @@ def advance(progress: Steps | None, label: str = "") -> None:
     """Advance `progress` if there is one: lets library code take an optional progress."""
     if progress is not None:
         progress.advance(label)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and a non-zero exit: how every bad input ends a command."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from seqserve.service.launch import start_server_process
+from seqserve.service.server.launch import start_server_process
 
 WORKDIR = Path("runs/demo")
 REPOSITORY = WORKDIR / "repository"

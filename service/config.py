@@ -28,21 +28,23 @@ class ServerConfig:
     inference_threads: int = 1
     calls_in_flight: int = 2
     inline_max_us: float = 500.0
-    # `--workers N`: N processes on one port (service/workers.py). The next two are what the supervisor
+    # `--workers N`: N processes on one port (service/server/workers.py). The next two are what the supervisor
     # sets for each worker, not flags.
     workers: int = 1
     reuse_port: bool = False
     stream_id_prefix: str = ""
-    # Signed state checkpoints (service/checkpoints.py): without a key (this file or $SEQSERVE_STATE_KEYS)
-    # the server issues none and resumes none.
+    # Signed state checkpoints (service/engine/checkpoints.py): without a key (this file or
+    # $SEQSERVE_STATE_KEYS) the server issues none and resumes none.
     state_key_file: Path | None = None
     checkpoint_ttl_s: float = 3600.0
     poll_repository_s: float = 0.0  # 0: the repository is read once at start
-    # TLS (service/tls.py): PEM files, reloaded when they change; a client CA requires client certificates.
+    # TLS (service/server/tls.py): PEM files, reloaded when they change; a client CA requires client
+    # certificates.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    # Bearer tokens (service/auth.py): this file and the SEQSERVE_AUTH_TOKENS variable; none: no tokens.
+    # Bearer tokens (service/server/auth.py): this file and the SEQSERVE_AUTH_TOKENS variable; none: no
+    # tokens.
     auth_tokens_file: Path | None = None
     max_streams_per_token: int = 0  # 0: only max_streams bounds a token's streams
     max_generate_tokens: int = 2048  # most tokens one Generate call may ask for

@@ -14,8 +14,8 @@ from seqserve.console import make_console
 
 
 def _fail(message: str) -> None:
-    """Raises typer.Exit(2) after one `error:` line (seqserve.cli.fail)."""
-    from seqserve.cli import fail
+    """Raises typer.Exit(2) after one `error:` line (seqserve.console.fail)."""
+    from seqserve.console import fail
 
     fail(message)
 

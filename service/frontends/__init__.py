@@ -1,3 +1,3 @@
-"""The server's front doors: one module per protocol, each parsing its messages, calling the engine
-(`seqserve.service.inference`, state store, batcher, runtime) and rendering the answers. No engine module
-imports from here."""
+"""The server's front doors: one module per protocol (with its converters beside it), each parsing its
+messages, calling the engine's public calls (`seqserve.service.engine`) and the model kinds
+(`seqserve.service.kinds`), and rendering the answers. No engine module imports from here."""

@@ -1,8 +1,8 @@
 """inference.GRPCInferenceService (KServe V2 + Triton's sequence extension): one thin method per RPC.
 
-Requests with a `sequence_id` go to the engine's sequence table (service/sequences.py), the rest are whole
-sequences answered statelessly like Classify. On ModelStreamInfer the reader hands each request to the
-engine and reads on, so requests of different sequences share batcher calls; each answer is rendered as
+Requests with a `sequence_id` go to the engine's sequence table (service/engine/sequences.py), the rest
+are whole sequences answered statelessly like Classify. On ModelStreamInfer the reader hands each request
+to the engine and reads on, so requests of different sequences share batcher calls; each answer is rendered as
 the engine finishes it and written by the stream's one writer task; the table keeps each sequence's
 answers in order, and a refused request gets a response with `error_message` while the stream goes on
 (Triton's way).
@@ -25,13 +25,14 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from seqserve.service.batcher import RowResult
-from seqserve.service.errors import ModelNotFound, ServiceError, Unsupported, status_code
+from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.errors import ModelNotFound, ServiceError, Unsupported
+from seqserve.service.engine.inference import InferenceEngine
+from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.engine.repository import ServedModel
+from seqserve.service.engine.sequences import outcome
 from seqserve.service.frontends import kserve_v2_converters as converters
-from seqserve.service.inference import InferenceEngine
-from seqserve.service.metrics import ServiceMetrics
-from seqserve.service.repository import ServedModel
-from seqserve.service.sequences import outcome
+from seqserve.service.frontends.status import status_code
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ grpc parses request bytes before a handler runs, and bytes that do not parse the
 an unhelpful status with a server-side traceback. Here the method handlers are built from the service
 descriptor with no deserializer (the handler receives the raw bytes), and the wrapper parses them: bytes
 over the size limit are RESOURCE_EXHAUSTED, bytes that do not parse are INVALID_ARGUMENT naming the RPC,
-logged at WARNING without a traceback. The same wrapper maps domain errors (`seqserve.service.errors`) to
-their status once, and anything unexpected to INTERNAL with its traceback logged, for every RPC.
+logged at WARNING without a traceback. The same wrapper maps domain errors
+(`seqserve.service.engine.errors`) to their status once (`status.py`), and anything unexpected to
+INTERNAL with its traceback logged, for every RPC.
 
 grpc's own receive limit is set to `receive_ceiling(limit)`, above the configured limit, so a message over
 the limit reaches this wrapper and its refusal is counted by `recording.RecordingInterceptor` like any
@@ -24,7 +25,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from seqserve.service.errors import LimitExceeded, ServiceError, UnparsableRequest, status_code
+from seqserve.service.engine.errors import LimitExceeded, ServiceError, UnparsableRequest
+from seqserve.service.frontends.status import status_code
 
 log = logging.getLogger(__name__)
 

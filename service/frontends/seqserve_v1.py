@@ -9,11 +9,11 @@ from typing import Any
 
 import grpc
 
-from seqserve.service import generation
-from seqserve.service.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
+from seqserve.service.engine.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
+from seqserve.service.engine.inference import InferenceEngine
+from seqserve.service.engine.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
 from seqserve.service.frontends import seqserve_v1_converters as converters
-from seqserve.service.inference import InferenceEngine
-from seqserve.service.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
+from seqserve.service.kinds import language_model as generation
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

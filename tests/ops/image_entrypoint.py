@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from seqserve.service.launch import LISTENING
+from seqserve.service.server.launch import LISTENING
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 # In the `train` extra only: the serving image has none of them, so the served process must not need them.

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bench.grafana_dashboard import DASHBOARD, expand, load_dashboard, metric_names, panels, series_name
-from seqserve.service.metrics import ServiceMetrics
+from seqserve.service.engine.metrics import ServiceMetrics
 
 from .image_entrypoint import DOCKER_DIR
 

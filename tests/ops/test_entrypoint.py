@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from seqserve.contract import list_models
-from seqserve.service.health_probe import check_health
+from seqserve.service.client.health_probe import check_health
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from seqserve.cli import app
-from seqserve.service.health_probe import HealthProbeError, check_health
+from seqserve.service.client.health_probe import HealthProbeError, check_health
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from seqserve.service.client import on_dataset, stream_load
-from seqserve.service.health_probe import HealthProbeError, check_health
+from seqserve.service.client.health_probe import HealthProbeError, check_health
+from seqserve.service.client.load import on_dataset, stream_load
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
 

@@ -66,7 +66,7 @@ def test_deployment_matches_image_and_covers_drain(image: ServeStage) -> None:
 
 
 def test_every_replica_reads_the_checkpoint_key_from_one_secret() -> None:
-    from seqserve.service.checkpoints import KEYS_ENV
+    from seqserve.service.engine.checkpoints import KEYS_ENV
 
     (container,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
     env = {variable["name"]: variable for variable in container["env"]}

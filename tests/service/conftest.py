@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from seqserve.service.config import ServerConfig
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 
 from .reference import Offline
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from seqserve.contract import ModelInfo
-from seqserve.service.batcher import Batcher, length_groups
-from seqserve.service.launch import run_on_loop
-from seqserve.service.metrics import ServiceMetrics
+from seqserve.service.engine.batcher import Batcher, length_groups
+from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.server.launch import run_on_loop
 
 INFO = ModelInfo(
     name="m", version=1, task="many_to_many", cell="gru", layers=1, hidden=2, bidirectional=False,

@@ -1,5 +1,6 @@
 """A burst of stream opens while the event loop is busy: grpc core holds the calls the loop has not
-accepted yet, and by default sheds them at random beyond 1,000 (service/server.py `pending_call_limit`).
+accepted yet, and by default sheds them at random beyond 1,000
+(service/server/grpc_server.py `pending_call_limit`).
 Every stream of the burst must open and end OK, and each must be counted."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 import grpc
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .streams import END, open_request

@@ -12,9 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqserve.service import checkpoints
-from seqserve.service.checkpoints import ModelIdentity, StateKeys, StreamSnapshot, decode, encode, key_id
-from seqserve.service.errors import BadResumeToken
+from seqserve.service.engine import checkpoints
+from seqserve.service.engine.checkpoints import (
+    ModelIdentity,
+    StateKeys,
+    StreamSnapshot,
+    decode,
+    encode,
+    key_id,
+)
+from seqserve.service.engine.errors import BadResumeToken
 
 KEY = b"current-key-0123456789abcdef"
 OLD = b"previous-key-0123456789abcdef"

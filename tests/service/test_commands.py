@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.training.datasets import load_dataset
 
 from .reference import Offline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 
 from .docs_examples import code_blocks, run_python_example
 

@@ -15,7 +15,7 @@ import pytest
 
 from seqserve.contract import ModelInfo, read_model_info, version_dir
 from seqserve.service.frontends.kserve_v2_converters import model_config
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 
 from .docs_examples import code_blocks, run_python_example
 from .reference import Offline

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seqserve.service.batcher import FAILURES_BEFORE_NOT_SERVING
+from seqserve.service.engine.batcher import FAILURES_BEFORE_NOT_SERVING
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from seqserve.service.client import LoadReport, stream_load
-from seqserve.service.launch import ServerProcess, ServerThread, background_loop, start_server_process
+from seqserve.service.client.load import LoadReport, stream_load
+from seqserve.service.server.launch import ServerProcess, ServerThread, background_loop, start_server_process
 from seqserve.training.datasets import load_dataset
 
 from .reference import Offline

@@ -18,10 +18,10 @@ from seqserve.export.graph import build_model
 from seqserve.export.inference import OnnxClassifier
 from seqserve.export.job import export_run
 from seqserve.export.repository import VersionFiles, write_versions
-from seqserve.service import generation
-from seqserve.service.client import Generated, generate
+from seqserve.service.client.load import Generated, generate
 from seqserve.service.config import ServerConfig
-from seqserve.service.launch import ServerThread
+from seqserve.service.kinds import language_model as generation
+from seqserve.service.server.launch import ServerThread
 from seqserve.training.language_model import greedy_text
 from seqserve.training.model import load_checkpoint
 from seqserve.v1 import seqserve_pb2 as pb

@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
-from seqserve.service.client import stream_sequence
-from seqserve.service.launch import ServerThread
+from seqserve.service.client.load import stream_sequence
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2_grpc
 
 from .reference import MODEL_DATA, Offline

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 
 from .reference import Offline
 from .triton_requests import infer_request, interleaved, join

@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as kserve_pb
 from tritonclient.grpc import service_pb2_grpc as kserve_grpc
 
 from seqserve.contract import METADATA_FILE, version_dir
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -198,7 +198,7 @@ def test_a_broken_model_is_refused_once_and_the_rest_serves(
     async def run() -> tuple:
         async with grpc.aio.insecure_channel(server.target) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)
-            with caplog.at_level(logging.WARNING, logger="seqserve.service.repository"):
+            with caplog.at_level(logging.WARNING, logger="seqserve.service.engine.repository"):
                 staging.rename(repository / "broken")
                 _copy_version(repository, "jv-gru", 1, 2)  # a good version arriving beside it still loads
                 await _until(lambda: repo.resolve("jv-gru").runtime.info.version == 2, "jv-gru:2 loaded")
@@ -212,7 +212,9 @@ def test_a_broken_model_is_refused_once_and_the_rest_serves(
     refused, (version, _) = server.call(run())
     assert refused == grpc.StatusCode.NOT_FOUND and version == 2
     lines = [
-        r for r in caplog.records if r.name == "seqserve.service.repository" and r.levelno >= logging.WARNING
+        r
+        for r in caplog.records
+        if r.name == "seqserve.service.engine.repository" and r.levelno >= logging.WARNING
     ]
     assert len(lines) == 1 and "refused broken:1" in lines[0].getMessage() and lines[0].exc_info is None
     events = _events(server)

@@ -6,7 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from seqserve.service.client import classify_load, stream_load
+from seqserve.service.client.load import classify_load, stream_load
 
 from .reference import MODEL_DATA
 

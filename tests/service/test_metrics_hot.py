@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from seqserve.service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, HotCounter, HotHistogram
+from seqserve.service.engine.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, HotCounter, HotHistogram
 
 amounts = st.floats(min_value=0.0, allow_nan=False)  # +Inf too: it lands in the +Inf bucket
 # Bounds themselves are the edge cases: an amount equal to a bound belongs to that bound's bucket.

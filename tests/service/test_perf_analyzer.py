@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 
 from .docs_examples import shell_command
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seqserve.cli import app
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.training.datasets import load_dataset
 
 from .reference import Offline

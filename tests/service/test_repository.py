@@ -11,9 +11,9 @@ import pytest
 
 from seqserve.contract import METADATA_FILE, ContractError
 from seqserve.service.config import ServerConfig
-from seqserve.service.errors import ModelNotFound
-from seqserve.service.metrics import ServiceMetrics
-from seqserve.service.repository import ModelRepository
+from seqserve.service.engine.errors import ModelNotFound
+from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.engine.repository import ModelRepository
 
 
 def _add_version(repository: Path, name: str, version: int) -> None:

@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
-from seqserve.service import checkpoints
-from seqserve.service.checkpoints import StateKeys
-from seqserve.service.launch import ServerProcess, ServerThread, run_on_loop, start_server_process
+from seqserve.service.engine import checkpoints
+from seqserve.service.engine.checkpoints import StateKeys
+from seqserve.service.server.launch import ServerProcess, ServerThread, run_on_loop, start_server_process
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from seqserve.contract import MODEL_FILE, read_model_info, version_dir
-from seqserve.service import runtime as runtime_module
-from seqserve.service.runtime import CPU, CUDA, ModelRuntime, providers_for
+from seqserve.service.engine import runtime as runtime_module
+from seqserve.service.engine.runtime import CPU, CUDA, ModelRuntime, providers_for
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="CUDA is present: no fallback to see")
@@ -19,7 +19,7 @@ def test_cuda_asked_for_and_absent_falls_back_to_cpu_with_one_warning(
     model_repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     runtime_module._warn_no_cuda.cache_clear()  # another test may have seen the condition already
-    with caplog.at_level(logging.WARNING, logger="seqserve.service.runtime"):
+    with caplog.at_level(logging.WARNING, logger="seqserve.service.engine.runtime"):
         assert providers_for("cuda") == [CPU]
         runtimes = [
             ModelRuntime(read_model_info(path), path / MODEL_FILE, "cuda", threads=1)

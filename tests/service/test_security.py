@@ -20,11 +20,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
-from seqserve.service.auth import TOKENS_ENV, TokenError, TokenTable, parse_tokens
-from seqserve.service.channels import TOKEN_ENV, ClientSecurity, open_channel
+from seqserve.service.client.channels import TOKEN_ENV, ClientSecurity, open_channel
+from seqserve.service.client.health_probe import check_health
 from seqserve.service.config import ServerConfig
-from seqserve.service.health_probe import check_health
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.auth import TOKENS_ENV, TokenError, TokenTable, parse_tokens
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import numpy as np
 
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .streams import chunk_request, open_request

@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from seqserve.service.client import stream_load, stream_sequence
-from seqserve.service.launch import ServerThread
+from seqserve.service.client.load import stream_load, stream_sequence
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as kserve_pb
 
 from seqserve.service.frontends.kserve_v2 import STREAM_RESPONSE
-from seqserve.service.launch import ServerThread
+from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

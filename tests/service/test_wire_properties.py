@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqserve.service.launch import ServerThread, background_loop, run_on_loop
+from seqserve.service.server.launch import ServerThread, background_loop, run_on_loop
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

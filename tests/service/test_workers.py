@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from seqserve.service.launch import ServerProcess, run_on_loop, start_server_process
-from seqserve.service.workers import stream_share
+from seqserve.service.server.launch import ServerProcess, run_on_loop, start_server_process
+from seqserve.service.server.workers import stream_share
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -11,8 +11,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from seqserve.service.engine.metrics import ServiceMetrics
 from seqserve.service.frontends import kserve_v2
-from seqserve.service.metrics import ServiceMetrics
 from seqserve.v1 import seqserve_pb2
 
 SERVICES: list[ServiceDescriptor] = [

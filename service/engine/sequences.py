@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from seqserve.service.batcher import RowResult
-from seqserve.service.caller import current_caller
-from seqserve.service.errors import OutOfOrder
-from seqserve.service.repository import ServedModel
-from seqserve.service.state import IDLE_TIMEOUT, StateStore, StreamState
+from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.caller import current_caller
+from seqserve.service.engine.errors import OutOfOrder
+from seqserve.service.engine.repository import ServedModel
+from seqserve.service.engine.state import IDLE_TIMEOUT, StateStore, StreamState
 
 log = logging.getLogger(__name__)
 

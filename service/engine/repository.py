@@ -32,11 +32,11 @@ from seqserve.contract import (
     read_model_info,
     version_dir,
 )
-from seqserve.service.batcher import Batcher
 from seqserve.service.config import ServerConfig
-from seqserve.service.errors import ModelNotFound
-from seqserve.service.metrics import ModelMetrics, ServiceMetrics
-from seqserve.service.runtime import ModelRuntime
+from seqserve.service.engine.batcher import Batcher
+from seqserve.service.engine.errors import ModelNotFound
+from seqserve.service.engine.metrics import ModelMetrics, ServiceMetrics
+from seqserve.service.engine.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ServedModel:
     metrics: ModelMetrics
     default: bool
     open_streams: int = 0  # kept by the state store; a retired version unloads at 0
-    open_generations: int = 0  # of those, Generate calls still stepping (service/generation.py)
+    open_generations: int = 0  # of those, Generate calls still stepping (service/kinds/language_model.py)
     retired: bool = False
 
     # Cached: read per request, and the runtime's info never changes.

@@ -13,8 +13,8 @@ import numpy as np
 from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.predictions import SequencePrediction, softmax
-from seqserve.service.errors import ModelNotFound
-from seqserve.service.runtime import ModelRuntime
+from seqserve.service.engine.errors import ModelNotFound
+from seqserve.service.engine.runtime import ModelRuntime
 
 
 def open_model(repository: Path, model: str, version: int = 0, device: str = "cpu") -> ModelRuntime:

@@ -24,7 +24,7 @@ import numpy as np
 from rich.progress import Progress
 
 from seqserve.predictions import SequencePrediction
-from seqserve.service.channels import ClientSecurity, open_channel
+from seqserve.service.client.channels import ClientSecurity, open_channel
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqserve.service.errors import BadResumeToken
+from seqserve.service.engine.errors import BadResumeToken
 
 MAGIC = b"SQST"
 FORMAT_VERSION = 1

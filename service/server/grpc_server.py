@@ -18,18 +18,18 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
-from seqserve.service.auth import TOKENS_ENV, BearerTokenInterceptor, ReloadingTokens, TokenError
-from seqserve.service.checkpoints import StateKeys
 from seqserve.service.config import ServerConfig
+from seqserve.service.engine.checkpoints import StateKeys
+from seqserve.service.engine.inference import InferenceEngine
+from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.engine.repository import ModelRepository
+from seqserve.service.engine.state import SHUTDOWN, StateStore
 from seqserve.service.frontends import kserve_v2
 from seqserve.service.frontends.recording import RecordingInterceptor
 from seqserve.service.frontends.registration import add_service, receive_ceiling
 from seqserve.service.frontends.seqserve_v1 import InferenceServicer
-from seqserve.service.inference import InferenceEngine
-from seqserve.service.metrics import ServiceMetrics
-from seqserve.service.repository import ModelRepository
-from seqserve.service.state import SHUTDOWN, StateStore
-from seqserve.service.tls import CertificateFiles, ReloadingCertificates
+from seqserve.service.server.auth import TOKENS_ENV, BearerTokenInterceptor, ReloadingTokens, TokenError
+from seqserve.service.server.tls import CertificateFiles, ReloadingCertificates
 from seqserve.v1 import seqserve_pb2
 
 log = logging.getLogger(__name__)

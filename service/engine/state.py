@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import Gauge
 
-from seqserve.service.batcher import RowResult
-from seqserve.service.checkpoints import IssuedCheckpoint
-from seqserve.service.errors import Draining, LimitExceeded
-from seqserve.service.repository import ServedModel
+from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.checkpoints import IssuedCheckpoint
+from seqserve.service.engine.errors import Draining, LimitExceeded
+from seqserve.service.engine.repository import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ DEFAULT_OPTIONS = StreamOptions()
 class StreamState:
     id: str
     model: ServedModel
-    caller: str | None  # the bearer token's name (service/caller.py), None without tokens
+    caller: str | None  # the bearer token's name (service/engine/caller.py), None without tokens
     idle_timeout_s: float
     task: asyncio.Task | None
     states: tuple[np.ndarray, ...]

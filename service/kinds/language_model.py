@@ -35,10 +35,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.service.batcher import RowResult
-from seqserve.service.errors import InvalidChunk, LimitExceeded, WrongTask
-from seqserve.service.repository import ServedModel
-from seqserve.service.state import SHUTDOWN, StateStore, StreamState
+from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.errors import InvalidChunk, LimitExceeded, WrongTask
+from seqserve.service.engine.repository import ServedModel
+from seqserve.service.engine.state import SHUTDOWN, StateStore, StreamState
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 
 from seqserve.service.config import ServerConfig
-from seqserve.service.metrics import MULTIPROC_ENV
+from seqserve.service.engine.metrics import MULTIPROC_ENV
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
 
 def _worker_main(config: ServerConfig, conn: Connection) -> None:
     """A worker process: one lone server; tells the supervisor its address once it serves."""
-    from seqserve.service.server import serve
+    from seqserve.service.server.grpc_server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -151,7 +151,7 @@ class _Workers:
 def serve_workers(config: ServerConfig, announce: Callable[[str, str | None], None]) -> int:
     """Run `config.workers` workers until SIGTERM / SIGINT or a worker's death; returns the exit code.
     `announce(grpc_address, metrics_address)` is called once every worker serves."""
-    from seqserve.service.server import host_port
+    from seqserve.service.server.grpc_server import host_port
 
     folder = tempfile.mkdtemp(prefix="seqserve-metrics-")
     before = os.environ.get(MULTIPROC_ENV)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from seqserve.service.caller import set_caller
-from seqserve.service.errors import Unauthenticated, status_code
+from seqserve.service.engine.caller import set_caller
+from seqserve.service.engine.errors import Unauthenticated
+from seqserve.service.frontends.status import status_code
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.metrics import MetricWrapperBase
 
-from seqserve.service.checkpoints import REFUSAL_REASONS
+from seqserve.service.engine.checkpoints import REFUSAL_REASONS
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -37,7 +37,8 @@ EVICTION_REASONS = ("idle_timeout", "shutdown")
 REPOSITORY_EVENTS = ("loaded", "refused", "retired", "unloaded")
 _MODEL = ("model", "version")
 _INFO_KEYS = ("cell", "task", "precision", "execution_provider")
-# Set by `--workers N` (service/workers.py) for its workers: their values go to files the supervisor sums.
+# Set by `--workers N` (service/server/workers.py) for its workers: their values go to files the
+# supervisor sums.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 

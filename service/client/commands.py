@@ -1,6 +1,7 @@
-"""`seqserve serve`, `seqserve stream`, `seqserve classify`: flags in, a server or a load run out.
+"""`seqserve stream`, `classify`, `generate` (clients of a server) and `predict` (offline): flags in, a
+load run or predictions out.
 
-Only stdlib, typer and rich at module top; the service and data modules load inside each command.
+Only stdlib and typer at module top; the client and data modules load inside each command.
 """
 
 from __future__ import annotations
@@ -9,75 +10,6 @@ import sys
 from pathlib import Path
 
 import typer
-
-
-def serve_command(
-    repository: Path,
-    host: str,
-    port: int,
-    metrics_port: int,
-    device: str,
-    max_batch: int,
-    max_delay_ms: float,
-    max_streams: int,
-    max_chunk_steps: int,
-    max_message_bytes: int,
-    idle_timeout_s: float,
-    max_idle_timeout_s: float,
-    grace_s: float,
-    inference_threads: int,
-    calls_in_flight: int,
-    inline_max_us: float,
-    workers: int,
-    state_key_file: Path | None,
-    checkpoint_ttl_s: float,
-    poll_repository_s: float,
-    metrics_host: str,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    auth_tokens_file: Path | None,
-    max_streams_per_token: int,
-    max_generate_tokens: int,
-) -> None:
-    options = dict(locals())
-    import asyncio
-
-    from seqserve.cli import fail
-    from seqserve.service.config import ServerConfig
-    from seqserve.service.server import RunningServer, serve
-
-    try:
-        config = ServerConfig(**options)
-    except ValueError as exc:
-        fail(str(exc))
-
-    def announce(running: RunningServer) -> None:
-        typer.echo(running.listening_line())
-        sys.stdout.flush()
-
-    try:
-        if config.workers > 1:
-            from seqserve.service.server import listening_line
-            from seqserve.service.workers import serve_workers
-
-            def announce_workers(grpc_address: str, metrics_address: str | None) -> None:
-                typer.echo(listening_line(grpc_address, metrics_address))
-                sys.stdout.flush()
-
-            code = serve_workers(config, announce_workers)
-        else:
-            running = asyncio.run(serve(config, announce))
-            typer.echo(running.stopped_line())
-            code = 0
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-    ) as exc:  # ValueError: a ContractError, tokens, TLS or state key files
-        fail(str(exc))
-    if code:
-        raise typer.Exit(code)
 
 
 def _report(report, title: str) -> None:  # noqa: ANN001
@@ -92,9 +24,9 @@ def _report(report, title: str) -> None:  # noqa: ANN001
 
 
 def _security(options: dict[str, object]):  # noqa: ANN202
-    """The CLI's --tls*/--token options as a ClientSecurity (service/channels.py)."""
-    from seqserve.cli import fail
-    from seqserve.service.channels import ClientSecurity
+    """The CLI's --tls*/--token options as a ClientSecurity (service/client/channels.py)."""
+    from seqserve.console import fail
+    from seqserve.service.client.channels import ClientSecurity
 
     try:
         return ClientSecurity(**options)
@@ -107,7 +39,7 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
 
     import grpc
 
-    from seqserve.cli import fail
+    from seqserve.console import fail
     from seqserve.training.datasets import DataError
 
     try:
@@ -120,7 +52,7 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
 
 def _checked_output(output: Path | None, force: bool) -> Path | None:
     """--output checked before anything runs: one `error:` line for a path that cannot be written."""
-    from seqserve.cli import fail
+    from seqserve.console import fail
     from seqserve.predictions import OutputError, check_output
 
     try:
@@ -155,7 +87,7 @@ def stream_command(
     force: bool = False,
     **security: object,
 ) -> None:
-    from seqserve.service.client import on_dataset, stream_load
+    from seqserve.service.client.load import on_dataset, stream_load
 
     output = _checked_output(output, force)
     options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
@@ -182,7 +114,7 @@ def classify_command(
     force: bool = False,
     **security: object,
 ) -> None:
-    from seqserve.service.client import classify_load, on_dataset
+    from seqserve.service.client.load import classify_load, on_dataset
 
     output = _checked_output(output, force)
     options = {"batch": batch, "version": version, "progress": True, "include_scores": output is not None}
@@ -204,12 +136,12 @@ def predict_command(
     force: bool,
 ) -> None:
     """Offline: the model in this process, predictions to a file (or JSON Lines on stdout)."""
-    from seqserve.cli import fail
+    from seqserve.console import fail
     from seqserve.contract import ContractError
     from seqserve.predictions import in_model_order, write_predictions
-    from seqserve.service.client import load_split
-    from seqserve.service.errors import ModelNotFound
-    from seqserve.service.offline import open_model, predict
+    from seqserve.service.client.load import load_split
+    from seqserve.service.engine.errors import ModelNotFound
+    from seqserve.service.engine.offline import open_model, predict
     from seqserve.training.datasets import DataError
 
     output = _checked_output(output, force)
@@ -247,7 +179,7 @@ def generate_command(
     """Print the prompt, then the generated text as it arrives, then why it stopped (on stderr)."""
     import grpc
 
-    from seqserve.service.client import CHANNEL_OPTIONS, generate
+    from seqserve.service.client.load import CHANNEL_OPTIONS, generate
     from seqserve.v1 import seqserve_pb2 as pb
     from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 

@@ -18,12 +18,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from seqserve.service import checkpoints, generation
-from seqserve.service.batcher import RowResult
-from seqserve.service.caller import current_caller
-from seqserve.service.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
 from seqserve.service.config import ServerConfig
-from seqserve.service.errors import (
+from seqserve.service.engine import checkpoints
+from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.caller import current_caller
+from seqserve.service.engine.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
+from seqserve.service.engine.errors import (
     BadResumeToken,
     Draining,
     InvalidChunk,
@@ -31,10 +31,11 @@ from seqserve.service.errors import (
     ModelNotFound,
     NoStateKey,
 )
-from seqserve.service.metrics import ServiceMetrics
-from seqserve.service.repository import ModelRepository, ServedModel
-from seqserve.service.sequences import SequenceTable
-from seqserve.service.state import DEFAULT_OPTIONS, StateStore, StreamOptions, StreamState
+from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.engine.repository import ModelRepository, ServedModel
+from seqserve.service.engine.sequences import SequenceTable
+from seqserve.service.engine.state import DEFAULT_OPTIONS, StateStore, StreamOptions, StreamState
+from seqserve.service.kinds import language_model as generation
 
 _HOW_TO_KEY = (
     f"start the server with --state-key-file FILE or ${checkpoints.KEYS_ENV} (one key per line: current, "

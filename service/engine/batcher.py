@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.predictions import softmax
-from seqserve.service.errors import InferenceFailed
-from seqserve.service.metrics import ModelMetrics
-from seqserve.service.runtime import ModelRuntime
+from seqserve.service.engine.errors import InferenceFailed
+from seqserve.service.engine.metrics import ModelMetrics
+from seqserve.service.engine.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from seqserve.service.config import ServerConfig
-from seqserve.service.server import RunningServer, start_server
+from seqserve.service.server.grpc_server import RunningServer, start_server
 
 T = TypeVar("T")
 LISTENING = re.compile(r"^seqserve listening grpc=(?P<grpc>\S+) metrics=(?P<metrics>\S+)$")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seqserve.cli import fail
-from seqserve.service.channels import ClientSecurity, open_sync_channel
+from seqserve.console import fail
+from seqserve.service.client.channels import ClientSecurity, open_sync_channel
 
 UNHEALTHY_EXIT = 1
 

@@ -1,12 +1,10 @@
-"""Domain errors, and the one table that maps them to gRPC status codes (docs/design.md section 6).
+"""Domain errors: what the engine and the model kinds refuse, each with the value that was wrong.
 
-The batcher, state store, repository and runtime raise these; only the front doors (`service/frontends/`)
-turn them into a status.
+The batcher, state store, repository, runtime and kinds raise these; only the front doors turn them into
+a status, through the one table in `service/frontends/status.py` (docs/design.md section 6).
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class ServiceError(Exception):
@@ -70,24 +68,3 @@ class Unauthenticated(ServiceError):
 
 class WrongTask(ServiceError):
     """The model cannot do what was asked: Generate on a model that is not a language model."""
-
-
-STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
-    UnparsableRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
-    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Draining: grpc.StatusCode.UNAVAILABLE,
-    InferenceFailed: grpc.StatusCode.INTERNAL,
-    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
-    BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
-    NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    WrongTask: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-def status_code(error: ServiceError) -> grpc.StatusCode:
-    return STATUS_CODES[type(error)]
