@@ -429,7 +429,7 @@ def predict(
 ) -> None:
     """Predict offline, no server: labels and probabilities per sequence (or per step) for your data."""
     options = dict(locals())  # before the import, which would add itself to locals()
-    from seqserve.service.client.commands import predict_command
+    from seqserve.service.offline import predict_command
 
     predict_command(**options)
 

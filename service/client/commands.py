@@ -1,5 +1,4 @@
-"""`seqserve stream`, `classify`, `generate` (clients of a server) and `predict` (offline): flags in, a
-load run or predictions out.
+"""`seqserve stream`, `classify`, `generate`: flags in, a load run against a server out.
 
 Only stdlib and typer at module top; the client and data modules load inside each command.
 """
@@ -50,7 +49,7 @@ def _run_client(coroutine) -> object:  # noqa: ANN001
         fail(str(exc))
 
 
-def _checked_output(output: Path | None, force: bool) -> Path | None:
+def checked_output(output: Path | None, force: bool) -> Path | None:
     """--output checked before anything runs: one `error:` line for a path that cannot be written."""
     from seqserve.console import fail
     from seqserve.predictions import OutputError, check_output
@@ -61,7 +60,7 @@ def _checked_output(output: Path | None, force: bool) -> Path | None:
         fail(str(exc))
 
 
-def _write_output(report, output: Path | None) -> None:  # noqa: ANN001
+def write_output(report, output: Path | None) -> None:  # noqa: ANN001
     from seqserve.predictions import write_predictions
 
     if output is None:
@@ -89,7 +88,7 @@ def stream_command(
 ) -> None:
     from seqserve.service.client.load import on_dataset, stream_load
 
-    output = _checked_output(output, force)
+    output = checked_output(output, force)
     options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
     options["include_scores"] = output is not None
     options["checkpoint_every_chunks"] = checkpoint_every_chunks
@@ -98,7 +97,7 @@ def stream_command(
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")
     if len(target) > 1 or report.resumes:
         typer.echo(f"resumes: {report.resumes} (streams that moved to another target and went on)")
-    _write_output(report, output)
+    write_output(report, output)
 
 
 def classify_command(
@@ -116,53 +115,12 @@ def classify_command(
 ) -> None:
     from seqserve.service.client.load import classify_load, on_dataset
 
-    output = _checked_output(output, force)
+    output = checked_output(output, force)
     options = {"batch": batch, "version": version, "progress": True, "include_scores": output is not None}
     options["security"] = _security(security)
     report = _run_client(on_dataset(classify_load, target, model, dataset, data, split, seed, **options))
     _report(report, f"classify {model}: {batch} sequences per call")
-    _write_output(report, output)
-
-
-def predict_command(
-    repository: Path,
-    model: str,
-    version: int,
-    dataset: str | None,
-    data: Path | None,
-    split: str,
-    seed: int,
-    output: Path | None,
-    force: bool,
-) -> None:
-    """Offline: the model in this process, predictions to a file (or JSON Lines on stdout)."""
-    from seqserve.console import fail
-    from seqserve.contract import ContractError
-    from seqserve.predictions import in_model_order, write_predictions
-    from seqserve.service.client.load import load_split
-    from seqserve.service.engine.errors import ModelNotFound
-    from seqserve.service.engine.offline import open_model, predict
-    from seqserve.training.datasets import DataError
-
-    output = _checked_output(output, force)
-    try:
-        runtime = open_model(repository, model, version)
-        data_labels, sequences, targets = load_split(dataset, data, split, seed)
-        answers = predict(runtime, sequences, in_model_order(targets, data_labels, runtime.info.labels))
-    except (ModelNotFound, ContractError, DataError, ValueError, OSError) as exc:
-        fail(str(exc))
-    info = runtime.info
-    per_step = info.task == "many_to_many"
-    count = write_predictions(output, answers, info.labels, per_step)
-    correct = sum(int((a.labels == a.targets).sum()) for a in answers if a.targets is not None)
-    total = sum(len(a.labels) for a in answers)
-    unit = "steps" if per_step else "sequences"
-    where = output if output is not None else "stdout"
-    typer.echo(
-        f"{info.name}:{info.version} ({info.precision}) predicted {len(answers)} sequences, {count} records "
-        f"({unit}) -> {where}; accuracy against the data's labels {correct / total:.4f}",
-        err=output is None,
-    )
+    write_output(report, output)
 
 
 def generate_command(

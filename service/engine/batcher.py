@@ -20,8 +20,8 @@ Policy (decided here; docs/operations.md documents the flags):
   first call, a CUDA warm-up). A lone stream's one-row call then costs no thread hop, the loop is never
   held longer than the budget (a long chunk or a slow model cannot stall other streams, health or the
   drain), and where batching pays the executor computes while the loop does the streams' I/O.
-Padding, the onnxruntime call and argmax run vectorised per call, wherever the call runs; the softmax scores
-are made once per call too, and only when some row of the call reads them (most answers carry labels only).
+Padding and the onnxruntime call run vectorised per call, wherever the call runs; the model's kind
+(`service/engine/kind.py`) then makes every row's answer from the call's output at once.
 
 A failed onnxruntime call fails only its own rows, with `InferenceFailed` (INTERNAL) naming the model;
 the next call runs as usual. After `FAILURES_BEFORE_NOT_SERVING` failed calls in a row the version
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.predictions import softmax
 from seqserve.service.engine.errors import InferenceFailed
+from seqserve.service.engine.kind import ModelKind, RowAnswer, States
 from seqserve.service.engine.metrics import ModelMetrics
 from seqserve.service.engine.runtime import ModelRuntime
 
@@ -51,55 +51,10 @@ log = logging.getLogger(__name__)
 FAILURES_BEFORE_NOT_SERVING = 3
 
 
-class _CallScores:
-    """One call's softmax, made the first time any of its rows asks and then shared by all of them: most
-    answers carry labels only (a lone stream's chunk paid five numpy calls for scores nobody read)."""
-
-    __slots__ = ("logits", "scores")
-
-    def __init__(self, logits: np.ndarray) -> None:
-        self.logits = logits
-        self.scores: np.ndarray | None = None
-
-    def get(self) -> np.ndarray:
-        if self.scores is None:
-            self.scores = softmax(self.logits)
-        return self.scores
-
-
-class RowResult:
-    """One row's answer: labels, logits and softmax scores per output step, and the state after its last
-    step. `scores` is given, or taken from its call's softmax (`call`, at `pick`) when first read."""
-
-    __slots__ = ("labels", "states", "logits", "_scores", "_call", "_pick")
-
-    def __init__(
-        self,
-        labels: np.ndarray,  # int64 [steps] (many-to-many) or [1] (many-to-one)
-        scores: np.ndarray | None,  # float32 [len(labels), classes]
-        states: tuple[np.ndarray, ...],  # each [layers * directions, hidden]
-        logits: np.ndarray,  # float32 [len(labels), classes], what the graph returned
-        call: _CallScores | None = None,
-        pick: object = None,
-    ) -> None:
-        self.labels = labels
-        self.states = states
-        self.logits = logits
-        self._scores = scores
-        self._call = call
-        self._pick = pick
-
-    @property
-    def scores(self) -> np.ndarray:
-        if self._scores is None:
-            self._scores = self._call.get()[self._pick] if self._call is not None else softmax(self.logits)
-        return self._scores
-
-
 @dataclass(slots=True, eq=False)
 class _Row:
     x: np.ndarray  # float32 [steps, features], or a language model's int64 token ids [steps]
-    states: tuple[np.ndarray, ...]
+    states: States
     future: asyncio.Future
     queued_at: float
 
@@ -138,6 +93,7 @@ class Batcher:
     def __init__(
         self,
         runtime: ModelRuntime,
+        kind: ModelKind,
         executor: Executor,
         metrics: ModelMetrics,
         max_batch: int,
@@ -147,6 +103,7 @@ class Batcher:
         inline_budget_s: float = 0.0,
     ) -> None:
         self.runtime = runtime
+        self.kind = kind
         self.executor = executor
         self.metrics = metrics
         self.max_batch = max_batch
@@ -160,7 +117,6 @@ class Batcher:
         self._calls_in_flight = 0
         self._rows_in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._many_to_many = runtime.info.task != "many_to_one"  # a language model answers every step too
         self.inline_budget_s = inline_budget_s
         # Seconds a whole call took, by size class (bit length of padded rows x steps); a moving average.
         self._call_seconds: dict[int, float] = {}
@@ -172,14 +128,12 @@ class Batcher:
     def healthy(self) -> bool:
         return self.consecutive_failures < FAILURES_BEFORE_NOT_SERVING
 
-    async def infer(self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None) -> RowResult:
+    async def infer(self, x: np.ndarray, states: States, stream: object = None) -> RowAnswer:
         """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call; `stream`
         (any hashable, None for one-off rows) tells rows of the same client apart."""
         return await self.submit(x, states, stream)
 
-    def submit(
-        self, x: np.ndarray, states: tuple[np.ndarray, ...], stream: object = None
-    ) -> asyncio.Future[RowResult]:
+    def submit(self, x: np.ndarray, states: States, stream: object = None) -> asyncio.Future[RowAnswer]:
         """`infer` without a coroutine: the row is queued at once and the future ends with its answer, so
         a caller may take it in a done callback and spare the event loop a task per row."""
         future = asyncio.get_running_loop().create_future()
@@ -254,7 +208,7 @@ class Batcher:
         self._timer = None
         self._maybe_dispatch()
 
-    def _finish(self, rows: list[_Row], results: list[RowResult] | None, error: BaseException | None) -> None:
+    def _finish(self, rows: list[_Row], results: list[RowAnswer] | None, error: BaseException | None) -> None:
         self._calls_in_flight -= 1
         self._rows_in_flight -= len(rows)
         failure = None if error is None else self._failed(error, len(rows))
@@ -285,8 +239,8 @@ class Batcher:
         if self.healthy != was and self.on_health_change is not None:
             self.on_health_change()
 
-    def _run(self, rows: list[_Row], size: int) -> list[RowResult]:
-        """On the loop or an executor thread: pad, run, argmax, scatter; one onnxruntime call per length
+    def _run(self, rows: list[_Row], size: int) -> list[RowAnswer]:
+        """On the loop or an executor thread: pad, run, answer, scatter; one onnxruntime call per length
         group. `size` is the call's size class."""
         start = time.perf_counter()
         queue = self.metrics.queue
@@ -306,8 +260,8 @@ class Batcher:
         return results  # type: ignore[return-value]
 
     def _compute(
-        self, x: np.ndarray, states: tuple[np.ndarray, ...], lengths: np.ndarray, rows: int
-    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        self, x: np.ndarray, states: States, lengths: np.ndarray, rows: int
+    ) -> tuple[np.ndarray, States]:
         """The onnxruntime call of `rows` rows, timed into the metrics."""
         start = time.perf_counter()
         logits, new_states = self.runtime.run(x, states, lengths)
@@ -318,31 +272,23 @@ class Batcher:
         self.metrics.batch_size.observe(rows)
         return logits, new_states
 
-    def _run_one(self, row: _Row) -> RowResult:
+    def _run_one(self, row: _Row) -> RowAnswer:
         """A lone row: views with a batch axis of 1, no copies (states are contiguous already, as the
         previous call or the zero state left them)."""
         states = tuple([np.ascontiguousarray(state[:, np.newaxis]) for state in row.states])
-        logits, new_states = self._compute(row.x[np.newaxis], states, _lengths(row.x.shape[0]), 1)
-        logits = logits[0] if self._many_to_many else logits  # [steps, classes] or [1, classes]
-        states_after = tuple([state[:, 0] for state in new_states])
-        return RowResult(logits.argmax(axis=-1), None, states_after, logits)
+        outputs, new_states = self._compute(row.x[np.newaxis], states, _lengths(row.x.shape[0]), 1)
+        return self.kind.answer_one(outputs, tuple([state[:, 0] for state in new_states]))
 
-    def _run_group(self, rows: list[_Row]) -> list[RowResult]:
+    def _run_group(self, rows: list[_Row]) -> list[RowAnswer]:
         lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
         x = np.zeros((len(rows), int(lengths.max()), *rows[0].x.shape[1:]), dtype=rows[0].x.dtype)
         for index, row in enumerate(rows):
             x[index, : row.x.shape[0]] = row.x
         columns = zip(*(row.states for row in rows), strict=True)
         states = tuple(np.stack(column, axis=1) for column in columns)
-        logits, new_states = self._compute(x, states, lengths, len(rows))
-        labels = logits.argmax(axis=-1)
-        scores = _CallScores(logits)
-        out = []
-        for index, n in enumerate(lengths.tolist()):
-            pick = (index, slice(0, n)) if self._many_to_many else slice(index, index + 1)
-            states_after = tuple(state[:, index] for state in new_states)
-            out.append(RowResult(labels[pick], None, states_after, logits[pick], scores, pick))
-        return out
+        outputs, new_states = self._compute(x, states, lengths, len(rows))
+        states_after = [tuple(state[:, index] for state in new_states) for index in range(len(rows))]
+        return self.kind.answer_rows(outputs, lengths.tolist(), states_after)
 
 
 _LENGTHS: dict[int, np.ndarray] = {}

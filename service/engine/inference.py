@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import numpy as np
 
 from seqserve.service.config import ServerConfig
 from seqserve.service.engine import checkpoints
-from seqserve.service.engine.batcher import RowResult
 from seqserve.service.engine.caller import current_caller
 from seqserve.service.engine.checkpoints import IssuedCheckpoint, StateKeys, StreamSnapshot
 from seqserve.service.engine.errors import (
@@ -31,11 +29,11 @@ from seqserve.service.engine.errors import (
     ModelNotFound,
     NoStateKey,
 )
+from seqserve.service.engine.kind import RowAnswer
 from seqserve.service.engine.metrics import ServiceMetrics
 from seqserve.service.engine.repository import ModelRepository, ServedModel
 from seqserve.service.engine.sequences import SequenceTable
 from seqserve.service.engine.state import DEFAULT_OPTIONS, StateStore, StreamOptions, StreamState
-from seqserve.service.kinds import language_model as generation
 
 _HOW_TO_KEY = (
     f"start the server with --state-key-file FILE or ${checkpoints.KEYS_ENV} (one key per line: current, "
@@ -124,9 +122,7 @@ class InferenceEngine:
         stream.options = options
         stream.states, stream.steps, stream.chunks = snapshot.states, snapshot.steps, snapshot.chunks
         if snapshot.answer is not None:
-            label, scores, logits = snapshot.answer
-            labels = np.array([label], dtype=np.int64)
-            stream.last = RowResult(labels, scores[np.newaxis], snapshot.states, logits[np.newaxis])
+            stream.last = served.kind.restored_answer(snapshot.answer, snapshot.states)
         served.metrics.resumes.inc()
         return stream
 
@@ -171,14 +167,14 @@ class InferenceEngine:
         if self.keys is None or not model.streamable:
             return None
         info = model.runtime.info
-        last = stream.last if info.task == "many_to_one" else None
+        last = None if model.kind.answers_every_step else stream.last
         expires_at = int(time.time() + self.config.checkpoint_ttl_s)
         snapshot = StreamSnapshot(
             model=checkpoints.ModelIdentity(info.name, info.version, info.sha256),
             steps=stream.steps,
             chunks=stream.chunks,
             states=stream.states,
-            answer=None if last is None else (int(last.labels[0]), last.scores[0], last.logits[0]),
+            answer=None if last is None else model.kind.kept_answer(last),
             include_scores=stream.options.include_scores,
             final_only=stream.options.final_only,
             idle_timeout_ms=stream.options.idle_timeout_ms,
@@ -197,13 +193,13 @@ class InferenceEngine:
             self.final_checkpoints[reason] += 1
         return issued
 
-    async def chunk(self, stream: StreamState, x: np.ndarray) -> RowResult | None:
+    async def chunk(self, stream: StreamState, x: np.ndarray) -> RowAnswer | None:
         """The chunk's answer, or None for a non-streamable model, which buffers until end. When the
         stream's checkpoint interval is due, `stream.checkpoint` holds a token covering this chunk."""
         row = self.start_chunk(stream, x)
         return None if row is None else self.finish_chunk(stream, x.shape[0], await row)
 
-    def start_chunk(self, stream: StreamState, x: np.ndarray) -> asyncio.Future[RowResult] | None:
+    def start_chunk(self, stream: StreamState, x: np.ndarray) -> asyncio.Future[RowAnswer] | None:
         """`chunk`'s first half, synchronous: count the chunk and queue its row in the batcher (None: a
         non-streamable model buffered it). The caller hands the row's answer to `finish_chunk`, awaited or
         in a done callback (a sequence request, which no task waits for: sequences.py)."""
@@ -217,7 +213,7 @@ class InferenceEngine:
             return None
         return model.batcher.submit(x, stream.states, stream)
 
-    def finish_chunk(self, stream: StreamState, steps: int, result: RowResult) -> RowResult:
+    def finish_chunk(self, stream: StreamState, steps: int, result: RowAnswer) -> RowAnswer:
         """`chunk`'s second half: the answer of the row (of `steps` steps) becomes the stream's state and
         latest answer."""
         stream.states = result.states
@@ -240,34 +236,20 @@ class InferenceEngine:
         stream.buffered_bytes += x.nbytes
         stream.steps += x.shape[0]
 
-    async def end(self, stream: StreamState) -> RowResult | None:
+    async def end(self, stream: StreamState) -> RowAnswer | None:
         """The final answer (None when the stream sent no chunk); the caller closes the stream after."""
         if stream.model.streamable:
             # Many-to-many streams already had every step's answer with its chunk.
-            return stream.last if stream.model.runtime.info.task == "many_to_one" else None
+            return None if stream.model.kind.answers_every_step else stream.last
         if not stream.buffered:
             return None
         whole = np.concatenate(stream.buffered)
         stream.buffered = []
         return await stream.model.batcher.infer(whole, stream.model.runtime.zero_state)
 
-    async def classify(self, model: ServedModel, sequences: list[np.ndarray]) -> list[RowResult]:
+    async def classify(self, model: ServedModel, sequences: list[np.ndarray]) -> list[RowAnswer]:
         if self.store.draining:
             raise Draining("server is shutting down and takes no new requests; retry on another replica")
         model.metrics.steps.inc(sum(x.shape[0] for x in sequences))
         zero = model.runtime.zero_state
         return list(await asyncio.gather(*(model.batcher.infer(x, zero) for x in sequences)))
-
-    async def generate(
-        self,
-        model: ServedModel,
-        params: generation.GenerateParams,
-        emit: Callable[[generation.Piece], Awaitable[None]],
-    ) -> generation.GenerationEnd:
-        """Continue a language model's prompt, awaiting `emit` for each piece of text (one or more tokens);
-        bad requests raise before any token (see `generation.encode_prompt`)."""
-        config = self.config
-        prompt = generation.encode_prompt(model, params, config.max_generate_tokens, config.max_chunk_steps)
-        return await generation.generate(
-            self.store, model, params, prompt, self.idle_timeout_s(0), emit, current_caller()
-        )

@@ -35,6 +35,7 @@ from seqserve.contract import (
 from seqserve.service.config import ServerConfig
 from seqserve.service.engine.batcher import Batcher
 from seqserve.service.engine.errors import ModelNotFound
+from seqserve.service.engine.kind import KindFor, ModelKind
 from seqserve.service.engine.metrics import ModelMetrics, ServiceMetrics
 from seqserve.service.engine.runtime import ModelRuntime
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class ServedModel:
     runtime: ModelRuntime
+    kind: ModelKind
     batcher: Batcher
     metrics: ModelMetrics
     default: bool
@@ -73,9 +75,12 @@ def _signature(path: Path) -> tuple:
 
 
 class ModelRepository:
-    def __init__(self, config: ServerConfig, metrics: ServiceMetrics, executor: Executor) -> None:
+    def __init__(
+        self, config: ServerConfig, metrics: ServiceMetrics, executor: Executor, kind_for: KindFor
+    ) -> None:
         self.root = Path(config.repository)
         self.config = config
+        self.kind_for = kind_for  # the model kinds this server knows (seqserve.service.kinds.kind_for)
         self.service_metrics = metrics
         self.executor = executor
         self._models: dict[str, dict[int, ServedModel]] = {}
@@ -85,9 +90,11 @@ class ModelRepository:
         self.listeners: list[Callable[[], None]] = []
 
     @classmethod
-    def load(cls, config: ServerConfig, metrics: ServiceMetrics, executor: Executor) -> ModelRepository:
+    def load(
+        cls, config: ServerConfig, metrics: ServiceMetrics, executor: Executor, kind_for: KindFor
+    ) -> ModelRepository:
         """Load every version on disk; at start a version that fails the contract stops the server."""
-        repository = cls(config, metrics, executor)
+        repository = cls(config, metrics, executor, kind_for)
         on_disk = repository._on_disk()
         if not on_disk:
             raise ContractError(
@@ -118,8 +125,10 @@ class ModelRepository:
         bound = self.service_metrics.for_model(
             name, version, info.cell, info.task, info.precision, runtime.provider
         )
+        kind = self.kind_for(info)
         batcher = Batcher(
             runtime,
+            kind,
             self.executor,
             bound,
             config.max_batch,
@@ -128,7 +137,7 @@ class ModelRepository:
             inline_budget_s=config.inline_max_us / 1e6,
         )
         batcher.on_health_change = self._notify
-        return ServedModel(runtime, batcher, bound, default=False)
+        return ServedModel(runtime, kind, batcher, bound, default=False)
 
     @staticmethod
     def _log_loaded(served: ServedModel) -> None:

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from seqserve.service.engine.batcher import RowResult
 from seqserve.service.engine.caller import current_caller
 from seqserve.service.engine.errors import OutOfOrder
+from seqserve.service.engine.kind import RowAnswer
 from seqserve.service.engine.repository import ServedModel
 from seqserve.service.engine.state import IDLE_TIMEOUT, StateStore, StreamState
 
@@ -70,8 +70,8 @@ class SequenceTable:
         self,
         store: StateStore,
         open_stream: Callable[[ServedModel], StreamState],
-        start_chunk: Callable[[StreamState, np.ndarray], asyncio.Future[RowResult] | None],
-        finish_chunk: Callable[[StreamState, int, RowResult], RowResult],
+        start_chunk: Callable[[StreamState, np.ndarray], asyncio.Future[RowAnswer] | None],
+        finish_chunk: Callable[[StreamState, int, RowAnswer], RowAnswer],
     ) -> None:
         self.store = store
         self._open_stream = open_stream
@@ -142,7 +142,7 @@ class SequenceTable:
             return
         row.add_done_callback(functools.partial(self._row_done, sequence, request))
 
-    def _row_done(self, sequence: Sequence, request: _Request, row: asyncio.Future[RowResult]) -> None:
+    def _row_done(self, sequence: Sequence, request: _Request, row: asyncio.Future[RowAnswer]) -> None:
         result, error = outcome(row)
         if error is None:
             try:
@@ -152,7 +152,7 @@ class SequenceTable:
         self._answered(sequence, request, result, error)
 
     def _answered(
-        self, sequence: Sequence, request: _Request, result: RowResult | None, error: BaseException | None
+        self, sequence: Sequence, request: _Request, result: RowAnswer | None, error: BaseException | None
     ) -> None:
         """Tell the caller, then run the sequence's next request or mark it idle; the bookkeeping runs
         whatever the caller's callback does, so a sequence is never left stuck."""

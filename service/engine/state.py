@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import Gauge
 
-from seqserve.service.engine.batcher import RowResult
 from seqserve.service.engine.checkpoints import IssuedCheckpoint
 from seqserve.service.engine.errors import Draining, LimitExceeded
+from seqserve.service.engine.kind import RowAnswer
 from seqserve.service.engine.repository import ServedModel
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class StreamState:
     buffered: list[np.ndarray] = field(default_factory=list)
     buffered_bytes: int = 0
     # The answer to the latest chunk: a many-to-one stream's final label at end.
-    last: RowResult | None = None
+    last: RowAnswer | None = None
     # Set while the handler awaits the client's next message; idle time counts from last_seen.
     reading: bool = False
     last_seen: float = 0.0

@@ -25,14 +25,18 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from seqserve.service.engine.batcher import RowResult
-from seqserve.service.engine.errors import ModelNotFound, ServiceError, Unsupported
-from seqserve.service.engine.inference import InferenceEngine
-from seqserve.service.engine.metrics import ServiceMetrics
-from seqserve.service.engine.repository import ServedModel
-from seqserve.service.engine.sequences import outcome
+from seqserve.service.engine import (
+    InferenceEngine,
+    ModelNotFound,
+    ServedModel,
+    ServiceError,
+    ServiceMetrics,
+    Unsupported,
+    outcome,
+)
 from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.frontends.status import status_code
+from seqserve.service.kinds.classifier import RowResult
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import serialize_byte_tensor
 
 from seqserve.contract import INPUT_X, OUTPUT_LOGITS
-from seqserve.service.engine.batcher import RowResult
-from seqserve.service.engine.errors import InvalidChunk, LimitExceeded
-from seqserve.service.engine.metrics import ModelTotals
-from seqserve.service.engine.repository import ServedModel
-from seqserve.service.engine.sequences import SequenceId
+from seqserve.service.engine import InvalidChunk, LimitExceeded, ModelTotals, SequenceId, ServedModel
 from seqserve.service.frontends.values import all_finite
+from seqserve.service.kinds.classifier import RowResult
 
 OUTPUT_LABEL = "label"
 OUTPUT_SCORES = "scores"

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.engine import ServiceMetrics
 
 UNKNOWN_RPC = "unknown"
 _BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")

@@ -25,7 +25,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from seqserve.service.engine.errors import LimitExceeded, ServiceError, UnparsableRequest
+from seqserve.service.engine import LimitExceeded, ServiceError, UnparsableRequest
 from seqserve.service.frontends.status import status_code
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,17 @@ from typing import Any
 
 import grpc
 
-from seqserve.service.engine.errors import Draining, IdleTimeout, InvalidChunk, OutOfOrder, ServiceError
-from seqserve.service.engine.inference import InferenceEngine
-from seqserve.service.engine.state import IDLE_TIMEOUT, SHUTDOWN, StreamState
+from seqserve.service.engine import (
+    IDLE_TIMEOUT,
+    SHUTDOWN,
+    Draining,
+    IdleTimeout,
+    InferenceEngine,
+    InvalidChunk,
+    OutOfOrder,
+    ServiceError,
+    StreamState,
+)
 from seqserve.service.frontends import seqserve_v1_converters as converters
 from seqserve.service.kinds import language_model as generation
 from seqserve.v1 import seqserve_pb2 as pb
@@ -193,7 +201,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         async def emit(piece: generation.Piece) -> None:
             await context.write(converters.generated_text(piece))
 
-        end = await self.engine.generate(model, converters.generate_params(request), emit)
+        end = await generation.generate(self.engine, model, converters.generate_params(request), emit)
         if end.reason == generation.SERVER_SHUTDOWN:
             message = "server shut down before the generation ended; retry on another replica"
             await context.write(converters.generate_ended(end, message))

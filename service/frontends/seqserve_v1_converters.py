@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqserve.service.engine.batcher import RowResult
-from seqserve.service.engine.checkpoints import IssuedCheckpoint
-from seqserve.service.engine.errors import InvalidChunk, LimitExceeded, ServiceError
-from seqserve.service.engine.repository import ServedModel
-from seqserve.service.engine.state import StreamOptions, StreamState
+from seqserve.service.engine import (
+    InvalidChunk,
+    IssuedCheckpoint,
+    LimitExceeded,
+    ServedModel,
+    ServiceError,
+    StreamOptions,
+    StreamState,
+)
 from seqserve.service.frontends.values import all_finite
 from seqserve.service.kinds import language_model as generation
+from seqserve.service.kinds.classifier import RowResult
 from seqserve.v1 import seqserve_pb2 as pb
 
 _FLOAT32 = np.dtype("<f4")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from seqserve.service.engine.errors import (
+from seqserve.service.engine import (
     BadResumeToken,
     Draining,
     IdleTimeout,

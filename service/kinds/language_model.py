@@ -1,4 +1,6 @@
-"""Generation on a language model: the prompt as one chunk, then one token per step, fed back as input.
+"""The language-model kind: a row is int64 token ids, its answer the logits of the next token at every step
+(the classifier's rendering, over the vocabulary). Generate: the prompt as one chunk, then one token per
+step, fed back as input.
 
 Each open generation is a stream of the StateStore (so the stream limit, metrics, drain and shutdown apply
 to it as to any stream) and one row of its model's batcher at every step: N generations in step share one
@@ -22,7 +24,8 @@ shared one, so the same request gives the same text whatever else the server run
 most likely tokens (all when top_k is 0), and the token is the first whose cumulative p exceeds one
 uniform draw.
 
-Knows nothing of gRPC: `service/frontends/` translates requests to `GenerateParams` and pieces back.
+Knows nothing of gRPC: `service/frontends/` translates requests to `GenerateParams` and pieces back, and
+calls `generate(engine, ...)`.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.service.engine.batcher import RowResult
+from seqserve.service.engine.caller import current_caller
 from seqserve.service.engine.errors import InvalidChunk, LimitExceeded, WrongTask
+from seqserve.service.engine.inference import InferenceEngine
 from seqserve.service.engine.repository import ServedModel
 from seqserve.service.engine.state import SHUTDOWN, StateStore, StreamState
+from seqserve.service.kinds.classifier import Classifier, RowResult
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,16 @@ class GenerationEnd:
     reason: str  # MAX_TOKENS, STOP_STRING or SERVER_SHUTDOWN
     tokens: int
     stop: str = ""  # the stop string that matched
+
+
+class LanguageModel(Classifier):
+    """Token ids in, the next token's logits out at every step: a classifier over the vocabulary, whose
+    argmax is the greedy next token."""
+
+    name = "language_model"
+
+    def __init__(self) -> None:
+        super().__init__(answers_every_step=True)
 
 
 def encode_prompt(model: ServedModel, params: GenerateParams, max_tokens: int, max_steps: int) -> np.ndarray:
@@ -264,7 +279,7 @@ async def _make(
     raise AssertionError("unreachable: the loop returns at max_tokens")
 
 
-async def generate(
+async def run_generation(
     store: StateStore,
     model: ServedModel,
     params: GenerateParams,
@@ -294,3 +309,18 @@ async def generate(
             outbox.cancel()
     await outbox.finish()
     return end
+
+
+async def generate(
+    engine: InferenceEngine,
+    model: ServedModel,
+    params: GenerateParams,
+    emit: Callable[[Piece], Awaitable[None]],
+) -> GenerationEnd:
+    """Continue a language model's prompt on `engine`, awaiting `emit` for each piece of text (one or more
+    tokens); bad requests raise before any token (see `encode_prompt`)."""
+    config = engine.config
+    prompt = encode_prompt(model, params, config.max_generate_tokens, config.max_chunk_steps)
+    return await run_generation(
+        engine.store, model, params, prompt, engine.idle_timeout_s(0), emit, current_caller()
+    )

@@ -28,6 +28,7 @@ from seqserve.service.frontends import kserve_v2
 from seqserve.service.frontends.recording import RecordingInterceptor
 from seqserve.service.frontends.registration import add_service, receive_ceiling
 from seqserve.service.frontends.seqserve_v1 import InferenceServicer
+from seqserve.service.kinds import kind_for
 from seqserve.service.server.auth import TOKENS_ENV, BearerTokenInterceptor, ReloadingTokens, TokenError
 from seqserve.service.server.tls import CertificateFiles, ReloadingCertificates
 from seqserve.v1 import seqserve_pb2
@@ -211,7 +212,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     certificates = _certificates(config)
     # Threads are made on demand; each model version has at most `calls_in_flight` calls running.
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seqserve-ort")
-    repository = ModelRepository.load(config, metrics, executor)
+    repository = ModelRepository.load(config, metrics, executor, kind_for)
     store = StateStore(
         config.max_streams,
         config.stream_id_prefix,

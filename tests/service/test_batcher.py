@@ -12,6 +12,7 @@ import pytest
 from seqserve.contract import ModelInfo
 from seqserve.service.engine.batcher import Batcher, length_groups
 from seqserve.service.engine.metrics import ServiceMetrics
+from seqserve.service.kinds import kind_for
 from seqserve.service.server.launch import run_on_loop
 
 INFO = ModelInfo(
@@ -45,7 +46,7 @@ class RecordingRuntime:
 def batcher() -> Batcher:
     metrics = ServiceMetrics().for_model("m", 1, "gru", "many_to_many", "fp32", "CPUExecutionProvider")
     with ThreadPoolExecutor(2) as executor:
-        yield Batcher(RecordingRuntime(), executor, metrics, max_batch=8, max_delay_s=0.0)
+        yield Batcher(RecordingRuntime(), kind_for(INFO), executor, metrics, max_batch=8, max_delay_s=0.0)
 
 
 ZERO = (np.zeros((1, 2), dtype=np.float32),)

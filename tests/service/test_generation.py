@@ -258,7 +258,7 @@ def test_a_reader_that_stops_bounds_the_lead_and_gets_the_same_text_in_larger_pi
         async def keep_up(piece: generation.Piece) -> None:
             fast.append(piece)
 
-        await generation.generate(engine.store, model, params, prompt, 30.0, keep_up)
+        await generation.run_generation(engine.store, model, params, prompt, 30.0, keep_up)
         slow: list[generation.Piece] = []
         release = asyncio.Event()
 
@@ -267,7 +267,9 @@ def test_a_reader_that_stops_bounds_the_lead_and_gets_the_same_text_in_larger_pi
             await release.wait()
 
         before = _steps(lm_server)
-        task = asyncio.ensure_future(generation.generate(engine.store, model, params, prompt, 30.0, stalled))
+        task = asyncio.ensure_future(
+            generation.run_generation(engine.store, model, params, prompt, 30.0, stalled)
+        )
         for _ in range(1000):  # bounded: the pause comes after lead steps, a fraction of a second here
             if _steps(lm_server) - before >= len(prompt) + lead:
                 break

@@ -14,6 +14,7 @@ from seqserve.service.config import ServerConfig
 from seqserve.service.engine.errors import ModelNotFound
 from seqserve.service.engine.metrics import ServiceMetrics
 from seqserve.service.engine.repository import ModelRepository
+from seqserve.service.kinds import kind_for
 
 
 def _add_version(repository: Path, name: str, version: int) -> None:
@@ -24,7 +25,7 @@ def _add_version(repository: Path, name: str, version: int) -> None:
 
 def _load(repository: Path) -> ModelRepository:
     with ThreadPoolExecutor(1) as executor:
-        return ModelRepository.load(ServerConfig(repository=repository), ServiceMetrics(), executor)
+        return ModelRepository.load(ServerConfig(repository=repository), ServiceMetrics(), executor, kind_for)
 
 
 def test_highest_version_by_default_and_a_pinned_one_exactly(writable_repository: Path) -> None:

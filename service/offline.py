@@ -1,4 +1,4 @@
-"""`seqserve predict`: a repository's model run in this process with onnxruntime, no server.
+"""`seqserve predict`: a repository's model run in this process with onnxruntime, no server, no batcher.
 
 It loads the version the server would (`repository.py`'s rule: the highest unless one is pinned) through
 the same `ModelRuntime`, so its answers are the server's answers; it needs no torch.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import typer
 
 from seqserve import contract
 from seqserve.contract import ModelInfo
@@ -64,3 +65,43 @@ def predict(
             target = None if targets is None else np.atleast_1d(targets[index])
             answers[index] = SequencePrediction(index, probabilities.argmax(axis=-1), probabilities, target)
     return [answer for answer in answers if answer is not None]
+
+
+def predict_command(
+    repository: Path,
+    model: str,
+    version: int,
+    dataset: str | None,
+    data: Path | None,
+    split: str,
+    seed: int,
+    output: Path | None,
+    force: bool,
+) -> None:
+    """Offline: the model in this process, predictions to a file (or JSON Lines on stdout)."""
+    from seqserve.console import fail
+    from seqserve.contract import ContractError
+    from seqserve.predictions import in_model_order, write_predictions
+    from seqserve.service.client.commands import checked_output
+    from seqserve.service.client.load import load_split
+    from seqserve.training.datasets import DataError
+
+    output = checked_output(output, force)
+    try:
+        runtime = open_model(repository, model, version)
+        data_labels, sequences, targets = load_split(dataset, data, split, seed)
+        answers = predict(runtime, sequences, in_model_order(targets, data_labels, runtime.info.labels))
+    except (ModelNotFound, ContractError, DataError, ValueError, OSError) as exc:
+        fail(str(exc))
+    info = runtime.info
+    per_step = info.task == "many_to_many"
+    count = write_predictions(output, answers, info.labels, per_step)
+    correct = sum(int((a.labels == a.targets).sum()) for a in answers if a.targets is not None)
+    total = sum(len(a.labels) for a in answers)
+    unit = "steps" if per_step else "sequences"
+    where = output if output is not None else "stdout"
+    typer.echo(
+        f"{info.name}:{info.version} ({info.precision}) predicted {len(answers)} sequences, {count} records "
+        f"({unit}) -> {where}; accuracy against the data's labels {correct / total:.4f}",
+        err=output is None,
+    )

@@ -1,0 +1,57 @@
+"""What the engine asks of a model kind, and nothing more: the batcher, state store and checkpoints see
+rows of inputs and state; a kind (`service/kinds/`) says what a row's answer is.
+
+The engine runs a call and hands the kind the graph's output for the call's rows, with each row's length
+and its state after its last step; the kind makes each row's answer from them. A stream keeps its latest
+answer, and a kind whose answers are not per step (a many-to-one classifier) says so: the stream's final
+answer is then its latest, and a checkpoint carries it.
+
+The server's wiring gives the repository a `KindFor` (`seqserve.service.kinds.kind_for`), so no engine
+module imports a kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from seqserve.contract import ModelInfo
+
+States = tuple[np.ndarray, ...]
+# What a checkpoint keeps of a stream's latest answer: label index, scores and logits (each [classes]).
+KeptAnswer = tuple[int, np.ndarray, np.ndarray]
+
+
+class RowAnswer(Protocol):
+    """One row's answer to one call; the engine reads only the state after the row's last step."""
+
+    states: States
+
+
+class ModelKind(Protocol):
+    name: str
+    # Every step answered with its chunk (many-to-many, a language model); else one running answer per
+    # chunk, the latest being the stream's final answer (many-to-one).
+    answers_every_step: bool
+
+    def answer_one(self, outputs: np.ndarray, states: States) -> RowAnswer:
+        """A lone row's answer: `outputs` is the call's output with its batch axis of 1 still on."""
+        ...
+
+    def answer_rows(self, outputs: np.ndarray, lengths: list[int], states: list[States]) -> list[RowAnswer]:
+        """The answers of a call's rows, in order: `outputs` [rows, ...], each row's valid steps and its
+        state after them."""
+        ...
+
+    def kept_answer(self, answer: RowAnswer) -> KeptAnswer:
+        """What a checkpoint carries of a stream's latest answer (kinds whose answers are not per step)."""
+        ...
+
+    def restored_answer(self, kept: KeptAnswer, states: States) -> RowAnswer:
+        """The latest answer a resumed stream continues from, out of what its checkpoint carried."""
+        ...
+
+
+KindFor = Callable[[ModelInfo], ModelKind]
