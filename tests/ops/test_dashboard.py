@@ -20,7 +20,8 @@ from .image_entrypoint import DOCKER_DIR
 
 GRAFANA_DIR = DOCKER_DIR / "grafana"
 OPERATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
-# What the issue asks the dashboard to show, each found in some panel's PromQL.
+# What the dashboard must show (streams, throughput, latency, batching, evictions, errors, state, models),
+# each found in some panel's PromQL.
 REQUIRED_FAMILIES = {
     "seqserve_streams_active",
     "seqserve_steps_total",

@@ -1,4 +1,4 @@
-"""/metrics over HTTP: every family of issue 6, the step counter equal to the steps sent."""
+"""/metrics over HTTP: the core families of docs/operations.md, the step counter equal to the steps sent."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def test_perf_analyzer_streams_sequences_without_errors(
 ) -> None:
     binary = _perf_analyzer()
     report = tmp_path / "perf.csv"
-    if shape is None:  # docs/triton.md's command as a reader pastes it: the issue's, plus STEADY and ZEROS
+    if shape is None:  # docs/triton.md's command as a reader pastes it, STEADY and ZEROS included
         command = [binary, *shell_command("triton.md", ".tools/bin/perf_analyzer", server.target)[1:]]
         assert command[command.index("-m") + 1] == model and {*STEADY, *ZEROS} <= {*command}
     else:
