@@ -1,4 +1,4 @@
-"""Prometheus families of the service (issue 6), on their own registry so several servers share a process.
+"""Prometheus families of the service, on their own registry so several servers share a process.
 
 Labels are bounded: `model` and `version` come from the repository, `token` from the operator's tokens
 file (a name, never the token), none from a request, and no family has a per-stream label. Children are
