@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from bench.grafana_dashboard import Panel, expand, load_dashboard, panels, serie
 from bench.load_client import LoadSpec
 from bench.load_pool import LoadPool
 from bench.prometheus_server import Prometheus, start_prometheus
-from bench.server_process import running_server
+from seqserve.service.server.launch import running_server, serve_command
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
 
@@ -204,11 +203,8 @@ def main(
         repository = work_dir / "repository"
         for name, hidden, layers in MODELS:
             write_bench_model(repository, work_dir, name=name, hidden=hidden, layers=layers)
-        command = [sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository)]
-        command += ["--port", "0", "--metrics-port", "0"]
-        with running_server(command, work_dir / "seqserve.log") as server:
-            metrics_address = server.metrics_url.removeprefix("http://").removesuffix("/metrics")
-            prometheus = start_prometheus(metrics_address, work_dir / "prometheus", SCRAPE_INTERVAL)
+        with running_server(serve_command(repository), work_dir / "seqserve.log") as server:
+            prometheus = start_prometheus(server.metrics_target, work_dir / "prometheus", SCRAPE_INTERVAL)
             try:
                 prometheus.wait_for('up{job="seqserve"}', lambda up: up == 1)
                 log = run_load(server.target, phase_s, processes)

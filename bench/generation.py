@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,10 +36,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.process_costs import cpu_clock
 from bench.report import TextTable
 from bench.scenarios import BenchRun
-from bench.server_process import running_server
 from seqserve.service.client.load import CHANNEL_OPTIONS, generate
+from seqserve.service.server.launch import running_server, serve_command
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -222,7 +222,7 @@ def measure(run: BenchRun, lm_repository: Path, model: str) -> Generation:
     command = run.command("seqserve", lm_repository)
     with running_server(command, run.logs / "seqserve-generation.log") as server:
         rows = measure_rows(
-            server.target, server.cpu_seconds, model, config.generation_counts, config.generation_tokens,
+            server.target, cpu_clock(server.pid), model, config.generation_counts, config.generation_tokens,
             config.ratio_rounds, run.advance,
         )  # fmt: skip
     return Generation(rows, model)
@@ -245,11 +245,10 @@ def main() -> None:
         if repository is None:
             repository = Path(work) / "repository"
             write_bench_language_model(repository, Path(work))
-        command = [sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository),
-                   "--port", "0", "--metrics-port", "0", "--inference-threads", "1"]  # fmt: skip
+        command = serve_command(repository, "--inference-threads", "1")
         with running_server(command, Path(work) / "seqserve.log") as server:
             rows = measure_rows(
-                server.target, server.cpu_seconds, args.model, counts, args.tokens, args.rounds,
+                server.target, cpu_clock(server.pid), args.model, counts, args.tokens, args.rounds,
                 lambda name: print(name, flush=True),
             )  # fmt: skip
     section = Generation(rows, args.model)

@@ -22,11 +22,12 @@ from typing import Annotated, Any
 import typer
 
 from bench.load_pool import LoadResult
+from bench.process_costs import cpu_clock, process_tree_cpu_seconds, thread_cpu_seconds
 from bench.prometheus_scrape import scrape
 from bench.report import TextTable
 from bench.scenarios import BATCH_SIZE_METRIC, BenchRun, ServedFigures
-from bench.server_process import ServerProcess
 from bench.triton_peer import PERF_ANALYZER, perf_analyzer
+from seqserve.service.server.launch import ServerProcess
 
 TARGET_RATIO = 0.9
 # The seqserve.v1 row is made like for like with perf_analyzer's, so the two differ only in their protocol:
@@ -130,15 +131,16 @@ class KServeV2:
 
 
 def perf_served(run: BenchRun, server: ServerProcess, sequences: int, chunk: int) -> ServedFigures:
-    """perf_analyzer on a seqserve V2 endpoint as a ServedFigures row (bench/ab.py's V2 rows): server CPU
-    per request is the server's CPU over the whole perf_analyzer run divided by the chunks it answered in
-    that time (its `seqserve_chunks_total`), so warm-up and trials outside perf_analyzer's window cancel."""
-    before = scrape(server.metrics_url), server.cpu_seconds(), server.thread_cpu_seconds()
+    """perf_analyzer on a seqserve V2 endpoint as a ServedFigures row (bench.experiments.ab's V2 rows):
+    server CPU per request is the server's CPU over the whole perf_analyzer run divided by the chunks it
+    answered in that time (its `seqserve_chunks_total`), so warm-up and trials outside perf_analyzer's
+    window cancel."""
+    before = scrape(server.metrics_url), process_tree_cpu_seconds(server.pid), thread_cpu_seconds(server.pid)
     v2 = perf_analyzer(
-        "seqserve", server.target, server.cpu_seconds, sequences, chunk, run.info.features,
+        "seqserve", server.target, cpu_clock(server.pid), sequences, chunk, run.info.features,
         run.config.triton_window_ms,
     )  # fmt: skip
-    after = scrape(server.metrics_url), server.cpu_seconds(), server.thread_cpu_seconds()
+    after = scrape(server.metrics_url), process_tree_cpu_seconds(server.pid), thread_cpu_seconds(server.pid)
     (metrics_before, cpu_before, threads_before), (metrics_after, cpu_after, threads_after) = before, after
 
     def grown(name: str) -> float:
@@ -215,7 +217,7 @@ def main(
     from bench.bench_model import write_bench_model
     from bench.load_pool import LoadPool
     from bench.scenarios import BenchConfig
-    from bench.server_process import running_server
+    from seqserve.service.server.launch import running_server
 
     config = BenchConfig()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -34,6 +34,7 @@ from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
 from bench.plot import plot_streams
+from bench.process_costs import cpu_clock
 from bench.report import BenchResults
 from bench.scenarios import INFERENCE_THREADS, QUICK, BenchConfig, BenchRun
 from bench.sections import Checkpoints, NaiveGrid, TritonPeer, Workers
@@ -106,7 +107,7 @@ def main(
                 rounds = run.ratio_rounds(servers)
                 run.advance("Triton peer (perf_analyzer, both servers)")
                 peer = run_peer(
-                    repository, info, servers.seqserve.target, servers.seqserve.cpu_seconds, config.chunks,
+                    repository, info, servers.seqserve.target, cpu_clock(servers.seqserve.pid), config.chunks,
                     config.triton_sequences, config.triton_window_ms, Path(work), install=not quick,
                 )  # fmt: skip
                 kserve_v2 = measure_kserve_v2(run, servers.seqserve)

@@ -21,9 +21,10 @@ from bench.checkpoint_probe import CHECKPOINT_EVERY, CheckpointFigures, measure_
 from bench.load_client import LoadSpec
 from bench.load_pool import LoadPool, LoadResult
 from bench.ort_ceiling import OrtResult, measure_ort
+from bench.process_costs import process_tree_cpu_seconds, rss_mb, thread_cpu_seconds
 from bench.prometheus_scrape import scrape
-from bench.server_process import ServerProcess, running_server
 from seqserve.contract import ModelInfo
+from seqserve.service.server.launch import ServerProcess, running_server
 
 BATCH_SIZE_METRIC = "seqserve_batch_size"
 STREAMS_ACTIVE_METRIC = "seqserve_streams_active"
@@ -274,7 +275,7 @@ class BenchRun:
 
         def probe() -> tuple[float, dict[str, float], dict[str, float]]:
             metrics = scrape(server.metrics_url) if server.metrics_url else {}
-            return server.cpu_seconds(), server.thread_cpu_seconds(), metrics
+            return process_tree_cpu_seconds(server.pid), thread_cpu_seconds(server.pid), metrics
 
         spec = self._spec(server.target, mode, streams, chunk, **options)
         load, before, after = self.pool.run(spec, probe)
@@ -380,11 +381,11 @@ class BenchRun:
             # One short stream first, so the runtime's buffers exist before RSS is taken.
             warm = self._spec(server.target, "stream", 1, self.config.small_chunk)
             self.pool.run(LoadSpec(**{**asdict(warm), "warmup_s": 0.0, "duration_s": 0.2}))
-            rss_before = server.rss_mb()
+            rss_before = rss_mb(server.pid)
             opened = self.pool.open_idle(
                 self._spec(server.target, "idle", self.config.idle_streams, self.config.small_chunk)
             )
-            rss_open = server.rss_mb()
+            rss_open = rss_mb(server.pid)
             active_open = scrape(server.metrics_url)[STREAMS_ACTIVE_METRIC] if server.metrics_url else None
             tallies = self.pool.close_idle()
             active_after = (
@@ -396,7 +397,7 @@ class BenchRun:
                 open_s=max(tally.open_s for tally in tallies),
                 rss_mb_before=rss_before,
                 rss_mb_open=rss_open,
-                rss_mb_after_close=server.rss_mb(),
+                rss_mb_after_close=rss_mb(server.pid),
                 kb_per_stream=(rss_open - rss_before) * 1024 / opened,
                 sent_steps=sum(tally.sent_steps for tally in tallies),
                 server_steps=sum(tally.server_steps for tally in tallies),

@@ -36,7 +36,8 @@ import grpc
 import numpy as np
 
 from bench.bench_model import FEATURES, write_bench_model
-from bench.server_process import ServerProcess, running_server
+from bench.process_costs import rss_mb
+from seqserve.service.server.launch import ServerProcess, running_server
 from seqserve.v1 import seqserve_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ async def _sampler(
         seen = len(tally.latencies)
         held = await asyncio.to_thread(_scrape, server)
         samples.append({
-            "t_s": round(now - start, 1), "rss_mb": round(server.rss_mb(), 2),
+            "t_s": round(now - start, 1), "rss_mb": round(rss_mb(server.pid), 2),
             "open_streams": held.get("seqserve_streams_active", 0.0),
             "p99_ms": round(_p(window, 99), 3), "chunks": len(window),
         })  # fmt: skip
@@ -314,7 +315,7 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
         work = [(server.target, model, n, duration_s, 1000 * i) for i, n in enumerate(share)]
         pending = [pool.apply_async(_overload_worker, arguments) for arguments in work]
         while not all(p.ready() for p in pending):
-            rss.append(server.rss_mb())
+            rss.append(rss_mb(server.pid))
             peak = max(peak, rss[-1])
             time.sleep(1.0)
         parts = [p.get() for p in pending]
@@ -337,7 +338,7 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
         "open_wait_max_ms": round(max(open_waits, default=float("nan")) * 1000, 1),
         "streams_without_a_chunk": sum(part["without_a_chunk"] for part in parts),
         "rss_peak_mb": round(peak, 1),
-        "rss_after_mb": round(server.rss_mb(), 1),
+        "rss_after_mb": round(rss_mb(server.pid), 1),
         "errors_on_good_streams": sum(part["errors"] for part in parts),
         "errors_seen": [e for part in parts for e in part["errors_seen"]][:10],
         "streams_left_open_after": held.get("seqserve_streams_active", 0.0),

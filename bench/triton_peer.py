@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_model import BENCH_MODEL, BENCH_VERSION, model_path
-from bench.server_process import ServerStartError, process_tree_cpu_seconds
+from bench.process_costs import process_tree_cpu_seconds
 from seqserve.contract import ModelInfo
+from seqserve.service.server.launch import ServerStartError
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("SEQSERVE_TOOLS", ROOT / ".tools"))

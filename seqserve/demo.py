@@ -19,6 +19,7 @@ from seqserve.service.server.launch import start_server_process
 
 WORKDIR = Path("runs/demo")
 REPOSITORY = WORKDIR / "repository"
+SERVER_LOG = WORKDIR / "seqserve-serve.log"
 MODELS = {
     "jv-gru": ["--dataset", "japanese_vowels", "--cell", "gru"],
     "bms-gru": ["--dataset", "basic_motions_stream", "--cell", "gru"],
@@ -57,8 +58,8 @@ def main() -> None:
     _seqserve("models", "--repository", str(REPOSITORY))
 
     _show(["serve", "--repository", str(REPOSITORY), "--port", "0", "--metrics-port", "0"])
-    server = start_server_process(REPOSITORY)
-    print(f"serving on {server.target}, metrics on http://{server.metrics_target}/metrics", flush=True)
+    server = start_server_process(REPOSITORY, log_path=SERVER_LOG)
+    print(f"serving on {server.target}, metrics on {server.metrics_url}; its log: {SERVER_LOG}", flush=True)
     try:
         clients = []
         for name, flags in MODELS.items():

@@ -1,4 +1,4 @@
-"""`python -m bench.v2_flood` at a small size: it runs, and its figures hold together."""
+"""`python -m bench.experiments.v2_flood` at a small size: it runs, and its figures hold together."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_flood_reports_what_went_out_what_was_read_and_what_waits(tmp_path: Path
     command = [
         sys.executable,
         "-m",
-        "bench.v2_flood",
+        "bench.experiments.v2_flood",
         "--requests",
         "3000",
         "--stall-s",

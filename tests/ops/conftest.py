@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .image_entrypoint import ServerProcess, serving_image_pythonpath, start_entrypoint
+from .image_entrypoint import ImageServer, serving_image_pythonpath, start_entrypoint
 
 
 @pytest.fixture
-def start_image_server(model_repository: Path, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_image_server(model_repository: Path, tmp_path: Path) -> Iterator[Callable[..., ImageServer]]:
     """`start(dockerfile, **env_overrides)`: run that image's entrypoint on the test repository until it
     serves; every server still running at teardown is killed."""
-    started: list[ServerProcess] = []
+    started: list[ImageServer] = []
     blocked = serving_image_pythonpath(tmp_path / "serving-image-pythonpath")
 
-    def start(dockerfile: Path, **overrides: str) -> ServerProcess:
+    def start(dockerfile: Path, **overrides: str) -> ImageServer:
         server = start_entrypoint(dockerfile, model_repository, blocked, **overrides)
         started.append(server)
         return server
 
     yield start
     for server in started:
-        if server.process.poll() is None:
-            server.stop(signal.SIGKILL)
+        server.kill()

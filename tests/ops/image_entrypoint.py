@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from seqserve.service.server.launch import LISTENING
+from seqserve.service.server.launch import ServerProcess, ServerStartError
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 # In the `train` extra only: the serving image has none of them, so the served process must not need them.
@@ -75,44 +73,15 @@ def parse_serve_stage(dockerfile: Path) -> ServeStage:
 
 
 @dataclass
-class ServerProcess:
-    """A server started from an image's entrypoint, with the addresses it printed once serving."""
+class ImageServer(ServerProcess):
+    """A server started from an image's entrypoint, with the image's HEALTHCHECK."""
 
-    process: subprocess.Popen
-    env: dict[str, str]
-    healthcheck: list[str]
-    grpc_target: str = ""
-    metrics_address: str = ""
-    output: list[str] = field(default_factory=list)
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.metrics_address}/metrics"
-
-    def log(self) -> str:
-        return "".join(self.output[-60:])
+    healthcheck: list[str] = field(default_factory=list)
 
     def run_healthcheck(self) -> subprocess.CompletedProcess:
         """The image's HEALTHCHECK, in the container's environment with the port the server took."""
-        env = {**self.env, "SEQSERVE_SERVE_PORT": self.grpc_target.rsplit(":", 1)[1]}
+        env = {**self.env, "SEQSERVE_SERVE_PORT": self.target.rsplit(":", 1)[1]}
         return subprocess.run(self.healthcheck, env=env, capture_output=True, text=True, timeout=30)
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout_s)
-
-
-def _follow(server: ServerProcess, serving: threading.Event) -> None:
-    """Keep reading the server's output (a full pipe would block it) and note the listening line."""
-    for line in server.process.stdout:
-        server.output.append(line)
-        match = LISTENING.match(line.strip())
-        if match and not serving.is_set():
-            server.grpc_target = match["grpc"]
-            server.metrics_address = match["metrics"]
-            serving.set()
-    serving.set()
 
 
 def serving_image_pythonpath(root: Path) -> Path:
@@ -141,17 +110,13 @@ def image_environment(stage: ServeStage, repository: Path, blocked: Path, **over
     return env
 
 
-def start_entrypoint(dockerfile: Path, repository: Path, blocked: Path, **overrides: str) -> ServerProcess:
+def start_entrypoint(dockerfile: Path, repository: Path, blocked: Path, **overrides: str) -> ImageServer:
     """Start the image's ENTRYPOINT + CMD and wait for its listening line; fail the test if none comes."""
     stage = parse_serve_stage(dockerfile)
     env = image_environment(stage, repository, blocked, **overrides)
-    process = subprocess.Popen(
-        stage.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    server = ServerProcess(process=process, env=env, healthcheck=stage.healthcheck)
-    serving = threading.Event()
-    threading.Thread(target=_follow, args=(server, serving), daemon=True).start()
-    if not serving.wait(START_TIMEOUT_S) or not server.grpc_target:
-        server.stop(signal.SIGKILL)
-        pytest.fail(f"{' '.join(stage.command)} did not print its listening line:\n{server.log()}")
+    try:
+        server = ImageServer.start(stage.command, env=env, timeout_s=START_TIMEOUT_S)
+    except ServerStartError as error:
+        pytest.fail(str(error))
+    server.healthcheck = stage.healthcheck
     return server

@@ -75,11 +75,11 @@ def test_image_entrypoint_serves_and_drains_on_sigterm(
     server = start_image_server(DOCKER_DIR / dockerfile)
 
     probe = server.run_healthcheck()
-    assert probe.returncode == 0, f"HEALTHCHECK failed: {probe.stdout}{probe.stderr}\n{server.log()}"
+    assert probe.returncode == 0, f"HEALTHCHECK failed: {probe.stdout}{probe.stderr}\n{server.tail()}"
     for service in ("seqserve.v1.InferenceService", *list_models(model_repository)):
-        assert check_health(server.grpc_target, service) == "SERVING", service
+        assert check_health(server.target, service) == "SERVING", service
 
-    with grpc.insecure_channel(server.grpc_target) as channel:
+    with grpc.insecure_channel(server.target) as channel:
         stub = InferenceServiceStub(channel)
         served = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
         assert {m.name for m in served} == set(list_models(model_repository))
@@ -100,10 +100,10 @@ def test_image_entrypoint_serves_and_drains_on_sigterm(
         stream = OpenStream(stub, "jv-gru")
         stream.send(chunk=chunk_of(sequences[0][:4]))
         server.process.send_signal(signal.SIGTERM)
-        wait_until_not_serving(server.grpc_target)
+        wait_until_not_serving(server.target)
         stream.send(chunk=chunk_of(sequences[0][4:]))
         ended = stream.send(end=pb.StreamEnd()).ended
         stream.close()
     assert (ended.reason, ended.steps) == (pb.END_REASON_COMPLETED, SEQUENCE_STEPS[0])
-    assert server.stop(signal.SIGTERM) == 0, server.log()
+    assert server.terminate() == 0, server.tail()
     assert server.run_healthcheck().returncode == 1

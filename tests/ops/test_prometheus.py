@@ -82,15 +82,15 @@ def stream_all(target: str, sequences: list[np.ndarray]) -> int:
 
 def test_prometheus_scrapes_steps_and_latency(start_image_server, start_prometheus) -> None:
     server = start_image_server(DOCKER_DIR / "Dockerfile")
-    prometheus = start_prometheus(server.metrics_address)
+    prometheus = start_prometheus(server.metrics_target)
     prometheus.wait_for('up{job="seqserve"}', lambda up: up == 1)
     test_set = load_dataset("japanese_vowels").test.sequences
 
     # Two phases with a scrape between them, so rate() over the latency buckets sees an increase.
-    sent = stream_all(server.grpc_target, test_set[:SEQUENCES_PER_PHASE])
+    sent = stream_all(server.target, test_set[:SEQUENCES_PER_PHASE])
     steps_query = f'sum(seqserve_steps_total{{model="{MODEL}"}})'
     prometheus.wait_for(steps_query, lambda steps: steps >= sent)
-    sent += stream_all(server.grpc_target, test_set[SEQUENCES_PER_PHASE : 2 * SEQUENCES_PER_PHASE])
+    sent += stream_all(server.target, test_set[SEQUENCES_PER_PHASE : 2 * SEQUENCES_PER_PHASE])
     scraped = prometheus.wait_for(steps_query, lambda steps: steps >= sent)
     assert scraped == sent
 
@@ -108,7 +108,7 @@ def test_prometheus_scrapes_steps_and_latency(start_image_server, start_promethe
 
 def test_exposition_passes_promtool(start_image_server) -> None:
     server = start_image_server(DOCKER_DIR / "Dockerfile")
-    stream_all(server.grpc_target, load_dataset("japanese_vowels").test.sequences[:4])
+    stream_all(server.target, load_dataset("japanese_vowels").test.sequences[:4])
     exposition = urlopen(server.metrics_url, timeout=10).read()
     assert b"seqserve_chunk_latency_seconds_bucket" in exposition
     lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, timeout=30)

@@ -94,7 +94,7 @@ def test_rolling_update_finishes_every_stream_on_the_other_server(
         [a, b], motion_streams, 32 * 5, lambda: a.process.send_signal(15), checkpoint_every_chunks=1
     )
     exit_code = a.process.wait(timeout=30)
-    stopped = a.process.stdout.read()
+    stopped = a.output()
     resumed = _check_every_step_once(report, motion_streams)
     for x, result in zip(motion_streams, report.results, strict=True):
         assert result.labels.tolist() == offline.scores(MODEL, x).argmax(axis=-1).tolist()

@@ -2,8 +2,10 @@
 out before gRPC's flow control stalls it, how many the server read, how many answers sit unwritten, and the
 server's RSS before and after (the memory bound of docs/triton.md, "Sequences").
 
-    python -m bench.v2_flood                      # this checkout
-    python -m bench.v2_flood --variant git:REV    # seqserve as committed at REV, to compare
+    python -m bench.experiments.v2_flood                      # this checkout
+    python -m bench.experiments.v2_flood --variant git:REV    # seqserve as committed at REV, to compare
+
+Writes bench/results/v2_flood.json (or `--out`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import numpy as np
 import typer
 from tritonclient.grpc import service_pb2 as pb
 
-from bench.ab import variant_command
 from bench.bench_model import BENCH_MODEL, write_bench_model
+from bench.experiments.ab import variant_command
+from bench.process_costs import rss_mb
 from bench.prometheus_scrape import sample_value
 from bench.scenarios import BenchConfig, BenchRun
-from bench.server_process import ServerProcess, running_server
+from seqserve.service.server.launch import ServerProcess, running_server
 
 app = typer.Typer(add_completion=False)
 ANSWERS = ("seqserve_requests_total", {"rpc": "ModelStreamInfer.response", "code": "OK"})
@@ -65,7 +68,7 @@ async def _flood(target: str, requests: list[bytes], stall_s: float) -> int:
 
 
 def flood(server: ServerProcess, count: int, features: int, stall_s: float) -> dict[str, float]:
-    rss_before = server.rss_mb()
+    rss_before = rss_mb(server.pid)
     sent = asyncio.run(_flood(server.target, _requests(count, features), stall_s))
     read, written = (sample_value(server.metrics_url, *wanted) for wanted in (READ, ANSWERS))
     return {
@@ -75,7 +78,7 @@ def flood(server: ServerProcess, count: int, features: int, stall_s: float) -> d
         "answers_written": written,
         "answers_unwritten": read - written,
         "rss_before_mb": rss_before,
-        "rss_after_mb": server.rss_mb(),
+        "rss_after_mb": rss_mb(server.pid),
     }
 
 

@@ -2,58 +2,30 @@
 one on this tree's code and one on REV's, rounds alternated (the order swapped every round), so the box's
 drift hits both alike. Each round runs Generate and the client loop on each server at `--generations`.
 
-    python -m bench.generation_ab --rev 576620a [--rounds 4] [--generations 64] [--tokens 200]
+    python -m bench.experiments.generation_ab --rev 576620a [--rounds 4] [--generations 64] [--tokens 200]
 
-REV's `seqserve/`, `service/`, `training/` and `export/` are checked out with `git archive` into a package
-folder that the old server imports first (PYTHONPATH, started from that folder); the gRPC stubs are this
-tree's (generated at install). Prints the medians and writes bench/results/generation_ab.json.
+REV's code is laid out as bench.experiments.ab lays out a `git:REV` variant. Prints the medians and writes
+bench/results/generation_ab.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from bench.bench_model import BENCH_LM, write_bench_language_model
+from bench.experiments.ab import at_revision
 from bench.generation import GenerationRow, measure_row
-from bench.server_process import running_server
+from bench.process_costs import cpu_clock
+from seqserve.service.server.launch import running_server, serve_command
 
 FIGURES = ("chars_per_s", "server_cpu_us_per_char", "client_cpu_us_per_char", "tokens_per_message")
-ROOT = Path(__file__).resolve().parents[1]
-# The repository's folders and the package names they install as (pyproject's package-dir).
-PACKAGES = {"seqserve": "seqserve", "service": "seqserve/service", "training": "seqserve/training",
-            "export": "seqserve/export"}  # fmt: skip
-
-
-def checkout_package(rev: str, into: Path) -> Path:
-    """REV's code laid out as the installed `seqserve` package, under `into`."""
-    for folder, package in PACKAGES.items():
-        archive = subprocess.run(["git", "archive", rev, folder], cwd=ROOT, check=True, capture_output=True)
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            for member in tar.getmembers():
-                member.name = package + member.name[len(folder) :]
-            tar.extractall(into, filter="data")
-    shutil.copytree(ROOT / "seqserve" / "v1", into / "seqserve" / "v1", dirs_exist_ok=True)
-    return into
-
-
-def _serve(repository: Path, package: Path | None = None) -> list[str]:
-    command = [sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository),
-               "--port", "0", "--metrics-port", "0", "--inference-threads", "1"]  # fmt: skip
-    if package is None:
-        return command
-    # From the package folder, so `python -m` puts it first on sys.path, ahead of the editable install.
-    return ["env", "-C", str(package), f"PYTHONPATH={package}", *command]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -68,21 +40,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seqserve-generation-ab-") as work:
         repository = Path(work) / "repository"
         write_bench_language_model(repository, Path(work))
-        package = checkout_package(args.rev, Path(work) / "old")
+        serve = serve_command(repository, "--inference-threads", "1")
         with (
-            running_server(_serve(repository, package), Path(work) / "old.log") as old,
-            running_server(_serve(repository), Path(work) / "new.log") as new,
+            running_server(at_revision(args.rev, serve, Path(work)), Path(work) / "old.log") as old,
+            running_server(serve, Path(work) / "new.log") as new,
         ):
             servers = {"old": old, "new": new}
             for server in servers.values():  # warm both
-                measure_row(server.target, server.cpu_seconds, BENCH_LM, "generate", 4, 10)
+                measure_row(server.target, cpu_clock(server.pid), BENCH_LM, "generate", 4, 10)
             for index in range(args.rounds):
                 order = ("old", "new") if index % 2 == 0 else ("new", "old")
                 for variant in ("generate", "client_loop"):
                     for name in order:
                         server = servers[name]
                         row = measure_row(
-                            server.target, server.cpu_seconds, BENCH_LM, variant, args.generations,
+                            server.target, cpu_clock(server.pid), BENCH_LM, variant, args.generations,
                             args.tokens, index + 1,
                         )  # fmt: skip
                         rows.setdefault(f"{name}_{variant}", []).append(row)

@@ -1,6 +1,9 @@
 """Checkpoint overhead A/B: a checkpoint every 0 and every 16 chunks, alternated round by round on one
-server, so drift on a shared box hits both alike; prints the median ratio per chunk size (issue 10's
-target: every 16 chunks within 5 % of none, in steps/s). `python -m bench.checkpoint_ab --rounds 4`."""
+server, so drift on a shared box hits both alike; prints the median ratio per chunk size (the target:
+every 16 chunks within 5 % of none, in steps/s) and writes bench/results/checkpoint_ab.json.
+
+    python -m bench.experiments.checkpoint_ab --rounds 4
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import typer
 from bench.bench_model import write_bench_model
 from bench.load_pool import LoadPool
 from bench.scenarios import BenchConfig, BenchRun
-from bench.server_process import running_server
+from seqserve.service.server.launch import running_server
 
 app = typer.Typer(add_completion=False)
 

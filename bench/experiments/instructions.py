@@ -1,14 +1,15 @@
 """Instructions per message, counted by valgrind's callgrind: the one figure this shared box cannot blur.
 
-    python -m bench.instructions [--variant NAME=SPEC ...] [--messages 1000] [--protocols v1,v2] [--streams 1]
+    python -m bench.experiments.instructions [--variant NAME=SPEC ...] [--messages 1000] [--protocols v1,v2]
+        [--streams 1]
 
-Each server (by default echo, naive and seqserve; `--variant` takes bench.ab's specs, e.g. `old=git:main`)
-runs under `valgrind --tool=callgrind` with counting off; `--streams` streams open and each sends 300
-chunks to warm up, then counting is switched on (`callgrind_control -i on`) for exactly `--messages`
-chunk-and-answer round trips in all (each stream one at a time, the streams at once) and off again.
-`--protocols v2` sends the same on the KServe V2 endpoint: a sequence per ModelStreamInfer stream, the
-requests as perf_analyzer sends them. The count covers every thread of the server process (the event loop,
-grpc's threads, onnxruntime), split by shared object, so the interpreter's share (libpython) and
+Each server (by default echo, naive and seqserve; `--variant` takes bench.experiments.ab's specs, e.g.
+`old=git:main`) runs under `valgrind --tool=callgrind` with counting off; `--streams` streams open and each
+sends 300 chunks to warm up, then counting is switched on (`callgrind_control -i on`) for exactly
+`--messages` chunk-and-answer round trips in all (each stream one at a time, the streams at once) and off
+again. `--protocols v2` sends the same on the KServe V2 endpoint: a sequence per ModelStreamInfer stream,
+the requests as perf_analyzer sends them. The count covers every thread of the server process (the event
+loop, grpc's threads, onnxruntime), split by shared object, so the interpreter's share (libpython) and
 onnxruntime's stand side by side. Wall-clock time under valgrind is meaningless (about 50x slower), and so
 is anything that decides by time: seqserve runs with `--inline-max-us 1e9`, so a lone row runs inline as
 it does at full speed. With many streams the server under valgrind is slower than its clients, so its
@@ -39,15 +40,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.ab import variant_command
 from bench.bench_model import BENCH_MODEL, write_bench_model
+from bench.experiments.ab import variant_command
 from bench.scenarios import BenchConfig, BenchRun
+from seqserve.service.server.launch import ServerProcess
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
-RESULTS = Path(__file__).parent / "results" / "instructions.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "instructions.json"
 WARMUP_MESSAGES = 300
-_LISTENING = re.compile(r"listening grpc=(\S+)")
 # Lines of `callgrind_annotate`: "  12,345 (1.2%)  file:function [/path/to/object.so]".
 _ANNOTATED = re.compile(r"\s*([\d,]+)\s+\([^)]*\)\s+.*\[(.*)\]\s*$")
 
@@ -170,18 +171,15 @@ def _count(
     messages -= messages % streams
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={profile}"]
     command, environment = _without_env(command)
-    process = subprocess.Popen(
-        [*valgrind, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    # About 50x slower under valgrind: to start, and to write its profile once stopped.
+    server = ServerProcess.start(
+        [*valgrind, *command], env=environment, log_path=profile.with_suffix(".log"), timeout_s=600
     )
     try:
-        target = next((m[1] for line in process.stdout if (m := _LISTENING.search(line))), None)
-        if target is None:
-            raise RuntimeError(f"{name} exited before it listened: {' '.join(command)}")
-        asyncio.run(_round_trips(target, protocol, streams, chunk, features, messages, process.pid))
+        asyncio.run(_round_trips(server.target, protocol, streams, chunk, features, messages, server.pid))
     finally:
-        process.terminate()
-        output = process.communicate(timeout=300)[0]
-    collected = re.findall(r"Collected : (\d+)", output)
+        server.terminate(timeout_s=300)
+    collected = re.findall(r"Collected : (\d+)", server.output())
     objects = _by_object(profile)
     return {
         "server": name,
@@ -199,7 +197,8 @@ def _count(
 @app.command()
 def main(
     variant: Annotated[
-        list[str] | None, typer.Option(help="NAME=SPEC as bench.ab takes them; default echo, naive, seqserve")
+        list[str] | None,
+        typer.Option(help="NAME=SPEC as bench.experiments.ab takes them; default echo, naive, seqserve"),
     ] = None,
     chunks: Annotated[
         str, typer.Option(help="Comma-separated chunk sizes, one stream each (32 takes minutes per server).")
