@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 BENCH_MODEL = "bench-gru"
 BENCH_VERSION = 1
-# JapaneseVowels: 12 LPC features, 9 speakers; the issue fixes hidden 128 and 2 layers.
+# JapaneseVowels: 12 LPC features, 9 speakers; the bench fixes hidden 128 and 2 layers.
 FEATURES = 12
 CLASSES = 9
 HIDDEN = 128

@@ -16,7 +16,7 @@ the p50 / p99 time per character (the gaps between consecutive characters of one
 that arrive in one message have a gap of 0), server and client CPU per character (from /proc and the
 client process's own times: client and server share the box), and Generate's tokens per message. At the
 top concurrency the generate / client-loop pair runs `rounds` times, alternated, and the ratio is their
-median: issue 12's target is generate >= 3x the client loop at 64 generations.
+median: the target is generate >= 3x the client loop at 64 generations.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def measure_rows(
 
 @dataclass
 class Generation:
-    """Issue 12's rows: Generate, the client loop and the stateless loop at each count of generations."""
+    """The generation rows: Generate, the client loop and the stateless loop at each count of generations."""
 
     rows: list[GenerationRow]
     model: str

@@ -3,7 +3,7 @@
 
 Each cell runs the two back to back, so drift in the box's load hits both sides alike. perf_analyzer is
 run by `bench.triton_peer.perf_analyzer` (its CSV report, `-f`) and installed by
-scripts/install_perf_analyzer.sh; without it the rows are skipped with the reason. Issue 16's target: the
+scripts/install_perf_analyzer.sh; without it the rows are skipped with the reason. The target: the
 V2 path within 10 % of seqserve.v1's throughput at 64 sequences (same batcher; only the conversion costs).
 """
 

@@ -1,4 +1,4 @@
-"""The bench's results: raw figures, the issue's ratios against their targets, the JSON and the tables."""
+"""The bench's results: raw figures, the ratios against their targets, the JSON and the tables."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.table import Table
 from bench.ort_ceiling import OrtResult
 from bench.scenarios import BenchConfig, IdleFigures, RatioRound, ServedFigures, median_ratios
 
-# The issues' targets, each on one key of `ratios` (issue 7's, with issue 15's where it sets a new bound:
+# The targets, each on one key of `ratios` (the later bound where two were set:
 # 0.9 of the echo ceiling, p99 15 ms at chunk 32, CPU per step against onnxruntime's); sections add theirs.
 TARGETS: dict[str, tuple[str, float]] = {
     "service_vs_grpc_ceiling_chunk1_64": (">=", 0.9),

@@ -1,6 +1,6 @@
 """Every scenario of the bench: the three servers run side by side as subprocesses, one load pool drives them.
 
-The sizes live in `BenchConfig`: the full run follows the issue; `QUICK` keeps the smoke test to seconds.
+The sizes live in `BenchConfig`: the full run is the published one; `QUICK` keeps the smoke test to seconds.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class BenchConfig:
     stream_counts: tuple[int, ...] = (1, 4, 16, 64, 256)
     small_chunk: int = 1
     large_chunk: int = 32
-    # The concurrency the issue's ratios are taken at; baselines and the ceiling run at 1 and at this.
+    # The concurrency the ratios are taken at; baselines and the ceiling run at 1 and at this.
     ratio_streams: int = 64
     # Each ratio's two sides run back to back, this many times; the median is reported. On a shared box
     # the load drifts between scenarios far apart in time, and a ratio of neighbours resists that.
@@ -57,7 +57,7 @@ class BenchConfig:
     # the Python backend's execute once more than 16 sequences run (32 and 64 tried, max batch 32 or 64).
     triton_sequences: tuple[int, ...] = (1, 16)
     triton_window_ms: int = 1500
-    # seqserve's own V2 endpoint (bench/kserve_v2.py) has no such limit: issue 16's target is at 64.
+    # seqserve's own V2 endpoint (bench/kserve_v2.py) has no such limit: the V2/v1 target is at 64.
     v2_sequences: tuple[int, ...] = (1, 16, 64)
     v2_target_sequences: int = 64  # measured `ratio_rounds` times, the order alternated
     # Generation rows (bench/generation.py): concurrent generations, characters each, the model's hidden
@@ -138,7 +138,7 @@ class ServedFigures:
 
 @dataclass
 class RatioRound:
-    """The issue's ratios from scenarios run back to back, at the ratio concurrency."""
+    """The ratios from scenarios run back to back, at the ratio concurrency."""
 
     echo_small: ServedFigures
     seqserve_small: ServedFigures

@@ -14,7 +14,7 @@ from bench.report import TextTable
 from bench.scenarios import ServedFigures
 from bench.triton_peer import PerfFigures
 
-# Issue 15: seqserve's p50 may exceed the naive server's by this much at any grid cell.
+# seqserve's p50 may exceed the naive server's by this much at any grid cell.
 P50_SLACK_MS = 0.05
 
 
@@ -29,7 +29,7 @@ class BenchSection(Protocol):
 
 @dataclass
 class NaiveGrid:
-    """Issue 15's first target: at every grid cell seqserve's msgs/s >= the naive server's, and its p50
+    """The grid's target: at every grid cell seqserve's msgs/s >= the naive server's, and its p50
     <= the naive server's + 0.05 ms (in each cell the two run back to back)."""
 
     naive: list[ServedFigures]
@@ -151,7 +151,7 @@ class TritonPeer:
 
 @dataclass
 class Checkpoints:
-    """Issue 10: throughput and p99 with a signed checkpoint every 0, 16 and 1 chunks, the token's size,
+    """Checkpoint cost: throughput and p99 with a signed checkpoint every 0, 16 and 1 chunks, the token's size,
     and a resume's open time. Target: a checkpoint every 16 chunks within 5 % of none, in steps/s."""
 
     figures: CheckpointFigures

@@ -1,4 +1,4 @@
-"""`make soak`: a long hostile run that proves nothing leaks, then an overload run (issue 13).
+"""`make soak`: a long hostile run that proves nothing leaks, then an overload run.
 
 Soak (`--duration-s`, 600 by default): `--streams` clients (64) each open a stream, send 1-12 chunks of
 1-32 steps, end it, and start the next, without pause. Each message is a bad one with probability 5 %
