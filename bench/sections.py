@@ -151,8 +151,8 @@ class TritonPeer:
 
 @dataclass
 class Checkpoints:
-    """Checkpoint cost: throughput and p99 with a signed checkpoint every 0, 16 and 1 chunks, the token's size,
-    and a resume's open time. Target: a checkpoint every 16 chunks within 5 % of none, in steps/s."""
+    """Checkpoint cost: throughput and p99 with a signed checkpoint every 0, 16 and 1 chunks, the token's
+    size, and a resume's open time. Target: a checkpoint every 16 chunks within 5 % of none, in steps/s."""
 
     figures: CheckpointFigures
     key: str = "checkpoints"
