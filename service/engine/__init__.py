@@ -4,6 +4,7 @@ It imports no grpc, no protobuf, no front door and no model kind (tests/service/
 it). The front doors use only the names below; the server's wiring builds the engine from them.
 """
 
+from seqserve.service.engine import errors
 from seqserve.service.engine.checkpoints import IssuedCheckpoint, StateKeys
 from seqserve.service.engine.errors import (
     BadResumeToken,
@@ -55,5 +56,6 @@ __all__ = [
     "UnparsableRequest",
     "Unsupported",
     "WrongTask",
+    "errors",
     "outcome",
 ]

@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import grpc
 
-from seqserve.service.engine import (
-    BadResumeToken,
-    Draining,
-    IdleTimeout,
-    InferenceFailed,
-    InvalidChunk,
-    LimitExceeded,
-    ModelNotFound,
-    NoStateKey,
-    OutOfOrder,
-    ServiceError,
-    Unauthenticated,
-    UnparsableRequest,
-    Unsupported,
-    WrongTask,
-)
+from seqserve.service.engine import errors
 
-STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
-    UnparsableRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
-    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Draining: grpc.StatusCode.UNAVAILABLE,
-    InferenceFailed: grpc.StatusCode.INTERNAL,
-    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
-    BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
-    NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    WrongTask: grpc.StatusCode.FAILED_PRECONDITION,
+STATUS_CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.InvalidChunk: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnparsableRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.OutOfOrder: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.IdleTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Draining: grpc.StatusCode.UNAVAILABLE,
+    errors.InferenceFailed: grpc.StatusCode.INTERNAL,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.BadResumeToken: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NoStateKey: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.WrongTask: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
-def status_code(error: ServiceError) -> grpc.StatusCode:
+def status_code(error: errors.ServiceError) -> grpc.StatusCode:
     return STATUS_CODES[type(error)]
