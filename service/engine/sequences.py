@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,16 +184,26 @@ class SequenceTable:
         self.store.close(sequence.stream, reason)
 
     def _not_open(self, model: ServedModel, sequence_id: SequenceId) -> str:
+        """Why a request of a sequence this replica does not hold is refused, naming the replica: behind a
+        load balancer the usual cause is a request sent to another replica than its sequence's start."""
         reason = self._ended.get((model.key, sequence_id, current_caller()))
         if reason is not None:
             return (
-                f"sequence {sequence_id!r} of model {model.key} {_END_WORDS.get(reason, reason)}; "
-                "start it again with sequence_start"
+                f"sequence {sequence_id!r} of model {model.key} {_END_WORDS.get(reason, reason)} on "
+                f"replica {self.replica()}; start it again with sequence_start"
             )
         return (
-            f"sequence {sequence_id!r} of model {model.key} is not open: it was never started or has "
-            "ended; its first request must carry sequence_start"
+            f"sequence {sequence_id!r} of model {model.key} is not open on replica {self.replica()}: it "
+            "was never started here or has ended; its first request must carry sequence_start, and behind "
+            "a load balancer every request of a sequence must reach the same replica (the "
+            "seqserve-sequence header, docs/operations.md)"
         )
+
+    def replica(self) -> str:
+        """This server process as a replica: host name (a Kubernetes pod's name), process id, and the
+        worker's stream id prefix under --workers."""
+        worker = f" worker {self.store.id_prefix.rstrip('-')}" if self.store.id_prefix else ""
+        return f"{socket.gethostname()} pid {os.getpid()}{worker}"
 
 
 def outcome(done: asyncio.Future) -> tuple[Any, BaseException | None]:
