@@ -33,16 +33,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from bench.process_costs import cpu_clock
 from bench.report import TextTable
 from bench.scenarios import BenchRun
-from seqserve.service.client.load import CHANNEL_OPTIONS, generate
+from seqserve.service.client.client import AsyncClient
+from seqserve.service.client.load import generate
 from seqserve.service.server.launch import running_server, serve_command
-from seqserve.v1 import seqserve_pb2 as pb
-from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 PROMPT = "Ham.\n"
 VARIANTS = ("generate", "client_loop", "stateless")
@@ -51,37 +49,34 @@ TARGET_RATIO = 3.0
 RESULTS = Path(__file__).parent / "results" / "generation.json"
 
 
-async def _generate(stub, model: str, tokens: int, vocabulary: list[str]) -> tuple[list[float], int]:
-    result = await generate(stub, model, PROMPT, tokens, temperature=0.0)
+async def _generate(
+    client: AsyncClient, model: str, tokens: int, vocabulary: list[str]
+) -> tuple[list[float], int]:
+    result = await generate(client, model, PROMPT, tokens, temperature=0.0)
     return result.arrivals_s, result.messages
 
 
-async def _client_loop(stub, model: str, tokens: int, vocabulary: list[str]) -> tuple[list[float], int]:
-    call = stub.Stream()
-    await call.write(pb.StreamRequest(open=pb.StreamOpen(model=model)))
-    await call.read()
-    ids = [vocabulary.index(c) for c in PROMPT]
+async def _client_loop(
+    client: AsyncClient, model: str, tokens: int, vocabulary: list[str]
+) -> tuple[list[float], int]:
+    chunk = [vocabulary.index(c) for c in PROMPT]
     arrivals, sent = [], time.perf_counter()
-    chunk = ids
-    for _ in range(tokens):
-        await call.write(pb.StreamRequest(chunk=pb.StreamChunk(steps=len(chunk), tokens=chunk)))
-        answer = await call.read()
-        chunk = [answer.chunk.results[-1].label_index]
-        arrivals.append(time.perf_counter() - sent)
-    await call.write(pb.StreamRequest(end=pb.StreamEnd()))
-    await call.done_writing()
-    while await call.read() is not grpc.aio.EOF:
-        pass
+    async with client.stream(model) as stream:
+        for _ in range(tokens):
+            answer = await stream.send(chunk)
+            chunk = [int(answer.label_indexes[-1])]
+            arrivals.append(time.perf_counter() - sent)
     return arrivals, tokens
 
 
-async def _stateless(stub, model: str, tokens: int, vocabulary: list[str]) -> tuple[list[float], int]:
+async def _stateless(
+    client: AsyncClient, model: str, tokens: int, vocabulary: list[str]
+) -> tuple[list[float], int]:
     ids = [vocabulary.index(c) for c in PROMPT]
     arrivals, sent = [], time.perf_counter()
     for _ in range(tokens):
-        request = pb.ClassifyRequest(model=model, sequences=[pb.Sequence(steps=len(ids), tokens=ids)])
-        response = await stub.Classify(request)
-        ids.append(response.results[0].results[-1].label_index)
+        answer = await client.predict(model, ids)
+        ids.append(int(answer.label_indexes[-1]))
         arrivals.append(time.perf_counter() - sent)
     return arrivals, tokens
 
@@ -110,12 +105,11 @@ def _client_cpu_seconds() -> float:
 
 
 async def _run(target: str, model: str, variant: str, concurrency: int, tokens: int) -> dict[str, Any]:
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        vocabulary = list((await stub.GetModel(pb.GetModelRequest(model=model))).model.vocabulary)
+    async with AsyncClient(target) as client:
+        vocabulary = list((await client.model(model)).vocabulary)
         one = _RUNNERS[variant]
         started = time.perf_counter()
-        done = await asyncio.gather(*(one(stub, model, tokens, vocabulary) for _ in range(concurrency)))
+        done = await asyncio.gather(*(one(client, model, tokens, vocabulary) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     gaps = np.concatenate([np.diff([0.0, *arrivals]) for arrivals, _ in done])
     return {

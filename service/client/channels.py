@@ -104,11 +104,3 @@ def open_channel(
             target, security.credentials(), security.options(options), interceptors=interceptors
         )
     return grpc.aio.insecure_channel(target, options=list(options), interceptors=interceptors)
-
-
-def open_sync_channel(target: str, security: ClientSecurity | None = None) -> grpc.Channel:
-    """A blocking channel (the health probe's); token-free: health needs none."""
-    security = security or ClientSecurity()
-    if security.uses_tls:
-        return grpc.secure_channel(target, security.credentials(), security.options(()))
-    return grpc.insecure_channel(target)

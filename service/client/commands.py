@@ -6,12 +6,20 @@ Only stdlib and typer at module top; the client and data modules load inside eac
 from __future__ import annotations
 
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+if TYPE_CHECKING:
+    from seqserve.service.client.channels import ClientSecurity
+    from seqserve.service.client.load import LoadReport
 
-def _report(report, title: str) -> None:  # noqa: ANN001
+T = TypeVar("T")
+
+
+def _report(report: LoadReport, title: str) -> None:
     from rich.table import Table
 
     from seqserve.console import make_console
@@ -22,7 +30,7 @@ def _report(report, title: str) -> None:  # noqa: ANN001
     make_console().print(table)
 
 
-def _security(options: dict[str, object]):  # noqa: ANN202
+def _security(options: dict[str, Any]) -> ClientSecurity:
     """The CLI's --tls*/--token options as a ClientSecurity (service/client/channels.py)."""
     from seqserve.console import fail
     from seqserve.service.client.channels import ClientSecurity
@@ -33,19 +41,16 @@ def _security(options: dict[str, object]):  # noqa: ANN202
         fail(str(exc))
 
 
-def _run_client(coroutine) -> object:  # noqa: ANN001
+def _run_client(coroutine: Coroutine[Any, Any, T]) -> T:
     import asyncio
 
-    import grpc
-
     from seqserve.console import fail
+    from seqserve.errors import SeqserveError
     from seqserve.training.datasets import DataError
 
     try:
         return asyncio.run(coroutine)
-    except grpc.aio.AioRpcError as exc:
-        fail(f"{exc.code().name}: {exc.details()}")
-    except (DataError, ValueError) as exc:
+    except (SeqserveError, DataError, ValueError) as exc:
         fail(str(exc))
 
 
@@ -60,7 +65,7 @@ def checked_output(output: Path | None, force: bool) -> Path | None:
         fail(str(exc))
 
 
-def write_output(report, output: Path | None) -> None:  # noqa: ANN001
+def write_output(report: LoadReport, output: Path | None) -> None:
     from seqserve.predictions import write_predictions
 
     if output is None:
@@ -84,12 +89,13 @@ def stream_command(
     checkpoint_every_chunks: int = 0,
     output: Path | None = None,
     force: bool = False,
-    **security: object,
+    **security: Any,
 ) -> None:
     from seqserve.service.client.load import on_dataset, stream_load
 
     output = checked_output(output, force)
-    options = {"chunk": chunk, "concurrency": concurrency, "version": version, "progress": True}
+    options: dict[str, Any] = {"chunk": chunk, "concurrency": concurrency, "version": version}
+    options["progress"] = True
     options["include_scores"] = output is not None
     options["checkpoint_every_chunks"] = checkpoint_every_chunks
     options["security"] = _security(security)
@@ -111,12 +117,13 @@ def classify_command(
     batch: int,
     output: Path | None = None,
     force: bool = False,
-    **security: object,
+    **security: Any,
 ) -> None:
     from seqserve.service.client.load import classify_load, on_dataset
 
     output = checked_output(output, force)
-    options = {"batch": batch, "version": version, "progress": True, "include_scores": output is not None}
+    options: dict[str, Any] = {"batch": batch, "version": version, "progress": True}
+    options["include_scores"] = output is not None
     options["security"] = _security(security)
     report = _run_client(on_dataset(classify_load, target, model, dataset, data, split, seed, **options))
     _report(report, f"classify {model}: {batch} sequences per call")
@@ -135,13 +142,10 @@ def generate_command(
     stop: list[str] | None,
 ) -> None:
     """Print the prompt, then the generated text as it arrives, then why it stopped (on stderr)."""
-    import grpc
+    from seqserve.service.client.client import AsyncClient
+    from seqserve.service.client.load import Generated, generate
 
-    from seqserve.service.client.load import CHANNEL_OPTIONS, generate
-    from seqserve.v1 import seqserve_pb2 as pb
-    from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-
-    shown = []
+    shown: list[str] = []
 
     def show(text: str) -> None:
         if not shown:  # the prompt once the server has accepted the request, so errors stand alone
@@ -150,14 +154,12 @@ def generate_command(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    async def run() -> object:
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-            stub = pb_grpc.InferenceServiceStub(channel)
+    async def run() -> Generated:
+        async with AsyncClient(target) as client:
             return await generate(
-                stub, model, prompt, max_tokens, temperature, top_k, seed, stop or (), version, on_text=show
+                client, model, prompt, max_tokens, temperature, top_k, seed, stop or (), version, on_text=show
             )
 
     result = _run_client(run())
     sys.stdout.write("\n")
-    reason = pb.GenerateStopReason.Name(result.reason).removeprefix("GENERATE_STOP_REASON_").lower()
-    typer.echo(f"[{result.tokens} characters, stopped: {reason}]", err=True)
+    typer.echo(f"[{result.tokens} characters, stopped: {result.reason}]", err=True)

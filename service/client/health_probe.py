@@ -6,11 +6,13 @@ reserved by Docker, so an unreachable server is also 1).
 
 from __future__ import annotations
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from dataclasses import replace
+from typing import Any
 
 from seqserve.console import fail
-from seqserve.service.client.channels import ClientSecurity, open_sync_channel
+from seqserve.errors import SeqserveError
+from seqserve.service.client.channels import ClientSecurity
+from seqserve.service.client.sync import Client
 
 UNHEALTHY_EXIT = 1
 
@@ -26,18 +28,15 @@ def check_health(
 
     Health needs no bearer token; over TLS `security` says which CA to trust (and the client certificate
     for a server that requires mTLS)."""
-    request = health_pb2.HealthCheckRequest(service=service)
-    with open_sync_channel(target, security) as channel:
+    security = replace(security or ClientSecurity(), token=None)  # health needs no token
+    with Client(target, security=security) as client:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s)
-        except grpc.RpcError as exc:
-            raise HealthProbeError(
-                f"health check of service {service!r} at {target} failed: {exc.code().name}: {exc.details()}"
-            ) from exc
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return client.health(service, timeout=timeout_s)
+        except SeqserveError as exc:
+            raise HealthProbeError(f"health check of service {service!r} at {target} failed: {exc}") from exc
 
 
-def health_command(target: str, service: str, timeout_s: float, **security: object) -> None:
+def health_command(target: str, service: str, timeout_s: float, **security: Any) -> None:
     """`security`: the CLI's --tls* options, as ClientSecurity's fields."""
     try:
         status = check_health(target, service, timeout_s, ClientSecurity(**security))

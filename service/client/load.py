@@ -1,35 +1,32 @@
-"""The async load client behind `seqserve stream` and `seqserve classify`, reused by the demo and benchmarks.
+"""Load runs on the client (`AsyncClient`): what `seqserve stream` and `seqserve classify` run, and the demo
+and tests reuse.
 
-`stream_sequence` runs one sequence through one Stream RPC, chunk by chunk, each chunk awaiting its answer
-(so the latency of every chunk is measured alone). `stream_resumable` does the same over several targets:
-when a stream ends with SERVER_SHUTDOWN or its connection drops, it reopens on the next target with the
-latest checkpoint token and resends the chunks after it. `stream_load` runs many sequences over K
-concurrent streams (one channel per target) and returns a `LoadReport`; `classify_load` does the same
-with Classify batches; `on_dataset` runs either over a data set's split (what the CLI and the demo run).
-From synchronous code in a process that also runs a server, run these on `launch.run_on_loop`.
-Targets are label indices, in a data set's label order (`target_labels`) or the model's.
+`stream_sequence` runs one sequence through one stream, chunk by chunk, each chunk awaiting its answer (so
+the latency of every chunk is measured alone); the stream resumes on the client's next target when its
+server drains or drops. `stream_load` runs many sequences over K concurrent streams and returns a
+`LoadReport`; `classify_load` does the same with Classify batches; `on_dataset` runs either over a data
+set's split (what the CLI and the demo run). From synchronous code in a process that also runs a server,
+run these on `loop.run_on_loop`. Targets are label indices, in a data set's label order (`target_labels`)
+or the model's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import grpc
 import numpy as np
 from rich.progress import Progress
 
 from seqserve.predictions import SequencePrediction
-from seqserve.service.client.channels import ClientSecurity, open_channel
+from seqserve.service.client.answers import Answer, Ended, ModelInfo
+from seqserve.service.client.channels import ClientSecurity
+from seqserve.service.client.client import AsyncClient
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-
-_FLOAT32 = np.dtype("<f4")
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
 @dataclass
@@ -40,7 +37,7 @@ class StreamResult:
     scores: np.ndarray | None  # float32 [len(labels), classes] when scores were asked for
     running: list[int]  # many-to-one: the running label after each chunk (empty if not streamable)
     latencies_s: list[float]  # one per chunk: chunk written -> its answer read
-    end_reason: int
+    end_reason: int  # pb.EndReason
     steps: int
     step_indexes: list[int] = field(default_factory=list)  # the server's step index of each label
     resumes: int = 0  # times the stream moved to another target (or reopened) and went on
@@ -104,8 +101,8 @@ class LoadReport:
 
 
 def _in_model_order(
-    targets: Sequence | None, target_labels: Sequence[str] | None, info: pb.ModelInfo
-) -> list:
+    targets: Sequence[Any] | None, target_labels: Sequence[str] | None, info: ModelInfo
+) -> list[Any]:
     """Targets indexing `target_labels` re-indexed into the model's labels (the orders may differ)."""
     if targets is None or target_labels is None:
         return list(targets or [])
@@ -117,29 +114,8 @@ def _in_model_order(
     return [mapping[np.asarray(t)] for t in targets]
 
 
-def _chunk_request(part: np.ndarray) -> pb.StreamRequest:
-    if part.ndim == 1:  # a language model's token ids
-        return pb.StreamRequest(chunk=pb.StreamChunk(steps=part.shape[0], tokens=part.tolist()))
-    values = np.ascontiguousarray(part, dtype=_FLOAT32).tobytes()
-    return pb.StreamRequest(chunk=pb.StreamChunk(steps=part.shape[0], values=values))
-
-
-def sequence_message(x: np.ndarray) -> pb.Sequence:
-    """A Classify sequence: float32 [steps, features], or a language model's token ids [steps]."""
-    if x.ndim == 1:
-        return pb.Sequence(steps=x.shape[0], tokens=x.tolist())
-    return pb.Sequence(steps=x.shape[0], values=np.ascontiguousarray(x, dtype=_FLOAT32).tobytes())
-
-
-def _collect(steps: Sequence[pb.StepResult], labels: list[int], scores: list) -> None:
-    for step in steps:
-        labels.append(step.label_index)
-        if step.scores:
-            scores.append(list(step.scores))
-
-
 async def stream_sequence(
-    stub: pb_grpc.InferenceServiceStub,
+    client: AsyncClient,
     model: str,
     x: np.ndarray,
     chunk: int,
@@ -148,198 +124,50 @@ async def stream_sequence(
     idle_timeout_ms: int = 0,
     checkpoint_every_chunks: int = 0,
 ) -> StreamResult:
-    """Stream x [steps, features] in chunks of `chunk` steps; raises grpc.aio.AioRpcError on a bad status."""
-    return await stream_resumable(
-        [stub], model, x, chunk, version, include_scores, idle_timeout_ms, checkpoint_every_chunks
-    )
+    """Stream x [steps, features] in chunks of `chunk` steps, each awaiting its answer; a refused stream
+    raises seqserve.errors. On a client with several targets, or with checkpoints, the stream resumes
+    where its server drained or dropped."""
+    stream = client.stream(
+        model, version=version, probabilities=include_scores, checkpoint_every=checkpoint_every_chunks,
+        idle_timeout_s=idle_timeout_ms / 1000 if idle_timeout_ms else None,
+    )  # fmt: skip
+    answers: list[Answer] = []
+    latencies: list[float] = []
+    async with stream:
+        for start in range(0, x.shape[0], chunk):
+            sent = time.perf_counter()
+            answers.append(await stream.send(x[start : start + chunk]))
+            latencies.append(time.perf_counter() - sent)
+        ended = await stream.end()
+    task = stream.model.task if stream.model is not None else ""
+    return _result(task, answers, ended, latencies)
 
 
-# Codes after which the same stream may go on elsewhere: the server went away or is draining.
-_FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE,)
-
-
-class _Moved(Exception):
-    """This attempt's server is gone or draining; the stream goes on at another target."""
-
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(f"{error.code().name}: {error.details()}")
-        self.error = error
-
-
-@dataclass
-class _Progress:
-    """What a resumable stream has so far, kept across attempts: answers by chunk, the latest checkpoint."""
-
-    chunks: list[np.ndarray]
-    answers: dict[int, list[pb.StepResult]] = field(default_factory=dict)
-    latencies: dict[int, float] = field(default_factory=dict)
-    checkpoint: pb.Checkpoint | None = None
-    written: int = 0  # chunks written to some server so far (the highest index + 1)
-    resent: int = 0
-    ended: pb.StreamEnded | None = None
-    many_to_many: bool = False
-
-    def restart_at(self) -> int:
-        """The first chunk the next attempt sends: the latest checkpoint covers every one before it."""
-        start = self.checkpoint.chunks if self.checkpoint is not None else 0
-        for index in [i for i in self.answers if i >= start]:
-            del self.answers[index]  # answered, but no checkpoint holds the state after it: sent again
-        return start
-
-
-async def _attempt(stub: pb_grpc.InferenceServiceStub, opening: pb.StreamOpen, progress: _Progress) -> None:
-    """One Stream call from the latest checkpoint to the end; raises _Moved when the server goes away."""
-    start = progress.restart_at()
-    call = stub.Stream()
-    responses: asyncio.Queue[pb.StreamResponse | None] = asyncio.Queue()
-
-    async def read_all() -> None:
-        # A read is always pending, so a StreamEnded the server sends while no chunk is in flight (drain,
-        # idle timeout) still arrives with its checkpoint; a write after it fails, a read would not.
-        try:
-            while (response := await call.read()) is not grpc.aio.EOF:
-                responses.put_nowait(response)
-        except grpc.aio.AioRpcError:
-            pass  # the status is read below
-        finally:
-            responses.put_nowait(None)
-
-    reader = asyncio.create_task(read_all())
-    write_failed = False
-    try:
-        try:
-            await _exchange(call, responses, opening, start, progress)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            # The call ended while this side was about to write: the server ended it (what it said last
-            # is read below) or the connection dropped (gRPC then reports a local INTERNAL error).
-            write_failed = True
-        await reader
-    finally:
-        reader.cancel()
-    while not responses.empty():
-        response = responses.get_nowait()
-        if response is not None and response.HasField("ended"):
-            progress.ended = response.ended
-    if progress.ended is not None and progress.ended.HasField("checkpoint"):
-        progress.checkpoint = progress.ended.checkpoint
-    code = await call.code()
-    status = grpc.aio.AioRpcError(
-        code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
-    )
-    if progress.ended is None:
-        dropped = write_failed or code in _FAILOVER_CODES or code == grpc.StatusCode.OK
+def _result(task: str, answers: list[Answer], ended: Ended, latencies: list[float]) -> StreamResult:
+    """Many-to-many: every step's answer (as they came, then any the end holds); many-to-one: the end's."""
+    if task == "many_to_one":
+        final: list[Answer] = [ended]
+        running = [int(answer.label_indexes[-1]) for answer in answers if len(answer)]
+        last = slice(-1, None)
     else:
-        dropped = progress.ended.reason == pb.END_REASON_SERVER_SHUTDOWN
-    if dropped:
-        raise _Moved(status)
-    if code != grpc.StatusCode.OK:
-        raise status
-
-
-async def _exchange(
-    call: grpc.aio.StreamStreamCall,
-    responses: asyncio.Queue,
-    opening: pb.StreamOpen,
-    start: int,
-    progress: _Progress,
-) -> None:
-    """Open, then each chunk from `start` awaiting its answer, then end; returns early when the call ends."""
-    await call.write(pb.StreamRequest(open=opening))
-    first = await responses.get()
-    if first is None or not first.HasField("opened"):
-        return
-    progress.many_to_many = first.opened.model.task == "many_to_many"
-    for index in range(start, len(progress.chunks)):
-        request = _chunk_request(progress.chunks[index])
-        progress.resent += index < progress.written
-        progress.written = max(progress.written, index + 1)
-        sent = time.perf_counter()
-        await call.write(request)
-        response = await responses.get()
-        if response is None:
-            return
-        if response.HasField("ended"):  # the server ended the stream while this chunk was in flight
-            progress.ended = response.ended
-            return
-        progress.latencies[index] = time.perf_counter() - sent
-        progress.answers[index] = list(response.chunk.results)
-        if response.chunk.HasField("checkpoint"):
-            progress.checkpoint = response.chunk.checkpoint
-    await call.write(pb.StreamRequest(end=pb.StreamEnd()))
-    await call.done_writing()
-    response = await responses.get()
-    if response is not None:
-        progress.ended = response.ended
-
-
-async def stream_resumable(
-    stubs: Sequence[pb_grpc.InferenceServiceStub],
-    model: str,
-    x: np.ndarray,
-    chunk: int,
-    version: int = 0,
-    include_scores: bool = False,
-    idle_timeout_ms: int = 0,
-    checkpoint_every_chunks: int = 0,
-    first: int = 0,
-) -> StreamResult:
-    """Stream x over `stubs` (one per target), starting at `stubs[first]`. When the stream's server shuts
-    down or its connection drops, reopen on the next target from the latest checkpoint (from the start
-    without one) and resend the chunks after it; every chunk is kept until a checkpoint covers it. With
-    one stub the stream reopens on it only when it asks for checkpoints (behind a Kubernetes Service that
-    is another pod); otherwise a failure raises grpc.aio.AioRpcError as a plain stream would. Gives up,
-    raising the last status, after every target failed twice in a row without an answer."""
-    progress = _Progress([x[start : start + chunk] for start in range(0, x.shape[0], chunk)])
-    target, failures, resumes = first % len(stubs), 0, 0
-    while True:
-        token = progress.checkpoint.token if progress.checkpoint is not None else b""
-        opening = pb.StreamOpen(
-            model=model, version=version, include_scores=include_scores, idle_timeout_ms=idle_timeout_ms,
-            checkpoint_every_chunks=checkpoint_every_chunks, resume_token=token,
-        )  # fmt: skip
-        answered = len(progress.answers)
-        progress.ended = None
-        try:
-            await _attempt(stubs[target], opening, progress)
-            break
-        except _Moved as moved:
-            failures = 0 if len(progress.answers) > answered or progress.ended is not None else failures + 1
-            if len(stubs) == 1 and not checkpoint_every_chunks:
-                raise moved.error from None
-            if failures >= 2 * len(stubs):  # every target failed twice running: the last one's status
-                raise moved.error from None
-            resumes += 1
-            target = (target + 1) % len(stubs)
-            if failures and failures % len(stubs) == 0:
-                await asyncio.sleep(0.05 * failures)  # every target refused: give them a moment
-    return _result(progress, progress.ended, resumes)
-
-
-def _result(progress: _Progress, ended: pb.StreamEnded, resumes: int) -> StreamResult:
-    answers = [progress.answers[index] for index in sorted(progress.answers)]
-    if progress.many_to_many:  # non-streamable: every step's result comes at end
-        final = [step for answer in answers for step in answer] + list(ended.final_results)
-        running = []
-    else:
-        final = list(ended.final_results[-1:])
-        running = [answer[-1].label_index for answer in answers if answer]
-    labels: list[int] = []
-    scores: list = []
-    _collect(final, labels, scores)
+        final, running, last = [*answers, ended], [], slice(None)
+    labels = np.concatenate([answer.label_indexes[last] for answer in final])
+    steps = np.concatenate([answer.step_indexes[last] for answer in final])
+    scores = [p[last] for answer in final if (p := answer.probabilities) is not None]
     return StreamResult(
-        labels=np.asarray(labels, dtype=np.int64),
-        scores=np.asarray(scores, dtype=np.float32) if scores else None,
+        labels=labels,
+        scores=np.concatenate(scores) if scores else None,
         running=running,
-        latencies_s=[progress.latencies[i] for i in sorted(progress.latencies)],
-        end_reason=ended.reason,
+        latencies_s=latencies,
+        end_reason=pb.EndReason.Value(f"END_REASON_{ended.reason.upper()}"),
         steps=ended.steps,
-        step_indexes=[step.step for step in final],
-        resumes=resumes,
-        resent_chunks=progress.resent,
+        step_indexes=steps.tolist(),
+        resumes=ended.resumes,
+        resent_chunks=ended.resent_chunks,
     )
 
 
-def _score(predictions: Sequence[np.ndarray], targets: Sequence | None) -> tuple[int, int]:
+def _score(predictions: Sequence[np.ndarray], targets: Sequence[Any] | None) -> tuple[int, int]:
     """(correct, scored): per sequence for many-to-one targets, per step for many-to-many ones."""
     correct = scored = 0
     for labels, target in zip(predictions, targets or [], strict=False):
@@ -353,7 +181,7 @@ async def stream_load(
     target: str | Sequence[str],
     model: str,
     sequences: Sequence[np.ndarray],
-    targets: Sequence | None = None,
+    targets: Sequence[Any] | None = None,
     chunk: int | Sequence[int] = 8,
     concurrency: int = 8,
     version: int = 0,
@@ -366,26 +194,22 @@ async def stream_load(
     """Stream every sequence over `concurrency` concurrent streams; `chunk` may differ per sequence.
 
     `target` is one server address or several: streams open on the first and move to the next when
-    their server shuts down or drops (`stream_resumable`), resuming from their latest checkpoint.
+    their server shuts down or drops, resuming from their latest checkpoint.
     `targets` index `target_labels` (a data set's label order), or the model's labels when that is None.
     """
     chunks = [chunk] * len(sequences) if isinstance(chunk, int) else list(chunk)
-    addresses = [target] if isinstance(target, str) else list(target)
-    async with contextlib.AsyncExitStack() as channels:
-        stubs = []
-        for address in addresses:
-            channel = open_channel(address, security, CHANNEL_OPTIONS)
-            stubs.append(pb_grpc.InferenceServiceStub(await channels.enter_async_context(channel)))
-        info = await _model_info(stubs, model, version)
-        results: list[StreamResult | None] = [None] * len(sequences)
+    async with AsyncClient(target, security=security) as client:
+        info = await client.model(model, version)
+        results: list[StreamResult] = []
+        by_index: dict[int, StreamResult] = {}
         queue = iter(range(len(sequences)))
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"streaming {info.name}:{info.version}", total=len(sequences))
 
             async def worker() -> None:
                 for index in queue:
-                    results[index] = await stream_resumable(
-                        stubs, model, sequences[index], chunks[index], info.version, include_scores,
+                    by_index[index] = await stream_sequence(
+                        client, model, sequences[index], chunks[index], info.version, include_scores,
                         checkpoint_every_chunks=checkpoint_every_chunks,
                     )  # fmt: skip
                     bar.advance(task)
@@ -393,27 +217,17 @@ async def stream_load(
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(sequences)))))
             elapsed = time.perf_counter() - started
+    results = [by_index[index] for index in range(len(sequences))]
     latencies = [s for r in results for s in r.latencies_s]
     predictions = [r.labels for r in results]
     return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies, results)
-
-
-async def _model_info(stubs: list[pb_grpc.InferenceServiceStub], model: str, version: int) -> pb.ModelInfo:
-    """The model's metadata from the first target that answers."""
-    for stub in stubs[:-1]:
-        try:
-            return (await stub.GetModel(pb.GetModelRequest(model=model, version=version))).model
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in _FAILOVER_CODES:
-                raise
-    return (await stubs[-1].GetModel(pb.GetModelRequest(model=model, version=version))).model
 
 
 async def classify_load(
     target: str,
     model: str,
     sequences: Sequence[np.ndarray],
-    targets: Sequence | None = None,
+    targets: Sequence[Any] | None = None,
     batch: int = 32,
     version: int = 0,
     progress: bool = False,
@@ -422,42 +236,34 @@ async def classify_load(
     security: ClientSecurity | None = None,
 ) -> LoadReport:
     """Classify every sequence in Classify calls of `batch` sequences, one call at a time."""
-    async with open_channel(target, security, CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
+    async with AsyncClient(target, security=security) as client:
         predictions: list[np.ndarray] = []
         scores: list[np.ndarray | None] = []
         latencies: list[float] = []
-        info = None
+        info: ModelInfo | None = None
         started = time.perf_counter()
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"classifying with {model}", total=len(sequences))
             for start in range(0, len(sequences), batch):
                 part = sequences[start : start + batch]
-                request = pb.ClassifyRequest(
-                    model=model,
-                    version=version,
-                    include_scores=include_scores,
-                    sequences=[sequence_message(x) for x in part],
-                )
                 sent = time.perf_counter()
-                response = await stub.Classify(request)
+                found = await client.classify(model, part, version=version, probabilities=include_scores)
                 latencies.append(time.perf_counter() - sent)
-                info = response.model
-                predictions += [np.asarray([s.label_index for s in r.results]) for r in response.results]
-                scores += [
-                    np.asarray([s.scores for s in r.results], dtype=np.float32) if include_scores else None
-                    for r in response.results
-                ]
+                info = found.model
+                predictions += [answer.label_indexes for answer in found]
+                scores += [answer.probabilities for answer in found]
                 bar.advance(task, len(part))
         elapsed = time.perf_counter() - started
+        if info is None:  # no sequences: the model's metadata still names the report
+            info = await client.model(model, version)
     return _report(info, sequences, predictions, targets, target_labels, elapsed, latencies, scores=scores)
 
 
 def _report(
-    info: pb.ModelInfo,
+    info: ModelInfo,
     sequences: Sequence[np.ndarray],
     predictions: list[np.ndarray],
-    targets: Sequence | None,
+    targets: Sequence[Any] | None,
     target_labels: Sequence[str] | None,
     elapsed_s: float,
     latencies_s: list[float],
@@ -494,7 +300,7 @@ def load_split(
     split: str = "test",
     seed: int = 0,
     limit: int | None = None,
-) -> tuple[list[str], list[np.ndarray], list]:
+) -> tuple[list[str], list[np.ndarray], list[Any]]:
     """(label names, sequences, targets) of a data set's or a file's split, at most `limit` of them.
     Split "all" is every sequence: a file's in file order, a data set's train, validation, then test."""
     from seqserve.training.datasets import SequenceSet, class_names, encode, load_dataset  # numpy, no torch
@@ -518,14 +324,14 @@ def load_split(
 
 async def on_dataset(
     run: Callable[..., Awaitable[LoadReport]],
-    target: str,
+    target: str | Sequence[str],
     model: str,
     dataset: str | None = None,
     data: Path | None = None,
     split: str = "test",
     seed: int = 0,
     limit: int | None = None,
-    **options: object,
+    **options: Any,
 ) -> LoadReport:
     """`run` (`stream_load` or `classify_load`, with its `options`) over a data set's split, scored against
     its targets: `on_dataset(stream_load, target, "jv-gru", "japanese_vowels", chunk=4, concurrency=16)`."""
@@ -546,7 +352,7 @@ class Generated:
 
 
 async def generate(
-    stub: pb_grpc.InferenceServiceStub,
+    client: AsyncClient,
     model: str,
     prompt: str,
     max_tokens: int,
@@ -557,23 +363,19 @@ async def generate(
     version: int = 0,
     on_text: Callable[[str], None] | None = None,
 ) -> Generated:
-    """Run one Generate call to its end; `on_text` sees each piece of text as it arrives (a message may
+    """Run one Generate call to its end; `on_text` sees each piece of text as it arrives (a piece may
     carry several tokens)."""
-    request = pb.GenerateRequest(
-        model=model, version=version, prompt=prompt, max_tokens=max_tokens, temperature=temperature,
-        top_k=top_k, seed=seed, stop=list(stop),
+    generation = client.generate(
+        model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed, stop=stop,
+        version=version,
     )  # fmt: skip
-    pieces: list[str] = []
     arrivals: list[float] = []
     sent = time.perf_counter()
-    async for response in stub.Generate(request):
-        if response.HasField("text"):
-            now = time.perf_counter() - sent
-            pieces.append(response.text.text)
-            arrivals.extend([now] * len(response.text.tokens))
-            if on_text is not None:
-                on_text(response.text.text)
-        else:
-            ended = response.ended
-            return Generated("".join(pieces), ended.reason, ended.tokens, ended.stop, arrivals, len(pieces))
-    raise RuntimeError("Generate ended without a GenerateEnded message")
+    async for piece in generation:
+        arrivals.extend([time.perf_counter() - sent] * (generation.tokens - len(arrivals)))
+        if on_text is not None:
+            on_text(piece)
+    end = generation.end
+    assert end is not None  # the iteration ends only after GenerateEnded; anything else raised
+    reason = pb.GenerateStopReason.Value(f"GENERATE_STOP_REASON_{end.reason.upper()}")
+    return Generated(generation.text, reason, end.tokens, end.stop, arrivals, end.pieces)

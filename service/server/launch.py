@@ -5,7 +5,6 @@ and its baselines, the demo, the SIGTERM, worker and failover tests, the images'
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -15,13 +14,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Self, TypeVar
 
+# The client's background loop: servers started here and sync clients share it (grpc.aio binds to one loop).
+from seqserve.service.client.loop import background_loop, run_on_loop  # noqa: F401 (re-exported)
 from seqserve.service.config import ServerConfig
 from seqserve.service.server.grpc_server import RunningServer, start_server
 
@@ -30,26 +30,6 @@ T = TypeVar("T")
 # A whole line (its newline written too): `seqserve listening grpc=HOST:PORT metrics=HOST:PORT|off` from
 # `seqserve serve` (grpc_server.listening_line), `bench-echo listening grpc=HOST:PORT` from a bench baseline.
 LISTENING = re.compile(r"^(?P<server>\S+) listening grpc=(?P<grpc>\S+)(?: metrics=(?P<metrics>\S+))?\n", re.M)
-
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    """One event loop on a daemon thread for the whole process: grpc.aio keeps process-wide state bound
-    to the loop it first ran on, so servers and clients started from synchronous code all share this one."""
-    global _loop
-    with _loop_lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
-            threading.Thread(target=_loop.run_forever, name="seqserve-loop", daemon=True).start()
-    return _loop
-
-
-def run_on_loop(coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-    """Run a coroutine on the background loop from synchronous code and return its result."""
-    return asyncio.run_coroutine_threadsafe(coroutine, background_loop()).result(timeout_s)
 
 
 class ServerThread:

@@ -8,15 +8,14 @@ import asyncio
 import json
 import queue
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
+from seqserve.service.client.client import AsyncClient
 from seqserve.service.client.load import stream_sequence
 from seqserve.service.server.launch import ServerThread
-from seqserve.v1 import seqserve_pb2_grpc
 
 from .reference import MODEL_DATA, Offline
 from .triton_requests import OUTPUT_NAMES, Joined, Part, interleaved, join, softmax
@@ -82,11 +81,10 @@ def _check(
 
 def _v1_streams(server: ServerThread, model: str, xs: list[np.ndarray], chunks: list[int]) -> list:
     async def run() -> list:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = seqserve_pb2_grpc.InferenceServiceStub(channel)
+        async with AsyncClient(server.target) as client:
             return await asyncio.gather(
                 *(
-                    stream_sequence(stub, model, x, c, include_scores=True)
+                    stream_sequence(client, model, x, c, include_scores=True)
                     for x, c in zip(xs, chunks, strict=True)
                 )
             )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import numpy as np
 import pytest
 
+from seqserve.service.client.client import AsyncClient
 from seqserve.service.client.load import stream_load, stream_sequence
 from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
-from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .reference import MODEL_DATA, Offline
 
@@ -19,11 +18,10 @@ TOLERANCE = 1e-5  # contract.PARITY_TOLERANCE: batched rows may sum in another o
 
 
 async def _every_chunk_size(target: str, model: str, xs: list[np.ndarray]) -> list:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
+    async with AsyncClient(target) as client:
         jobs = [(x, chunk) for x in xs for chunk in range(1, len(x) + 1)]
         results = await asyncio.gather(
-            *(stream_sequence(stub, model, x, c, include_scores=True) for x, c in jobs)
+            *(stream_sequence(client, model, x, c, include_scores=True) for x, c in jobs)
         )
     return list(zip(jobs, results, strict=True))
 
@@ -51,12 +49,11 @@ def test_bidirectional_model_buffers_and_answers_at_end(
     xs = sequences["japanese_vowels"][:6]
 
     async def run() -> list:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = pb_grpc.InferenceServiceStub(channel)
-            info = (await stub.GetModel(pb.GetModelRequest(model="jv-bigru"))).model
+        async with AsyncClient(server.target) as client:
+            info = await client.model("jv-bigru")
             assert not info.streamable and info.bidirectional
             return await asyncio.gather(
-                *(stream_sequence(stub, "jv-bigru", x, 4, include_scores=True) for x in xs)
+                *(stream_sequence(client, "jv-bigru", x, 4, include_scores=True) for x in xs)
             )
 
     for x, result in zip(xs, server.call(run()), strict=True):
