@@ -32,7 +32,11 @@ TASKS: tuple[str, ...] = ("many_to_one", "many_to_many")
 # Its graph takes `tokens` in place of `x`, its classes are its vocabulary (`ModelInfo.vocabulary`, index =
 # token id), and it is always unidirectional; h0/c0/lengths/logits/hn/cn are as for many_to_many.
 LANGUAGE_MODEL = "language_model"
-MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL)
+# A graph seqserve did not write, served through its declaration (seqserve/declaration.py): its model.json
+# is optional, and its inputs, outputs and states are whatever the declaration names.
+DECLARED = "declared"
+DECLARED_CELL = "graph"
+MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL, DECLARED)
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 # Parity tolerance between PyTorch and ONNX (and between chunked and whole runs), float32.
@@ -115,6 +119,13 @@ class ModelInfo:
         check_model_name(self.name)
         if self.task not in MODEL_TASKS:
             raise ContractError(f"task {self.task!r} is not one of {', '.join(MODEL_TASKS)}")
+        if self.task == DECLARED:
+            if self.cell != DECLARED_CELL or self.version < 1:
+                raise ContractError(
+                    f"a declared graph has cell {DECLARED_CELL!r} and a version >= 1, got {self.cell!r}, "
+                    f"{self.version}"
+                )
+            return
         if self.cell not in CELLS:
             raise ContractError(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
         if self.precision not in PRECISIONS:
@@ -213,6 +224,35 @@ class ModelInfo:
             if key.startswith(METADATA_PREFIX)
         }
         return cls.from_dict(data, source=source)
+
+
+def declared(name: str, version: int, sha256: str = "") -> ModelInfo:
+    """The record of a graph seqserve did not write: what its declaration does not say."""
+    return ModelInfo(
+        name=name, version=version, task=DECLARED, cell=DECLARED_CELL, layers=0, hidden=0,
+        bidirectional=False,
+        features=0, labels=[], sha256=sha256,
+    )  # fmt: skip
+
+
+def declaration_for(info: ModelInfo) -> dict[str, Any]:
+    """The declaration (seqserve/declaration.py) of a graph seqserve exported: h0/c0 -> hn/cn along axis 1,
+    x (or tokens) [batch, time, ...], lengths, and logits with the model's labels. The exporter writes it
+    beside model.json, and a version without one gets this: one mechanism serves every graph."""
+    states = [
+        {"input": name, "output": output, "batch_axis": 1}
+        for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)
+    ]
+    logits: dict[str, Any] = {"name": OUTPUT_LOGITS, "batch_axis": 0, "labels": list(info.labels)}
+    if per_step(info.task):
+        logits["time_axis"] = 1
+    return {
+        "rendering": LANGUAGE_MODEL if info.is_language_model else "classifier",
+        "states": states,
+        "inputs": [{"name": sequence_input(info.task), "batch_axis": 0, "time_axis": 1}],
+        "lengths": INPUT_LENGTHS,
+        "outputs": [logits],
+    }
 
 
 # --- Repository layout (Triton's): <repo>/<model>/<version>/model.onnx + model.json -----------------

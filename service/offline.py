@@ -58,7 +58,8 @@ def predict(
         for row, index in enumerate(rows):
             x[row, : lengths[row]] = sequences[index]
         states = tuple(np.repeat(zero[:, None, :], len(rows), axis=1) for zero in runtime.zero_state)
-        logits, _ = runtime.run(x, states, lengths)
+        outputs, _ = runtime.run((x,), states, lengths)
+        logits = outputs[contract.OUTPUT_LOGITS]
         for row, index in enumerate(rows):
             scores = logits[row, : lengths[row]] if logits.ndim == 3 else logits[row][None]
             probabilities = softmax(scores.astype(np.float64))

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.service.engine import layout
 from seqserve.service.engine.errors import InferenceFailed
 from seqserve.service.engine.kind import ModelKind, RowAnswer, States
 from seqserve.service.engine.metrics import ModelMetrics
@@ -53,8 +54,10 @@ FAILURES_BEFORE_NOT_SERVING = 3
 
 @dataclass(slots=True, eq=False)
 class _Row:
-    x: np.ndarray  # float32 [steps, features], or a language model's int64 token ids [steps]
+    inputs: tuple[np.ndarray, ...]  # one row per stream input (layout.py)
+    steps: int  # valid steps along time; 1 for a frame
     states: States
+    key: tuple  # the stream's constants: rows with other constants never share a call
     future: asyncio.Future
     queued_at: float
 
@@ -85,8 +88,8 @@ INLINE_MAX_ROWS = 4
 def _size_class(rows: list[_Row]) -> int:
     """Calls of padded rows x steps within a factor of 2 share a class: their cost is alike."""
     if len(rows) == 1:
-        return rows[0].x.shape[0].bit_length()
-    return (len(rows) * max(row.x.shape[0] for row in rows)).bit_length()
+        return rows[0].steps.bit_length()
+    return (len(rows) * max(row.steps for row in rows)).bit_length()
 
 
 class Batcher:
@@ -104,6 +107,12 @@ class Batcher:
     ) -> None:
         self.runtime = runtime
         self.kind = kind
+        declaration = runtime.declaration
+        self._inputs = declaration.inputs
+        self._state_axes = tuple(s.batch_axis for s in declaration.states)
+        self._frames = declaration.frame_model
+        self._padded = runtime.lengths_dtype is not None  # rows of different lengths may share a call
+        self._batchable = declaration.batchable
         self.executor = executor
         self.metrics = metrics
         self.max_batch = max_batch
@@ -128,19 +137,26 @@ class Batcher:
     def healthy(self) -> bool:
         return self.consecutive_failures < FAILURES_BEFORE_NOT_SERVING
 
-    async def infer(self, x: np.ndarray, states: States, stream: object = None) -> RowAnswer:
-        """Run one row ([steps, features]) from `states` (each [rows, hidden]) in the next call; `stream`
-        (any hashable, None for one-off rows) tells rows of the same client apart."""
-        return await self.submit(x, states, stream)
+    async def infer(
+        self, x: np.ndarray | tuple[np.ndarray, ...], states: States, stream: object = None, key: tuple = ()
+    ) -> RowAnswer:
+        """Run one row (`x`: its stream inputs' rows, or the one input's) from `states` (state rows) in the
+        next call; `stream` (any hashable, None for one-off rows) tells rows of the same client apart;
+        `key` is the stream's constants."""
+        return await self.submit(x, states, stream, key)
 
-    def submit(self, x: np.ndarray, states: States, stream: object = None) -> asyncio.Future[RowAnswer]:
+    def submit(
+        self, x: np.ndarray | tuple[np.ndarray, ...], states: States, stream: object = None, key: tuple = ()
+    ) -> asyncio.Future[RowAnswer]:
         """`infer` without a coroutine: the row is queued at once and the future ends with its answer, so
         a caller may take it in a done callback and spare the event loop a task per row."""
         future = asyncio.get_running_loop().create_future()
         now = time.perf_counter()
         if stream is not None:
             self._last_row_at[stream] = now
-        self._pending.append(_Row(x, states, future, now))
+        inputs = x if isinstance(x, tuple) else (x,)
+        steps = 1 if self._frames else inputs[0].shape[0]
+        self._pending.append(_Row(inputs, steps, states, key, future, now))
         self._maybe_dispatch()
         return future
 
@@ -240,8 +256,8 @@ class Batcher:
             self.on_health_change()
 
     def _run(self, rows: list[_Row], size: int) -> list[RowAnswer]:
-        """On the loop or an executor thread: pad, run, answer, scatter; one onnxruntime call per length
-        group. `size` is the call's size class."""
+        """On the loop or an executor thread: gather, run, answer, scatter; one onnxruntime call per group
+        of rows that may share one (`_groups`). `size` is the call's size class."""
         start = time.perf_counter()
         queue = self.metrics.queue
         for row in rows:
@@ -250,8 +266,9 @@ class Batcher:
             results = [self._run_one(rows[0])]
         else:
             results = [None] * len(rows)
-            for group in length_groups([row.x.shape[0] for row in rows]):
-                for index, result in zip(group, self._run_group([rows[i] for i in group]), strict=True):
+            for group in self._groups(rows):
+                run = self._run_group if len(group) > 1 else lambda one: [self._run_one(one[0])]
+                for index, result in zip(group, run([rows[i] for i in group]), strict=True):
                     results[index] = result
         # Written from the executor thread or the loop; a lost update only delays the average.
         seconds = time.perf_counter() - start
@@ -259,35 +276,64 @@ class Batcher:
         self._call_seconds[size] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
         return results  # type: ignore[return-value]
 
+    def _groups(self, rows: list[_Row]) -> list[list[int]]:
+        """Row indices by the calls they may share: the same constants, then lengths within a factor of 2
+        of each other (padded) or equal (a graph without a lengths input); one row a call for a graph that
+        cannot batch."""
+        if not self._batchable:
+            return [[index] for index in range(len(rows))]
+        by_key: dict[tuple, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_key.setdefault(row.key, []).append(index)
+        groups = []
+        for indices in by_key.values():
+            if self._padded:
+                groups += [[indices[i] for i in g] for g in length_groups([rows[i].steps for i in indices])]
+            else:
+                by_steps: dict[int, list[int]] = {}
+                for index in indices:
+                    by_steps.setdefault(rows[index].steps, []).append(index)
+                groups += by_steps.values()
+        return groups
+
     def _compute(
-        self, x: np.ndarray, states: States, lengths: np.ndarray, rows: int
-    ) -> tuple[np.ndarray, States]:
+        self,
+        inputs: tuple[np.ndarray, ...],
+        states: States,
+        lengths: np.ndarray | None,
+        key: tuple,
+        rows: int,
+    ) -> tuple[dict[str, np.ndarray], States]:
         """The onnxruntime call of `rows` rows, timed into the metrics."""
         start = time.perf_counter()
-        logits, new_states = self.runtime.run(x, states, lengths)
+        outputs, new_states = self.runtime.run(inputs, states, lengths, key)
         elapsed = time.perf_counter() - start
         self.metrics.inference.observe(elapsed)
         # Each row waited for the whole call: per-row compute, as Triton's ModelStatistics reports it.
         self.metrics.row_compute.inc(elapsed * rows)
         self.metrics.batch_size.observe(rows)
-        return logits, new_states
+        return outputs, new_states
 
     def _run_one(self, row: _Row) -> RowAnswer:
         """A lone row: views with a batch axis of 1, no copies (states are contiguous already, as the
         previous call or the zero state left them)."""
-        states = tuple([np.ascontiguousarray(state[:, np.newaxis]) for state in row.states])
-        outputs, new_states = self._compute(row.x[np.newaxis], states, _lengths(row.x.shape[0]), 1)
-        return self.kind.answer_one(outputs, tuple([state[:, 0] for state in new_states]))
+        axes = self._state_axes
+        inputs = tuple([layout.one_input(spec, x) for spec, x in zip(self._inputs, row.inputs, strict=True)])
+        lengths = _lengths(row.steps) if self._padded else None
+        outputs, new_states = self._compute(inputs, layout.one_state(row.states, axes), lengths, row.key, 1)
+        return self.kind.answer_one(outputs, layout.row_states(new_states, axes, 0))
 
     def _run_group(self, rows: list[_Row]) -> list[RowAnswer]:
-        lengths = np.fromiter((row.x.shape[0] for row in rows), dtype=np.int32, count=len(rows))
-        x = np.zeros((len(rows), int(lengths.max()), *rows[0].x.shape[1:]), dtype=rows[0].x.dtype)
-        for index, row in enumerate(rows):
-            x[index, : row.x.shape[0]] = row.x
-        columns = zip(*(row.states for row in rows), strict=True)
-        states = tuple(np.stack(column, axis=1) for column in columns)
-        outputs, new_states = self._compute(x, states, lengths, len(rows))
-        states_after = [tuple(state[:, index] for state in new_states) for index in range(len(rows))]
+        lengths = np.fromiter((row.steps for row in rows), dtype=np.int32, count=len(rows))
+        steps = int(lengths.max())
+        inputs = tuple(
+            layout.batch_input(spec, [row.inputs[k] for row in rows], steps)
+            for k, spec in enumerate(self._inputs)
+        )
+        axes = self._state_axes
+        states = layout.stack_states([row.states for row in rows], axes)
+        outputs, new_states = self._compute(inputs, states, lengths, rows[0].key, len(rows))
+        states_after = [layout.row_states(new_states, axes, index) for index in range(len(rows))]
         return self.kind.answer_rows(outputs, lengths.tolist(), states_after)
 
 

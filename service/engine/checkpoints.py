@@ -1,9 +1,10 @@
 """Signed state checkpoints: a stream's state as an opaque token any replica holding the key resumes from.
 
 A token is a compact binary record (the layout is in docs/checkpoint_token.md, for clients in other
-languages): a fixed little-endian header, the model's name and sha256, the state rows as raw float32 bytes
-(so a resume continues bit for bit), the running many-to-one answer (label, scores, logits), and an
-HMAC-SHA256 over all of it under the server's current key. Verification accepts the current and the
+languages): a fixed little-endian header, the model's name and sha256, each state row and each carried
+context as a typed array (dtype, shape, raw bytes, so a resume continues bit for bit), the stream's
+constants, the running many-to-one answer (label, scores, logits), and an HMAC-SHA256 over all of it under
+the server's current key. Verification accepts the current and the
 previous key, so keys rotate without dropping streams: roll out `current=new, previous=old`, then drop the
 old one once every token signed with it has expired.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
 import os
 import struct
 import time
@@ -24,17 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
+from seqserve.declaration import hashable
 from seqserve.service.engine.errors import BadResumeToken
 
 MAGIC = b"SQST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEYS_ENV = "SEQSERVE_STATE_KEYS"
 MIN_KEY_BYTES = 16
 MAC_BYTES = 32
 SHA256_BYTES = 32
 # magic, format version, state tensors, flags, name length, key id, expires_at (unix s), model version,
-# steps, chunks, idle timeout ms, checkpoint every N chunks, state rows, hidden, classes of the answer.
-HEADER = struct.Struct("<4sBBBB8sQqQQIIHIH")
+# steps, chunks, idle timeout ms, checkpoint every N chunks, carried contexts, constants' bytes, classes of
+# the answer.
+HEADER = struct.Struct("<4sBBBB8sQqQQIIBHH")
+# A typed array: dtype code (index in DTYPES), number of dims; then each dim (u32), then the bytes.
+ARRAY = struct.Struct("<BB")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 KEY_ID_OFFSET = 8
 _INCLUDE_SCORES, _FINAL_ONLY, _HAS_ANSWER = 1, 2, 4
 _FLOAT32 = np.dtype("<f4")
@@ -118,7 +125,7 @@ class StreamSnapshot:
     model: ModelIdentity
     steps: int
     chunks: int
-    states: tuple[np.ndarray, ...]  # each float32 [layers * directions, hidden]
+    states: tuple[np.ndarray, ...]  # each a state row (the tensor less its batch axis), any dtype
     # Many-to-one: the running answer after the last chunk (label index, float32 scores and logits, each
     # [classes]).
     answer: tuple[int, np.ndarray, np.ndarray] | None
@@ -127,6 +134,10 @@ class StreamSnapshot:
     idle_timeout_ms: int
     checkpoint_every_chunks: int
     expires_at: int  # unix seconds
+    # A declared graph's context carried into the next chunk (one per stream input with context), and
+    # its per-stream constants (JSON-encodable values).
+    carry: tuple[np.ndarray, ...] = ()
+    constants: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +150,19 @@ class IssuedCheckpoint:
     expires_at: int  # unix seconds
 
 
+def _array(values: np.ndarray) -> bytes:
+    values = np.asarray(values, dtype=values.dtype.newbyteorder("<"), order="C")  # 0-d stays 0-d
+    return (
+        ARRAY.pack(DTYPES.index(values.dtype.name), values.ndim)
+        + struct.pack(f"<{values.ndim}I", *values.shape)
+        + values.tobytes()
+    )
+
+
 def encode(snapshot: StreamSnapshot, key: bytes) -> bytes:
     """The signed token of `snapshot`; its expiry is `snapshot.expires_at`."""
     name = snapshot.model.name.encode()
-    rows, hidden = snapshot.states[0].shape
+    constants = json.dumps(list(snapshot.constants)).encode() if snapshot.constants else b""
     classes = 0 if snapshot.answer is None else snapshot.answer[1].shape[-1]
     flags = (
         (_INCLUDE_SCORES if snapshot.include_scores else 0)
@@ -163,13 +183,14 @@ def encode(snapshot: StreamSnapshot, key: bytes) -> bytes:
             snapshot.chunks,
             snapshot.idle_timeout_ms,
             snapshot.checkpoint_every_chunks,
-            rows,
-            hidden,
+            len(snapshot.carry),
+            len(constants),
             classes,
         ),  # fmt: skip
         name,
         bytes.fromhex(snapshot.model.sha256),
-        *(np.ascontiguousarray(state, dtype=_FLOAT32).tobytes() for state in snapshot.states),
+        *(_array(values) for values in (*snapshot.states, *snapshot.carry)),
+        constants,
     ]
     if snapshot.answer is not None:
         label, scores, logits = snapshot.answer
@@ -215,42 +236,65 @@ def decode(token: bytes, keys: StateKeys, now: float | None = None) -> StreamSna
     return snapshot
 
 
+class _Reader:
+    """Reads a signed body front to back; running past its end is a malformed token."""
+
+    def __init__(self, body: bytes, offset: int) -> None:
+        self.body = body
+        self.offset = offset
+
+    def take(self, size: int) -> bytes:
+        if self.offset + size > len(self.body):
+            raise BadResumeToken(
+                MALFORMED,
+                f"malformed resume token: {len(self.body)} bytes before the signature, its fields need more",
+            )
+        piece = self.body[self.offset : self.offset + size]
+        self.offset += size
+        return piece
+
+    def array(self) -> np.ndarray:
+        code, ndim = ARRAY.unpack(self.take(ARRAY.size))
+        if code >= len(DTYPES):
+            raise BadResumeToken(MALFORMED, f"malformed resume token: dtype code {code}")
+        shape = struct.unpack(f"<{ndim}I", self.take(4 * ndim))
+        dtype = np.dtype(DTYPES[code]).newbyteorder("<")
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self.take(count * dtype.itemsize), dtype, count).reshape(shape)
+
+
 def _parse(body: bytes) -> StreamSnapshot:
     """The fields of a signed body. Only a server's own bug makes a signed body inconsistent."""
-    (_, _, n_states, flags, name_len, _, expires_at, version, steps, chunks, idle_ms, every, rows, hidden,
-     classes) = HEADER.unpack_from(body)  # fmt: skip
-    has_answer = bool(flags & _HAS_ANSWER)
-    state_bytes = rows * hidden * 4
-    expected = HEADER.size + name_len + SHA256_BYTES + n_states * state_bytes
-    expected += (4 + 2 * 4 * classes) if has_answer else 0
-    if len(body) != expected or n_states not in (1, 2):
+    (_, _, n_states, flags, name_len, _, expires_at, version, steps, chunks, idle_ms, every, n_carry,
+     constants_len, classes) = HEADER.unpack_from(body)  # fmt: skip
+    reader = _Reader(body, HEADER.size)
+    name = reader.take(name_len).decode(errors="replace")
+    sha256 = reader.take(SHA256_BYTES).hex()
+    states = tuple(reader.array() for _ in range(n_states))
+    carry = tuple(reader.array() for _ in range(n_carry))
+    constants = hashable(json.loads(reader.take(constants_len))) if constants_len else ()
+    answer = None
+    if flags & _HAS_ANSWER:
+        (label,) = struct.unpack("<I", reader.take(4))
+        scores = np.frombuffer(reader.take(4 * classes), _FLOAT32)
+        answer = (label, scores, np.frombuffer(reader.take(4 * classes), _FLOAT32))
+    if reader.offset != len(body):
         raise BadResumeToken(
             MALFORMED,
-            f"malformed resume token: {len(body)} bytes before the signature, its header says {expected}",
+            f"malformed resume token: {len(body)} bytes before the signature, its fields end at "
+            f"{reader.offset}",
         )
-    offset = HEADER.size
-    name = body[offset : offset + name_len].decode(errors="replace")
-    offset += name_len
-    sha256 = body[offset : offset + SHA256_BYTES].hex()
-    offset += SHA256_BYTES
-    states = []
-    for _ in range(n_states):
-        states.append(np.frombuffer(body, _FLOAT32, rows * hidden, offset).reshape(rows, hidden))
-        offset += state_bytes
-    answer = None
-    if has_answer:
-        (label,) = struct.unpack_from("<I", body, offset)
-        scores = np.frombuffer(body, _FLOAT32, classes, offset + 4)
-        answer = (label, scores, np.frombuffer(body, _FLOAT32, classes, offset + 4 + 4 * classes))
     return StreamSnapshot(
         model=ModelIdentity(name, version, sha256),
         steps=steps,
         chunks=chunks,
-        states=tuple(states),
+        states=states,
         answer=answer,
         include_scores=bool(flags & _INCLUDE_SCORES),
         final_only=bool(flags & _FINAL_ONLY),
         idle_timeout_ms=idle_ms,
         checkpoint_every_chunks=every,
         expires_at=expires_at,
+        carry=carry,
+        constants=constants,
     )

@@ -14,9 +14,11 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
+from seqserve.declaration import hashable
 from seqserve.service.config import ServerConfig
 from seqserve.service.engine import checkpoints
 from seqserve.service.engine.caller import current_caller
@@ -30,6 +32,7 @@ from seqserve.service.engine.errors import (
     NoStateKey,
 )
 from seqserve.service.engine.kind import RowAnswer
+from seqserve.service.engine.layout import Chunk, chunk_steps
 from seqserve.service.engine.metrics import ServiceMetrics
 from seqserve.service.engine.repository import ModelRepository, ServedModel
 from seqserve.service.engine.sequences import SequenceTable
@@ -78,19 +81,23 @@ class InferenceEngine:
         idle_timeout_ms: int,
         options: StreamOptions = DEFAULT_OPTIONS,
         resume_token: bytes = b"",
+        constants: dict[str, Any] | None = None,
     ) -> StreamState:
         """A new stream for the RPC's caller (its token's name: per-token limits hold for every protocol),
         or with `resume_token` the stream the token holds, continued (model and version
         may then be empty/0; given, they must be the token's). A resumed stream keeps the token's options
-        except an idle timeout or checkpoint interval the open sets."""
+        except an idle timeout or checkpoint interval the open sets. `constants` picks a declared graph's
+        per-stream constants from their choices (the rest take their default)."""
         options = replace(options, idle_timeout_ms=idle_timeout_ms)
         if resume_token:
             return self._resume(model, version, options, resume_token)
         served = self.repository.resolve(model, version)
         if options.checkpoint_every_chunks:
             self._check_checkpointable(served, f"checkpoint_every_chunks={options.checkpoint_every_chunks}")
+        key = _constant_key(served, constants or {})
         stream = self.store.open(served, self.idle_timeout_s(idle_timeout_ms), current_caller())
         stream.options = options
+        stream.key = key
         return stream
 
     def _check_checkpointable(self, served: ServedModel, asked: str) -> None:
@@ -121,6 +128,10 @@ class InferenceEngine:
         stream = self.store.open(served, self.idle_timeout_s(options.idle_timeout_ms), current_caller())
         stream.options = options
         stream.states, stream.steps, stream.chunks = snapshot.states, snapshot.steps, snapshot.chunks
+        stream.key = snapshot.constants
+        if stream.carry is not None:
+            carried = iter(snapshot.carry)
+            stream.carry = [None if zero is None else next(carried) for zero in stream.carry]
         if snapshot.answer is not None:
             stream.last = served.kind.restored_answer(snapshot.answer, snapshot.states)
         served.metrics.resumes.inc()
@@ -144,19 +155,22 @@ class InferenceEngine:
                 f"({error})",
             ) from error
         info = served.runtime.info
-        shapes = tuple(s.shape for s in snapshot.states)
+        held_state = [(s.dtype.name, s.shape) for s in (*snapshot.states, *snapshot.carry)]
+        zero_carry = [c for c in served.runtime.zero_carry or () if c is not None]
+        served_state = [(s.dtype.name, s.shape) for s in (*served.runtime.zero_state, *zero_carry)]
         classes = None if snapshot.answer is None else snapshot.answer[1].shape[-1]
         if (
             info.sha256 != held.sha256
-            or shapes != tuple(s.shape for s in served.runtime.zero_state)
+            or held_state != served_state
+            or len(snapshot.constants) != len(served.runtime.declaration.constants)
             or classes not in (None, info.classes)
             or not served.streamable
         ):
             raise BadResumeToken(
                 checkpoints.OTHER_MODEL,
                 f"resume token is for model {served.key} with sha256 {held.sha256[:12]}... and state "
-                f"{shapes}; this server's {served.key} has sha256 {info.sha256[:12]}... and state "
-                f"{tuple(s.shape for s in served.runtime.zero_state)}",
+                f"{_shapes(held_state)}; this server's {served.key} has sha256 {info.sha256[:12]}... and "
+                f"state {_shapes(served_state)}",
             )
         return served
 
@@ -180,6 +194,8 @@ class InferenceEngine:
             idle_timeout_ms=stream.options.idle_timeout_ms,
             checkpoint_every_chunks=stream.options.checkpoint_every_chunks,
             expires_at=expires_at,
+            carry=tuple(c for c in stream.carry or () if c is not None),
+            constants=stream.key,
         )
         token = checkpoints.encode(snapshot, self.keys.current)
         model.metrics.checkpoints.inc()
@@ -193,13 +209,14 @@ class InferenceEngine:
             self.final_checkpoints[reason] += 1
         return issued
 
-    async def chunk(self, stream: StreamState, x: np.ndarray) -> RowAnswer | None:
+    async def chunk(self, stream: StreamState, x: Chunk) -> RowAnswer | None:
         """The chunk's answer, or None for a non-streamable model, which buffers until end. When the
-        stream's checkpoint interval is due, `stream.checkpoint` holds a token covering this chunk."""
+        stream's checkpoint interval is due, `stream.checkpoint` holds a token covering this chunk. `x` is
+        [steps, ...] for the graph's one stream input, or a tuple of them (one per stream input)."""
         row = self.start_chunk(stream, x)
-        return None if row is None else self.finish_chunk(stream, x.shape[0], await row)
+        return None if row is None else self.finish_chunk(stream, chunk_steps(x), await row)
 
-    def start_chunk(self, stream: StreamState, x: np.ndarray) -> asyncio.Future[RowAnswer] | None:
+    def start_chunk(self, stream: StreamState, x: Chunk) -> asyncio.Future[RowAnswer] | None:
         """`chunk`'s first half, synchronous: count the chunk and queue its row in the batcher (None: a
         non-streamable model buffered it). The caller hands the row's answer to `finish_chunk`, awaited or
         in a done callback (a sequence request, which no task waits for: sequences.py)."""
@@ -207,11 +224,15 @@ class InferenceEngine:
         stream.chunks += 1
         model = stream.model
         model.metrics.chunks.inc(1)
-        model.metrics.steps.inc(x.shape[0])
+        model.metrics.steps.inc(chunk_steps(x))
         if not model.streamable:
             self._buffer(stream, x)
             return None
-        return model.batcher.submit(x, stream.states, stream)
+        if model.frames:
+            return _run_frames(stream, x if isinstance(x, tuple) else (x,))
+        if stream.carry is not None:
+            x = _carried(stream, x if isinstance(x, tuple) else (x,))
+        return model.batcher.submit(x, stream.states, stream, stream.key)
 
     def finish_chunk(self, stream: StreamState, steps: int, result: RowAnswer) -> RowAnswer:
         """`chunk`'s second half: the answer of the row (of `steps` steps) becomes the stream's state and
@@ -247,9 +268,100 @@ class InferenceEngine:
         stream.buffered = []
         return await stream.model.batcher.infer(whole, stream.model.runtime.zero_state)
 
-    async def classify(self, model: ServedModel, sequences: list[np.ndarray]) -> list[RowAnswer]:
+    async def classify(self, model: ServedModel, sequences: list[Chunk]) -> list[RowAnswer]:
         if self.store.draining:
             raise Draining("server is shutting down and takes no new requests; retry on another replica")
-        model.metrics.steps.inc(sum(x.shape[0] for x in sequences))
-        zero = model.runtime.zero_state
-        return list(await asyncio.gather(*(model.batcher.infer(x, zero) for x in sequences)))
+        model.metrics.steps.inc(sum(chunk_steps(x) for x in sequences))
+        if model.frames or model.runtime.zero_carry is not None:  # a whole sequence runs as a stream would
+            return list(
+                await asyncio.gather(*(_whole(model, x if isinstance(x, tuple) else (x,)) for x in sequences))
+            )
+        zero, key = model.runtime.zero_state, model.runtime.declaration.constant_key({})
+        return list(await asyncio.gather(*(model.batcher.infer(x, zero, None, key) for x in sequences)))
+
+
+def _shapes(arrays: list[tuple[str, tuple]]) -> str:
+    return ", ".join(f"{dtype} {list(shape)}" for dtype, shape in arrays)
+
+
+def _constant_key(model: ServedModel, chosen: dict[str, Any]) -> tuple:
+    """The stream's constants, each checked against its declared choices."""
+    constants = model.runtime.declaration.constants
+    known = {c.name: c for c in constants}
+    for name, value in chosen.items():
+        if name not in known:
+            raise InvalidChunk(
+                f"constant {name!r} is not one of model {model.key}'s constants "
+                f"({', '.join(known) or 'it has none'})"
+            )
+        if hashable(value) not in known[name].choices:
+            raise InvalidChunk(
+                f"constant {name} is {value!r}; model {model.key} takes one of "
+                f"{', '.join(map(repr, known[name].choices))}"
+            )
+    return tuple(hashable(chosen.get(c.name, c.choices[0])) for c in constants)
+
+
+def _carried(stream: StreamState, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """The rows with the previous chunk's last items before them, where the graph takes context; the
+    stream keeps this chunk's last items for the next."""
+    out = []
+    for k, (spec, x) in enumerate(zip(stream.model.runtime.declaration.inputs, inputs, strict=True)):
+        carry = stream.carry[k]
+        if carry is None:
+            out.append(x)
+            continue
+        axis = spec.row_axis(spec.context_axis)
+        whole = np.concatenate([carry, x], axis=axis)
+        stream.carry[k] = np.ascontiguousarray(
+            np.take(whole, range(whole.shape[axis] - spec.context, whole.shape[axis]), axis)
+        )
+        out.append(whole)
+    return tuple(out)
+
+
+def _run_frames(stream: StreamState, frames: tuple[np.ndarray, ...]) -> asyncio.Future:
+    """A frame model's chunk of n frames: n calls, each frame from the state the one before left; the
+    chunk's answer is the kind's stack of the frames' answers. A stream that goes away stops the chain."""
+    model = stream.model
+    done = asyncio.get_running_loop().create_future()
+    answers: list = []
+    count = frames[0].shape[0]
+
+    def submit(index: int, states: tuple) -> None:
+        frame = tuple(x[index] for x in frames)
+        if stream.carry is not None:
+            frame = _carried(stream, frame)
+        row = model.batcher.submit(frame, states, stream, stream.key)
+        row.add_done_callback(lambda finished: step(index, finished))
+
+    def step(index: int, finished: asyncio.Future) -> None:
+        if done.done():
+            return
+        if finished.cancelled():
+            done.cancel()
+            return
+        if (error := finished.exception()) is not None:
+            done.set_exception(error)
+            return
+        answers.append(finished.result())
+        if index + 1 < count:
+            submit(index + 1, answers[-1].states)
+        else:
+            done.set_result(model.kind.frames(answers))
+
+    submit(0, stream.states)
+    return done
+
+
+def _whole(model: ServedModel, x: tuple[np.ndarray, ...]) -> asyncio.Future:
+    """A whole sequence of a frame model or one that carries context, from the zero state: a stream no
+    store holds, run through the same chunk path."""
+    stream = StreamState(
+        id="whole", model=model, caller=None, idle_timeout_s=0.0, task=None, states=model.runtime.zero_state,
+        key=model.runtime.declaration.constant_key({}),
+        carry=None if model.runtime.zero_carry is None else list(model.runtime.zero_carry),
+    )  # fmt: skip
+    if model.frames:
+        return _run_frames(stream, x)
+    return model.batcher.submit(_carried(stream, x), stream.states, None, stream.key)

@@ -1,7 +1,8 @@
 """What the engine asks of a model kind, and nothing more: the batcher, state store and checkpoints see
 rows of inputs and state; a kind (`service/kinds/`) says what a row's answer is.
 
-The engine runs a call and hands the kind the graph's output for the call's rows, with each row's length
+The engine runs a call and hands the kind the graph's answer outputs (every output that is not a state's)
+for the call's rows, with each row's length
 and its state after its last step; the kind makes each row's answer from them. A stream keeps its latest
 answer, and a kind whose answers are not per step (a many-to-one classifier) says so: the stream's final
 answer is then its latest, and a checkpoint carries it.
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from seqserve.contract import ModelInfo
+from seqserve.declaration import Declaration
 
 States = tuple[np.ndarray, ...]
 # What a checkpoint keeps of a stream's latest answer: label index, scores and logits (each [classes]).
@@ -36,13 +37,15 @@ class ModelKind(Protocol):
     # chunk, the latest being the stream's final answer (many-to-one).
     answers_every_step: bool
 
-    def answer_one(self, outputs: np.ndarray, states: States) -> RowAnswer:
-        """A lone row's answer: `outputs` is the call's output with its batch axis of 1 still on."""
+    def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> RowAnswer:
+        """A lone row's answer: `outputs` are the call's answer outputs by name, batch axis of 1 still on."""
         ...
 
-    def answer_rows(self, outputs: np.ndarray, lengths: list[int], states: list[States]) -> list[RowAnswer]:
-        """The answers of a call's rows, in order: `outputs` [rows, ...], each row's valid steps and its
-        state after them."""
+    def answer_rows(
+        self, outputs: dict[str, np.ndarray], lengths: list[int], states: list[States]
+    ) -> list[RowAnswer]:
+        """The answers of a call's rows, in order: the call's answer outputs by name, each row's valid
+        steps and its state after them."""
         ...
 
     def kept_answer(self, answer: RowAnswer) -> KeptAnswer:
@@ -54,4 +57,4 @@ class ModelKind(Protocol):
         ...
 
 
-KindFor = Callable[[ModelInfo], ModelKind]
+KindFor = Callable[[Declaration], ModelKind]

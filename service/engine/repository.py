@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqserve import contract
+from seqserve import declaration as declarations
 from seqserve.contract import (
+    METADATA_FILE,
     MODEL_FILE,
     ContractError,
     list_models,
@@ -32,6 +36,7 @@ from seqserve.contract import (
     read_model_info,
     version_dir,
 )
+from seqserve.declaration import DeclarationError
 from seqserve.service.config import ServerConfig
 from seqserve.service.engine.batcher import Batcher
 from seqserve.service.engine.errors import ModelNotFound
@@ -62,10 +67,44 @@ class ServedModel:
     def streamable(self) -> bool:
         return self.runtime.info.streamable
 
+    @functools.cached_property
+    def declared(self) -> bool:
+        """A graph seqserve did not write: it takes and answers named tensors."""
+        return self.runtime.info.task == contract.DECLARED
+
+    @functools.cached_property
+    def output_shapes(self) -> dict[str, list[int]]:
+        """Each answer output's shape less its batch axis, as the graph declares it (-1: varies)."""
+        graph = {o.name: o.shape for o in self.runtime.session.get_outputs()}
+        return {
+            o.name: [
+                d if isinstance(d, int) else -1 for a, d in enumerate(graph[o.name]) if a != o.batch_axis
+            ]
+            for o in self.runtime.declaration.outputs
+        }
+
+    @functools.cached_property
+    def default_key(self) -> tuple:
+        """The constants of a stream that chose none (Declaration.constant_key)."""
+        return self.runtime.declaration.constant_key({})
+
+    @functools.cached_property
+    def frames(self) -> bool:
+        """A frame model: each step of a chunk is its own call."""
+        return self.runtime.declaration.frame_model
+
 
 def _shown(name: str) -> str:
     """A client's model name as error messages quote it: whole when short, cut when long."""
     return repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _signature(path: Path) -> tuple:
@@ -101,7 +140,16 @@ class ModelRepository:
                 f"{repository.root}: no models found; expected <repository>/<model>/<version>/{MODEL_FILE}"
             )
         for (name, version), path in on_disk.items():
-            repository._models.setdefault(name, {})[version] = repository._load_version(name, version, path)
+            try:
+                served = repository._load_version(name, version, path)
+            except DeclarationError as error:  # a user's graph that does not fit its declaration: it alone
+                repository._refuse(name, version, path, error)
+                continue
+            repository._models.setdefault(name, {})[version] = served
+        if not repository._models:
+            raise ContractError(
+                f"{repository.root}: no model could be loaded (see the refusals logged above)"
+            )
         repository._update_defaults()
         for served in repository.all():
             repository._log_loaded(served)
@@ -115,17 +163,23 @@ class ModelRepository:
         }
 
     def _load_version(self, name: str, version: int, path: Path) -> ServedModel:
-        info = read_model_info(path)
-        if info.name != name or info.version != version:
-            raise ContractError(
-                f"{path}: model.json says {info.name}:{info.version}, its folder {name}:{version}"
-            )
+        if (path / METADATA_FILE).is_file():
+            info = read_model_info(path)
+            if info.name != name or info.version != version:
+                raise ContractError(
+                    f"{path}: model.json says {info.name}:{info.version}, its folder {name}:{version}"
+                )
+        else:  # a graph seqserve did not write: its declaration (or the graph's names) say the rest
+            info = contract.declared(name, version, _sha256(path / MODEL_FILE))
         config = self.config
-        runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads)
+        declared = declarations.read(path)
+        runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads, declared)
+        if info.task == contract.DECLARED and runtime.declaration.batchable:
+            runtime.probe()
         bound = self.service_metrics.for_model(
             name, version, info.cell, info.task, info.precision, runtime.provider
         )
-        kind = self.kind_for(info)
+        kind = self.kind_for(runtime.declaration)
         batcher = Batcher(
             runtime,
             kind,
@@ -160,9 +214,7 @@ class ModelRepository:
             try:
                 served = await loop.run_in_executor(self.executor, self._load_version, name, version, path)
             except Exception as error:  # whatever the files do wrong, the rest keeps serving
-                self._refused[name, version] = signature
-                self.service_metrics.repository_event("refused")
-                log.warning("refused %s:%d from %s: %s", name, version, path, error)
+                self._refuse(name, version, path, error)
                 continue
             self._refused.pop((name, version), None)
             self._models.setdefault(name, {})[version] = served
@@ -179,6 +231,11 @@ class ModelRepository:
                 self._log_loaded(served)
             self._notify()
         return changed
+
+    def _refuse(self, name: str, version: int, path: Path, error: Exception) -> None:
+        self._refused[name, version] = _signature(path)
+        self.service_metrics.repository_event("refused")
+        log.warning("refused %s:%d from %s: %s", name, version, path, error)
 
     def _retire(self, name: str, version: int) -> None:
         served = self._models[name].pop(version)

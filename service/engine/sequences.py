@@ -31,11 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from seqserve.service.engine.caller import current_caller
 from seqserve.service.engine.errors import OutOfOrder
 from seqserve.service.engine.kind import RowAnswer
+from seqserve.service.engine.layout import Chunk, chunk_steps
 from seqserve.service.engine.repository import ServedModel
 from seqserve.service.engine.state import IDLE_TIMEOUT, StateStore, StreamState
 
@@ -54,7 +53,7 @@ _END_WORDS = {IDLE_TIMEOUT: "was ended by the idle timeout", "shutdown": "was en
 
 @dataclass(eq=False, slots=True)
 class _Request:
-    x: np.ndarray
+    x: Chunk
     end: bool
     on_answer: OnAnswer
 
@@ -72,7 +71,7 @@ class SequenceTable:
         self,
         store: StateStore,
         open_stream: Callable[[ServedModel], StreamState],
-        start_chunk: Callable[[StreamState, np.ndarray], asyncio.Future[RowAnswer] | None],
+        start_chunk: Callable[[StreamState, Chunk], asyncio.Future[RowAnswer] | None],
         finish_chunk: Callable[[StreamState, int, RowAnswer], RowAnswer],
     ) -> None:
         self.store = store
@@ -92,7 +91,7 @@ class SequenceTable:
         sequence_id: SequenceId,
         start: bool,
         end: bool,
-        x: np.ndarray,
+        x: Chunk,
         on_answer: OnAnswer,
     ) -> None:
         """Queue one request of a sequence behind its previous one, its outcome to `on_answer`; refuse what
@@ -148,7 +147,7 @@ class SequenceTable:
         result, error = outcome(row)
         if error is None:
             try:
-                result = self._finish_chunk(sequence.stream, request.x.shape[0], result)
+                result = self._finish_chunk(sequence.stream, chunk_steps(request.x), result)
             except Exception as failed:  # noqa: BLE001 - this request's outcome, the sequence goes on
                 result, error = None, failed
         self._answered(sequence, request, result, error)

@@ -71,6 +71,10 @@ class StreamState:
     options: StreamOptions = DEFAULT_OPTIONS
     # The checkpoint issued with the latest chunk's answer (None when none was due).
     checkpoint: IssuedCheckpoint | None = None
+    # A declared graph's per-stream constants (Declaration.constant_key): calls never mix two keys.
+    key: tuple = ()
+    # Per stream input, the items carried into the next chunk (None: the graph takes no context).
+    carry: list[np.ndarray | None] | None = None
 
 
 class StateStore:
@@ -121,6 +125,9 @@ class StateStore:
             states=model.runtime.zero_state,
             last_seen=loop.time(),
         )
+        if model.runtime.zero_carry is not None:
+            stream.carry = list(model.runtime.zero_carry)
+        stream.key = model.default_key
         stream.timer = loop.call_later(idle_timeout_s, self._check_idle, stream)
         self._streams[stream.id] = stream
         self._empty.clear()

@@ -21,9 +21,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import serialize_byte_tensor
 
 from seqserve.contract import INPUT_X, OUTPUT_LOGITS
+from seqserve.declaration import V2_DATATYPES
 from seqserve.service.engine import InvalidChunk, LimitExceeded, ModelTotals, SequenceId, ServedModel
+from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
 from seqserve.service.kinds.classifier import RowResult
+from seqserve.service.kinds.tensors import check_inputs
 
 OUTPUT_LABEL = "label"
 OUTPUT_SCORES = "scores"
@@ -108,8 +111,11 @@ def _flag(params, name: str) -> bool:
 
 def input_array(
     request: pb.ModelInferRequest, model: ServedModel, in_sequence: bool, max_steps: int | None
-) -> np.ndarray:
-    """float32 [batch, steps, features] from the request's one input; anything off raises what and why."""
+) -> np.ndarray | list[tuple[np.ndarray, ...]]:
+    """float32 [batch, steps, features] from the request's one input; anything off raises what and why.
+    A declared graph's request carries its named inputs: one chunk per batch row (`declared_rows`)."""
+    if model.declared:
+        return declared_rows(request, model, in_sequence, max_steps)
     inputs = request.inputs
     tensor = inputs[0] if len(inputs) == 1 else None
     if tensor is None or tensor.name != INPUT_X:
@@ -140,6 +146,43 @@ def input_array(
     return x
 
 
+def declared_rows(
+    request: pb.ModelInferRequest, model: ServedModel, in_sequence: bool, max_steps: int | None
+) -> list[tuple[np.ndarray, ...]]:
+    """A declared graph's inputs, batch first ([batch, steps, ...] or a frame model's [batch, ...]), as one
+    chunk per row: [steps, ...] each, or one frame [1, ...]."""
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidChunk(
+            f"request has {len(request.inputs)} inputs and {len(raw_contents)} raw_input_contents; expected "
+            "one each"
+        )
+    arrays = {}
+    for index, tensor in enumerate(request.inputs):
+        if not raw_contents:
+            raise InvalidChunk(f"input {tensor.name} has no raw_input_contents; send the tensors' bytes raw")
+        arrays[tensor.name] = tensors.to_array(
+            tensor.name, tensor.datatype, list(tensor.shape), raw_contents[index], "request"
+        )
+    batches = {name: array.shape[0] if array.ndim else 0 for name, array in arrays.items()}
+    batch = next(iter(batches.values()), 0)
+    if batch < 1 or any(b != batch for b in batches.values()) or (in_sequence and batch != 1):
+        want = "1 in a sequence request" if in_sequence else "the same >= 1 for every input"
+        raise InvalidChunk(f"request inputs have batch sizes {batches}; expected {want}")
+    frames = model.frames
+    declaration = model.runtime.declaration
+    return [
+        check_inputs(
+            declaration,
+            {name: array[row : row + 1] if frames else array[row] for name, array in arrays.items()},
+            model.key,
+            "request" if batch == 1 else f"request row {row}",
+            max_steps,
+        )
+        for row in range(batch)
+    ]
+
+
 def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarray:
     count = shape[0] * shape[1] * shape[2]
     raw_contents = request.raw_input_contents
@@ -159,6 +202,14 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
 def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> Requested:
     """The outputs the client named, in its order; none named means all of them, as Triton does."""
     outputs = request.outputs
+    if model.declared:
+        names = model.runtime.answer_names
+        unknown = [o.name for o in outputs if o.name not in names]
+        if unknown:
+            raise InvalidChunk(
+                f"requested output(s) {unknown} are not among model {model.key}'s outputs {list(names)}"
+            )
+        return tuple(o.name for o in outputs) or names
     if not outputs:
         return OUTPUTS
     requested = []
@@ -234,8 +285,11 @@ def fill_infer_response(
 ) -> None:
     """The rows' outputs into `response`: many-to-many [batch, steps, ...] (the rows stacked), else the
     rows' answers one after another [batch, ...]. Raw bytes are the rows' arrays back to back, which is
-    the stacked array's C order, so nothing is stacked."""
+    the stacked array's C order, so nothing is stacked. A declared graph's: its named outputs, batch first."""
     info = model.runtime.info
+    if model.declared:
+        _fill_tensors(response, request, model, rows, names)
+        return
     many_to_many = info.task == "many_to_many"
     if many_to_many:
         count, steps = len(rows), len(rows[0].labels)
@@ -254,6 +308,28 @@ def fill_infer_response(
             contents.append(getattr(rows[0], field).astype(wire, copy=False).tobytes())
         else:
             contents.append(b"".join(getattr(row, field).astype(wire, copy=False).tobytes() for row in rows))
+
+
+def _fill_tensors(
+    response: pb.ModelInferResponse,
+    request: pb.ModelInferRequest,
+    model: ServedModel,
+    rows: list,
+    names: Requested,
+) -> None:
+    info = model.runtime.info
+    response.model_name, response.model_version, response.id = info.name, str(info.version), request.id
+    for name in names:
+        parts = [row.tensors[name] for row in rows]
+        if model.frames:  # each row answered one frame: [1, ...] -> the batch's [batch, ...]
+            parts = [part[0] for part in parts]
+        if any(part.shape != parts[0].shape for part in parts):
+            raise InvalidChunk(
+                f"output {name} differs in shape between the request's rows; send them one a request"
+            )
+        first = parts[0]
+        response.outputs.add(name=name, datatype=tensors.datatype(first), shape=(len(parts), *first.shape))
+        response.raw_output_contents.append(b"".join(tensors.to_bytes(part) for part in parts))
 
 
 def _classes(rows: list[RowResult], classified: Classified, labels: list[str]) -> bytes:
@@ -313,11 +389,34 @@ def _output_dims(model: ServedModel) -> dict[str, list[int]]:
     return {OUTPUT_LOGITS: [-1, classes], OUTPUT_LABEL: [-1], OUTPUT_SCORES: [-1, classes]}
 
 
+def _declared_dims(
+    model: ServedModel,
+) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """A declared graph's inputs and outputs as V2 shows them, batch first: [-1, -1 (steps), ...] or a
+    frame model's [-1, ...]."""
+    declaration = model.runtime.declaration
+    inputs = [
+        (i.name, V2_DATATYPES[i.dtype], [-1, *([] if i.time_axis is None else [-1]), *i.sent_shape])
+        for i in declaration.inputs
+    ]
+    outputs = [
+        (o.name, V2_DATATYPES[o.dtype], [-1, *model.output_shapes[o.name]]) for o in declaration.outputs
+    ]
+    return inputs, outputs
+
+
 def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataResponse:
     info = model.runtime.info
     response = pb.ModelMetadataResponse(
         name=info.name, versions=[str(v) for v in versions], platform=PLATFORM
     )
+    if model.declared:
+        inputs, outputs = _declared_dims(model)
+        for name, datatype, dims in inputs:
+            response.inputs.add(name=name, datatype=datatype, shape=dims)
+        for name, datatype, dims in outputs:
+            response.outputs.add(name=name, datatype=datatype, shape=dims)
+        return response
     response.inputs.add(name=INPUT_X, datatype="FP32", shape=[-1, -1, info.features])
     for name, dims in _output_dims(model).items():
         response.outputs.add(name=name, datatype=_DATATYPES[name], shape=dims)
@@ -335,9 +434,16 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
         name=info.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
         default_model_filename="model.onnx",
     )  # fmt: skip
-    config.input.add(name=INPUT_X, data_type=mc.TYPE_FP32, dims=[-1, -1, info.features])
-    for name, dims in _output_dims(model).items():
-        config.output.add(name=name, data_type=_CONFIG_TYPES[_DATATYPES[name]], dims=dims)
+    if model.declared:
+        inputs, outputs = _declared_dims(model)
+        for name, datatype, dims in inputs:
+            config.input.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)
+        for name, datatype, dims in outputs:
+            config.output.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)
+    else:
+        config.input.add(name=INPUT_X, data_type=mc.TYPE_FP32, dims=[-1, -1, info.features])
+        for name, dims in _output_dims(model).items():
+            config.output.add(name=name, data_type=_CONFIG_TYPES[_DATATYPES[name]], dims=dims)
     if model.streamable:
         config.sequence_batching.max_sequence_idle_microseconds = round(idle_timeout_s * 1_000_000)
     config.parameters["seqserve.task"].string_value = info.task

@@ -52,6 +52,11 @@ class _StreamCall:
             first.open.idle_timeout_ms,
             converters.stream_options(first.open),
             first.open.resume_token,
+            converters.constants(
+                first.open, self.engine.repository.resolve(first.open.model, first.open.version)
+            )
+            if first.open.constants
+            else None,
         )
         self.labels = stream.model.runtime.info.labels
         await self.context.write(converters.opened(stream, bool(first.open.resume_token)))
@@ -179,9 +184,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         response = pb.ClassifyResponse(model=converters.model_info(model))
         labels = model.runtime.info.labels
         for x, result in zip(sequences, results, strict=True):
-            converters.fill_steps(
-                response.results.add().results, result, x.shape[0] - 1, labels, request.include_scores
-            )
+            answered = response.results.add()
+            if model.declared:
+                converters.fill_outputs(answered.outputs, result)
+            else:
+                converters.fill_steps(
+                    answered.results, result, x.shape[0] - 1, labels, request.include_scores
+                )
         return response
 
     async def ListModels(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqserve.declaration import V2_DATATYPES
 from seqserve.service.engine import (
     InvalidChunk,
     IssuedCheckpoint,
@@ -13,9 +14,11 @@ from seqserve.service.engine import (
     StreamOptions,
     StreamState,
 )
+from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
 from seqserve.service.kinds import language_model as generation
 from seqserve.service.kinds.classifier import RowResult
+from seqserve.service.kinds.tensors import TensorAnswer, check_inputs
 from seqserve.v1 import seqserve_pb2 as pb
 
 _FLOAT32 = np.dtype("<f4")
@@ -28,9 +31,12 @@ _STOP_REASONS = {
 
 def values_array(
     message: pb.StreamChunk | pb.Sequence, model: ServedModel, kind: str, index: int, max_steps: int | None
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """float32 [steps, features] over the message's bytes (no copy); a bad message raises what is wrong.
-    A language model's message carries token ids instead: int64 [steps]."""
+    A language model's message carries token ids instead: int64 [steps]; a declared graph's, its named
+    stream inputs (one array each, in the declaration's order)."""
+    if model.declared:
+        return declared_inputs(message, model, f"{kind} {index}", max_steps)
     if model.runtime.info.is_language_model:
         return tokens_array(message, model, kind, index, max_steps)
     steps, values = message.steps, message.values
@@ -113,6 +119,48 @@ def tokens_array(
     return tokens
 
 
+def declared_inputs(
+    message: pb.StreamChunk | pb.Sequence, model: ServedModel, what: str, max_steps: int | None
+) -> tuple[np.ndarray, ...]:
+    if message.values or message.tokens:
+        raise InvalidChunk(
+            f"{what} has values or tokens; model {model.key} is a declared graph and takes named tensors "
+            "in `tensors`"
+        )
+    arrays = {}
+    for tensor in message.tensors:
+        if tensor.name in arrays:
+            raise InvalidChunk(f"{what} has tensor {tensor.name} twice; expected each input once")
+        arrays[tensor.name] = tensors.to_array(
+            tensor.name, tensor.datatype, list(tensor.shape), tensor.data, what
+        )
+    inputs = check_inputs(model.runtime.declaration, arrays, model.key, what, max_steps)
+    if message.steps and message.steps != inputs[0].shape[0]:
+        raise InvalidChunk(f"{what} says steps={message.steps}, its tensors have {inputs[0].shape[0]}")
+    return inputs
+
+
+def constants(message: pb.StreamOpen, model: ServedModel) -> dict[str, object]:
+    """The constants a stream picked at open, as plain values (checked against the choices by the engine)."""
+    chosen: dict[str, object] = {}
+    for tensor in message.constants:
+        array = tensors.to_array(tensor.name, tensor.datatype, list(tensor.shape), tensor.data, "open")
+        chosen[tensor.name] = array.item() if array.size == 1 else array.tolist()
+    return chosen
+
+
+def _tensor(message: pb.Tensor, name: str, array: np.ndarray) -> None:
+    message.name = name
+    message.datatype = tensors.datatype(array)
+    message.shape.extend(array.shape)
+    message.data = tensors.to_bytes(array)
+
+
+def fill_outputs(container, answer: TensorAnswer) -> None:
+    for name, array in answer.tensors.items():
+        _tensor(container.add(), name, array)
+
+
 def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:
     return generation.GenerateParams(
         prompt=request.prompt,
@@ -156,7 +204,34 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         execution_provider=model.runtime.provider,
         default_version=model.default,
         vocabulary=info.vocabulary,
+        **(_declared_info(model) if model.declared else {}),
     )
+
+
+def _declared_info(model: ServedModel) -> dict[str, object]:
+    declaration = model.runtime.declaration
+    inputs = [
+        pb.TensorSpec(
+            name=i.name, datatype=V2_DATATYPES[i.dtype], shape=i.sent_shape, frames=i.time_axis is None
+        )
+        for i in declaration.inputs
+    ]
+    outputs = [
+        pb.TensorSpec(
+            name=o.name, datatype=V2_DATATYPES[o.dtype], shape=model.output_shapes[o.name], labels=o.labels
+        )
+        for o in declaration.outputs
+    ]
+    constants = []
+    for c in declaration.constants:
+        spec = pb.ConstantSpec(name=c.name, datatype=V2_DATATYPES[c.dtype], shape=c.shape)
+        for choice in c.choices:
+            _tensor(spec.choices.add(), c.name, c.value(choice))
+        constants.append(spec)
+    return {
+        "inputs": inputs, "outputs": outputs, "constants": constants, "batched": declaration.batchable,
+        "batch_note": model.runtime.batch_note,
+    }  # fmt: skip
 
 
 def fill_steps(container, result: RowResult, last_step: int, labels: list[str], include_scores: bool) -> None:
@@ -209,7 +284,9 @@ def chunk_response(
 ) -> pb.StreamResponse:
     response = pb.StreamResponse()
     response.chunk.chunk_index = chunk_index
-    if result is not None:
+    if isinstance(result, TensorAnswer):
+        fill_outputs(response.chunk.outputs, result)
+    elif result is not None:
         fill_steps(response.chunk.results, result, last_step, labels, include_scores)
     if checkpoint is not None:
         _fill_checkpoint(response.chunk.checkpoint, checkpoint)

@@ -2,18 +2,22 @@
 how the graph's outputs become an answer; the engine (`service/engine/`) batches rows without knowing
 which kind it runs (`service/engine/kind.py` is all it asks).
 
-`kind_for` is what the server's wiring hands the repository: a loaded model's kind, from its model.json.
+`kind_for` is what the server's wiring hands the repository: a loaded graph's kind, from its declaration's
+rendering (seqserve's own classifiers and language models; named tensors for any other graph).
 """
 
 from __future__ import annotations
 
-from seqserve.contract import ModelInfo
+from seqserve.declaration import Declaration
 from seqserve.service.engine.kind import ModelKind
 from seqserve.service.kinds.classifier import Classifier
 from seqserve.service.kinds.language_model import LanguageModel
+from seqserve.service.kinds.tensors import Tensors
 
 
-def kind_for(info: ModelInfo) -> ModelKind:
-    if info.is_language_model:
-        return LanguageModel()
-    return Classifier(answers_every_step=info.task == "many_to_many")
+def kind_for(declaration: Declaration) -> ModelKind:
+    if declaration.rendering == "language_model":
+        return LanguageModel.of(declaration)
+    if declaration.rendering == "classifier":
+        return Classifier.of(declaration)
+    return Tensors(declaration)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seqserve.declaration import Declaration
 from seqserve.predictions import softmax
 from seqserve.service.engine.kind import KeptAnswer, States
 
@@ -59,26 +60,37 @@ class RowResult:
 
 
 class Classifier:
-    """Logits in the contract's layout: [rows, steps, classes] answered per step, or [rows, classes] at
-    each row's last valid step."""
+    """Logits in the contract's layout (`output`, batch first): [rows, steps, classes] answered per step,
+    or [rows, classes] at each row's last valid step."""
 
     name = "classifier"
 
-    def __init__(self, answers_every_step: bool) -> None:
+    def __init__(self, output: str, answers_every_step: bool) -> None:
+        self.output = output
         self.answers_every_step = answers_every_step
 
-    def answer_one(self, outputs: np.ndarray, states: States) -> RowResult:
-        logits = outputs[0] if self.answers_every_step else outputs  # [steps, classes] or [1, classes]
+    @classmethod
+    def of(cls, declaration: Declaration) -> Classifier:
+        """The classifier over the declaration's output with labels."""
+        scored = next(o for o in declaration.outputs if o.labels)
+        return cls(scored.name, scored.time_axis is not None)
+
+    def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> RowResult:
+        logits = outputs[self.output]
+        logits = logits[0] if self.answers_every_step else logits  # [steps, classes] or [1, classes]
         return RowResult(logits.argmax(axis=-1), None, states, logits)
 
-    def answer_rows(self, outputs: np.ndarray, lengths: list[int], states: list[States]) -> list[RowResult]:
-        labels = outputs.argmax(axis=-1)
-        scores = _CallScores(outputs)
+    def answer_rows(
+        self, outputs: dict[str, np.ndarray], lengths: list[int], states: list[States]
+    ) -> list[RowResult]:
+        logits = outputs[self.output]
+        labels = logits.argmax(axis=-1)
+        scores = _CallScores(logits)
         every_step = self.answers_every_step
         answers = []
         for index, (n, row_states) in enumerate(zip(lengths, states, strict=True)):
             pick = (index, slice(0, n)) if every_step else slice(index, index + 1)
-            answers.append(RowResult(labels[pick], None, row_states, outputs[pick], scores, pick))
+            answers.append(RowResult(labels[pick], None, row_states, logits[pick], scores, pick))
         return answers
 
     def kept_answer(self, answer: RowResult) -> KeptAnswer:

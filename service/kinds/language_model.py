@@ -95,9 +95,6 @@ class LanguageModel(Classifier):
 
     name = "language_model"
 
-    def __init__(self) -> None:
-        super().__init__(answers_every_step=True)
-
 
 def encode_prompt(model: ServedModel, params: GenerateParams, max_tokens: int, max_steps: int) -> np.ndarray:
     """The prompt's token ids after every check of the request; raises what is wrong and what was expected."""

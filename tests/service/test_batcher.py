@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from seqserve.contract import ModelInfo
+from seqserve import declaration as declarations
+from seqserve.contract import ModelInfo, declaration_for
+from seqserve.declaration import GraphTensor
 from seqserve.service.engine.batcher import Batcher, length_groups
 from seqserve.service.engine.metrics import ServiceMetrics
 from seqserve.service.kinds import kind_for
@@ -25,6 +27,13 @@ class RecordingRuntime:
     """logits[b, t] = [x, -x] at each step; the new state is the old one plus the row's length."""
 
     info = INFO
+    declaration = declarations.resolve(
+        declaration_for(INFO),
+        [GraphTensor("x", "float32", ("batch", "time", 1)), GraphTensor("h0", "float32", (1, "batch", 2)),
+         GraphTensor("lengths", "int32", ("batch",))],
+        [GraphTensor("logits", "float32", ("batch", "time", 2)), GraphTensor("hn", "float32", (1, "batch", 2))],
+    )  # fmt: skip
+    lengths_dtype = np.dtype(np.int32)
 
     def __init__(self) -> None:
         self.calls: list[list[int]] = []
@@ -33,20 +42,28 @@ class RecordingRuntime:
         self.release = threading.Event()
         self.release.set()
 
-    def run(self, x: np.ndarray, states: tuple, lengths: np.ndarray) -> tuple:
+    def run(self, inputs: tuple, states: tuple, lengths: np.ndarray, key: tuple = ()) -> tuple:
+        (x,) = inputs
         self.entered += 1
         self.threads.append(threading.current_thread().name)
         self.release.wait(5)
         self.calls.append(lengths.tolist())
         logits = np.concatenate([x, -x], axis=-1)
-        return logits, (states[0] + lengths[None, :, None].astype(np.float32),)
+        return {"logits": logits}, (states[0] + lengths[None, :, None].astype(np.float32),)
 
 
 @pytest.fixture
 def batcher() -> Batcher:
     metrics = ServiceMetrics().for_model("m", 1, "gru", "many_to_many", "fp32", "CPUExecutionProvider")
     with ThreadPoolExecutor(2) as executor:
-        yield Batcher(RecordingRuntime(), kind_for(INFO), executor, metrics, max_batch=8, max_delay_s=0.0)
+        yield Batcher(
+            RecordingRuntime(),
+            kind_for(RecordingRuntime.declaration),
+            executor,
+            metrics,
+            max_batch=8,
+            max_delay_s=0.0,
+        )
 
 
 ZERO = (np.zeros((1, 2), dtype=np.float32),)

@@ -67,8 +67,11 @@ def test_a_token_round_trips_every_field_bit_for_bit(states: int, answer: bool) 
         assert back.answer[0] == 4
         assert [v.tobytes() for v in back.answer[1:]] == [v.tobytes() for v in snapshot.answer[1:]]
     assert replace(back, states=(), answer=None) == replace(snapshot, states=(), answer=None)
-    # The documented size: header, name, sha256, state rows, answer, signature.
-    expected = 64 + len("jv-lstm") + 32 + states * 2 * 32 * 4 + (4 + 2 * 9 * 4 if answer else 0) + 32
+    # The documented size: header, name, sha256, state rows (each dtype, rank, 2 dims, values), answer,
+    # signature.
+    expected = (
+        61 + len("jv-lstm") + 32 + states * (2 + 2 * 4 + 2 * 32 * 4) + (4 + 2 * 9 * 4 if answer else 0) + 32
+    )
     assert len(token) == expected
 
 
@@ -88,14 +91,14 @@ def test_each_bad_token_is_refused_with_its_reason() -> None:
     cases = {
         checkpoints.TAMPERED: bytes(tampered),
         checkpoints.EXPIRED: encode(replace(_snapshot(), expires_at=int(NOW) - 5), KEY),
-        checkpoints.FORMAT: token[:4] + bytes([2]) + token[5:],
+        checkpoints.FORMAT: token[:4] + bytes([1]) + token[5:],
         checkpoints.MALFORMED: b"not a token at all",
     }
     messages = {reason: str(_refusal(bad)) for reason, bad in cases.items()}
     assert {reason: _refusal(bad).reason for reason, bad in cases.items()} == {r: r for r in cases}
     assert "tampered" in messages[checkpoints.TAMPERED]
     assert "expired 5 s ago" in messages[checkpoints.EXPIRED]
-    assert "format version 2" in messages[checkpoints.FORMAT] and "version 1" in messages[checkpoints.FORMAT]
+    assert "format version 1" in messages[checkpoints.FORMAT] and "version 2" in messages[checkpoints.FORMAT]
     assert "18 bytes" in messages[checkpoints.MALFORMED]
     assert "starts with b'XXXX'" in str(_refusal(b"XXXX" + token[4:]))
 
@@ -103,7 +106,8 @@ def test_each_bad_token_is_refused_with_its_reason() -> None:
 def test_a_signed_token_whose_lengths_disagree_is_malformed_not_trusted() -> None:
     body = encode(_snapshot(), KEY)[: -checkpoints.MAC_BYTES]
     lying = bytearray(body)
-    struct.pack_into("<H", lying, checkpoints.HEADER.size - 8, 3)  # state rows 3, not 2
+    first_state = checkpoints.HEADER.size + len("jv-lstm") + checkpoints.SHA256_BYTES
+    struct.pack_into("<I", lying, first_state + checkpoints.ARRAY.size, 3)  # state rows 3, not 2
     resigned = checkpoints.hmac.new(KEY, bytes(lying), "sha256").digest()
     assert _refusal(bytes(lying) + resigned).reason == checkpoints.MALFORMED
 

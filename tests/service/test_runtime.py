@@ -35,8 +35,9 @@ def test_zero_state_is_shared_and_read_only(model_repository: Path) -> None:
     runtime = ModelRuntime(read_model_info(path), path / MODEL_FILE, "cpu", threads=1)
     h, c = runtime.zero_state
     assert h.shape == (runtime.info.layers, runtime.info.hidden) and not h.any() and not c.flags.writeable
-    logits, (hn, cn) = runtime.run(
-        np.ones((2, 5, 12), np.float32), tuple(np.stack([s, s], axis=1) for s in runtime.zero_state),
+    outputs, (hn, cn) = runtime.run(
+        (np.ones((2, 5, 12), np.float32),), tuple(np.stack([s, s], axis=1) for s in runtime.zero_state),
         np.array([5, 2], np.int32),
     )  # fmt: skip
+    logits = outputs["logits"]
     assert logits.shape == (2, runtime.info.classes) and hn.shape == cn.shape == (1, 2, runtime.info.hidden)
