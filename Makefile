@@ -42,8 +42,10 @@ DOCKERFILES := $(filter-out %.dockerignore,$(wildcard docker/Dockerfile*))
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/typecheck_client.py
 	$(BIN)/hadolint $(DOCKERFILES)
 	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
+	$(BIN)/python scripts/validate_kserve.py docker/kserve/*.yaml
 	@if command -v promtool >/dev/null 2>&1; then \
 		promtool check config docker/prometheus.yml; \
 	else echo "promtool not installed: docker/prometheus.yml and its rules not checked (apt-get install prometheus)"; fi

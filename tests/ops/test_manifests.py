@@ -91,3 +91,63 @@ def test_compose_drains_and_prometheus_scrapes_the_metrics_port(image: ServeStag
     )
     scrape = yaml.safe_load((DOCKER_DIR / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["static_configs"][0]["targets"] == [f"seqserve:{image.env['SEQSERVE_SERVE_METRICS_PORT']}"]
+
+
+def test_readiness_fails_inside_the_prestop_sleep() -> None:
+    """A draining pod reads NOT_SERVING at once; readiness must drop it before the preStop sleep ends."""
+    (container,) = k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    readiness = container["readinessProbe"]
+    pre_stop_s = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < pre_stop_s
+
+
+def test_hpa_scales_on_the_metric_the_adapter_rule_serves() -> None:
+    from seqserve.service.engine.metrics import ServiceMetrics
+
+    hpa = k8s("hpa.yaml")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == k8s("deployment.yaml")["metadata"]["name"]
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    rules = yaml.safe_load(k8s("prometheus-adapter.yaml")["data"]["config.yaml"])["rules"]
+    (rule,) = [r for r in rules if r["name"]["as"] == name]
+    assert re.match(r"(\w+)\{", rule["seriesQuery"])[1] == name
+    exported = {s.name for family in ServiceMetrics().registry.collect() for s in family.samples}
+    exported |= {family.name for family in ServiceMetrics().registry.collect()}
+    assert name in exported
+
+
+def test_kserve_manifests_validate_against_the_vendored_crds() -> None:
+    import subprocess
+    import sys
+
+    script = DOCKER_DIR.parent / "scripts" / "validate_kserve.py"
+    manifests = sorted(str(p) for p in (DOCKER_DIR / "kserve").glob("*.yaml"))
+    assert len(manifests) == 2
+    done = subprocess.run([sys.executable, str(script), *manifests], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    runtime, service = (yaml.safe_load((DOCKER_DIR / "kserve" / n).read_text()) for n in
+                        ("servingruntime.yaml", "inferenceservice.yaml"))  # fmt: skip
+    assert service["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+
+
+def test_kserve_validation_refuses_an_unknown_field(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    script = DOCKER_DIR.parent / "scripts" / "validate_kserve.py"
+    bad = tmp_path / "bad.yaml"
+    text = (DOCKER_DIR / "kserve" / "inferenceservice.yaml").read_text()
+    bad.write_text(text.replace("protocolVersion:", "protocolVersoin:"))
+    done = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True)
+    assert done.returncode == 1 and "'protocolVersoin' was unexpected" in done.stderr
+
+
+def test_haproxy_config_health_check_is_a_grpc_health_check() -> None:
+    from bench.haproxy_server import CONFIG, health_check_bytes
+
+    text = CONFIG.read_text()
+    sent = re.findall(r"tcp-check send-binary (\w+)", text)
+    assert sent and set(sent) == {health_check_bytes().hex()}
+    assert "hash-type consistent" in text and "balance hdr(seqserve-sequence)" in text
+    assert re.search(r"retry-on conn-failure empty-response", text)

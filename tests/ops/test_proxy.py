@@ -1,0 +1,243 @@
+"""Three `seqserve serve` replicas behind a real HAProxy running docker/haproxy.cfg, on loopback.
+
+Streams spread over the replicas through the proxy's one address; a replica killed mid-stream (SIGKILL)
+or restarted (SIGTERM, one after another) costs no step: every stream resumes through the same address
+from its latest checkpoint, and every step is answered exactly once and equal to offline. Triton/KServe
+sequences of unary ModelInfer calls stick to one replica by the `seqserve-sequence` header. The proxy
+keeps a replica under its --max-streams, so a burst larger than one replica takes is served by three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.haproxy_server import (
+    HAProxy,
+    HAProxyStartError,
+    Replicas,
+    haproxy_binary,
+    start_haproxy,
+)
+from seqserve.service.client.load import LoadReport, stream_load
+from seqserve.service.server.launch import ServerProcess, background_loop
+from seqserve.training.datasets import load_dataset
+
+from ..service.reference import Offline
+
+MODEL = "bms-gru"
+CHUNK = 4
+REPLICAS = 3
+STATE_KEY = "test-proxy-state-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def haproxy() -> str:
+    """The haproxy binary, installed by scripts/install_haproxy.sh where it is missing and can be."""
+    found = haproxy_binary()
+    if found is None:
+        script = Path(__file__).resolve().parents[2] / "scripts" / "install_haproxy.sh"
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+        found = haproxy_binary()
+        if found is None:
+            pytest.skip(
+                f"haproxy is not installed and {script.name} could not install it: {done.stderr.strip()}"
+            )
+    return found
+
+
+@pytest.fixture
+def cluster(
+    haproxy: str, model_repository: Path, tmp_path: Path
+) -> Iterator[Callable[..., tuple[Replicas, HAProxy]]]:
+    """`cluster(*flags)`: REPLICAS servers sharing a state key (and `flags`) behind HAProxy; every process
+    still up is stopped at teardown."""
+    key = tmp_path / "state-key"
+    key.write_text(STATE_KEY + "\n")
+    started: list[tuple[Replicas, HAProxy | None]] = []
+
+    def start(*flags: str, count: int = REPLICAS) -> tuple[Replicas, HAProxy]:
+        replicas = Replicas(model_repository, ("--state-key-file", str(key), *flags), tmp_path)
+        started.append((replicas, None))
+        replicas.start_all(count)
+        try:
+            proxy = start_haproxy(replicas.targets, tmp_path / "haproxy")
+        except HAProxyStartError as error:
+            pytest.fail(str(error))
+        started[-1] = (replicas, proxy)
+        return replicas, proxy
+
+    yield start
+    for replicas, proxy in started:
+        if proxy is not None:
+            proxy.stop()
+        replicas.stop_all()
+
+
+@pytest.fixture(scope="module")
+def motion_streams() -> list[np.ndarray]:
+    """96 basic-motions test streams of 400 steps (100 chunks of 4)."""
+    streams = load_dataset(dataset="basic_motions_stream").test.sequences
+    return [np.concatenate([streams[i % len(streams)]] * 2)[:400] for i in range(96)]
+
+
+@pytest.fixture(scope="module")
+def offline(model_repository: Path) -> Offline:
+    return Offline(model_repository)
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """The sum of a family's samples named `name` on a server's /metrics."""
+    with urllib.request.urlopen(f"http://{server.metrics_target}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def start_load(proxy: HAProxy, xs: list[np.ndarray], **options) -> asyncio.Future:  # noqa: ANN003
+    """Every stream at once through the proxy's one address, a checkpoint every 4 chunks."""
+    load = stream_load(
+        proxy.target, MODEL, xs, chunk=CHUNK, concurrency=len(xs), checkpoint_every_chunks=4, **options
+    )
+    return asyncio.run_coroutine_threadsafe(load, background_loop())
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def open_streams(proxy: HAProxy) -> dict[str, int]:
+    """{server: calls open through it now} of the proxy's `streams` backend."""
+    rows = proxy.stats()
+    return {
+        row["svname"]: int(row["scur"])
+        for row in rows
+        if row["pxname"] == "streams" and row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+
+
+def check_every_step_once(report: LoadReport, xs: list[np.ndarray], offline: Offline) -> int:
+    """Every step answered exactly once and equal to offline; the number of resumes."""
+    for x, result in zip(xs, report.results, strict=True):
+        assert result.step_indexes == list(range(len(x))), "an answered step was lost or answered twice"
+        assert result.labels.tolist() == offline.scores(MODEL, x).argmax(axis=-1).tolist()
+    return report.resumes
+
+
+def test_streams_spread_and_survive_a_replica_killed_mid_stream(
+    cluster, motion_streams: list[np.ndarray], offline: Offline
+) -> None:
+    replicas, proxy = cluster()
+    future = start_load(proxy, motion_streams)
+    victim = replicas.processes[1]
+    wait_for(lambda: sum(open_streams(proxy).values()) == len(motion_streams), "every stream to open")
+    spread = open_streams(proxy)
+    wait_for(
+        lambda: metric(victim, "seqserve_chunks_total") >= 10 * spread["seqserve-1"], "10 chunks a stream"
+    )
+    victim.kill()
+    report = future.result(timeout=120)
+    assert max(spread.values()) <= len(motion_streams) // 2, spread
+    assert min(spread.values()) >= 1, spread
+    resumes = check_every_step_once(report, motion_streams, offline)
+    moved = sum(result.resumes >= 1 for result in report.results)
+    assert moved == spread["seqserve-1"], (moved, spread)  # exactly the victim's streams moved
+    assert resumes == moved
+    survivors = [replicas.processes[0], replicas.processes[2]]
+    assert sum(metric(s, "seqserve_resumes_total") for s in survivors) == moved
+    assert all(metric(s, "seqserve_streams_active") == 0 for s in survivors)
+
+
+def test_a_rolling_restart_of_every_replica_loses_no_step(
+    cluster, motion_streams: list[np.ndarray], offline: Offline
+) -> None:
+    # Each replica leaves the proxy's rotation before its SIGTERM, so only its own streams move, each once,
+    # from the checkpoint its drain hands out; the streams are long enough to outlast three restarts.
+    replicas, proxy = cluster("--grace-s", "0.5")
+    xs = [np.concatenate([x] * 16) for x in motion_streams[:48]]  # 6,400 steps each
+    future = start_load(proxy, xs)
+    wait_for(lambda: sum(open_streams(proxy).values()) == len(xs), "every stream to open")
+    stopped = []
+    for index in range(REPLICAS):
+        name, old = f"seqserve-{index}", replicas.processes[index]
+        proxy.set_state(name, "drain")  # what Kubernetes' endpoint removal and the preStop sleep give
+        time.sleep(0.5)
+        assert old.terminate(timeout_s=20) == 0
+        stopped.append(old.output())
+        replicas.start(index)
+        proxy.set_state(name, "ready")
+        proxy.wait_status({name: "UP"})
+        assert not future.done(), "the streams ended before every replica restarted: make them longer"
+    report = future.result(timeout=120)
+    check_every_step_once(report, xs, offline)
+    moved = sum(result.resumes >= 1 for result in report.results)
+    assert moved >= len(xs) // 2, moved
+    for output in stopped:
+        assert "seqserve stopped open_streams=0" in output, output[-2000:]
+
+
+def sequence_inputs(x: np.ndarray):  # noqa: ANN201 - tritonclient's InferInput
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput("x", [1, *x.shape], "FP32")
+    tensor.set_data_from_numpy(np.ascontiguousarray(x[None], dtype=np.float32))
+    return [tensor]
+
+
+def test_sequences_of_unary_calls_stick_to_one_replica_by_header(cluster, offline: Offline) -> None:
+    import tritonclient.grpc as grpcclient
+
+    replicas, proxy = cluster()
+    xs = load_dataset(dataset="japanese_vowels").test.sequences[:32]
+    client = grpcclient.InferenceServerClient(url=proxy.target)
+    running: dict[int, np.ndarray] = {}
+    try:
+        for start in range(0, 30, 3):  # the 32 sequences interleaved, 3 steps a request
+            for index, x in enumerate(xs):
+                if start >= len(x):
+                    continue
+                part = x[start : start + 3]
+                result = client.infer(
+                    "jv-gru",
+                    sequence_inputs(part),
+                    sequence_id=1000 + index,
+                    sequence_start=start == 0,
+                    sequence_end=start + 3 >= len(x),
+                    headers={"seqserve-sequence": str(1000 + index)},
+                )
+                running[index] = result.as_numpy("scores")[0]
+    finally:
+        client.close()
+    for index, x in enumerate(xs):
+        np.testing.assert_allclose(running[index], offline.scores("jv-gru", x)[0], atol=1e-5)
+    served = [metric(server, "seqserve_streams_total") for server in replicas.processes]
+    assert sum(served) == len(xs) and min(served) >= 1, served  # spread over every replica, each whole
+
+
+def test_a_replica_refuses_a_sequence_it_does_not_hold_naming_itself(cluster) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    replicas, proxy = cluster(count=1)
+    x = load_dataset(dataset="japanese_vowels").test.sequences[0]
+    client = grpcclient.InferenceServerClient(url=replicas.targets[0])
+    try:
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("jv-gru", sequence_inputs(x[:3]), sequence_id=4242, sequence_start=False)
+    finally:
+        client.close()
+    message = refused.value.message()
+    assert refused.value.status() == "StatusCode.FAILED_PRECONDITION", refused.value
+    assert "sequence 4242 of model jv-gru:1 is not open on replica" in message, message
+    assert f"pid {replicas.processes[0].pid}" in message, message
+    assert "seqserve-sequence" in message
