@@ -12,14 +12,13 @@ import grpc
 import numpy as np
 import pytest
 
+from bench import declared_models as models
 from seqserve import declaration as declarations
 from seqserve.declaration import DeclarationError, GraphTensor
 from seqserve.service.config import ServerConfig
 from seqserve.service.server.launch import ServerThread
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
-
-from . import declared_models as models
 
 STREAMS = 16
 

@@ -1,8 +1,9 @@
-"""Stateful ONNX graphs seqserve did not write, built here with onnx.helper (small, seeded), in the shapes
-people bring: a voice-activity detector (frames with a context carry, a GRU state [layers, batch, hidden]
-named state/stateN, a 0-d int64 sample rate), a model with six states of mixed dtypes on axes 0 and 1
-named by a pattern, a frame model with no time axis, and a graph whose batch is fixed at 1.
-Each comes with the per-stream reference loop a user would write over onnxruntime.
+"""Stateful ONNX graphs seqserve did not write, built with onnx.helper (small, seeded), in the shapes
+people bring; the bench's declared rows and the tests serve them. A voice-activity detector (frames with a
+context carry, a GRU state [layers, batch, hidden] named state/stateN, a 0-d int64 sample rate), a model
+with six states of mixed dtypes on axes 0 and 1 named by a pattern, a frame model with no time axis, and a
+graph whose batch is fixed at 1. Each comes with the per-stream reference loop a user would write over
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ def _weight(name: str, *shape: int) -> onnx.TensorProto:
     )
 
 
-def vad(folder: Path, batch: str | int = "batch") -> Path:
-    """input [batch, 576] (64 carried + 512 new samples), state [1, batch, 8], sr int64 0-d ->
+def vad(folder: Path, batch: str | int = "batch", hidden: int = HIDDEN) -> Path:
+    """input [batch, 576] (64 carried + 512 new samples), state [1, batch, hidden], sr int64 0-d ->
     output [batch, 1] (sigmoid), stateN. The frame feeds a GRU of one step; sr scales the output."""
     nodes = [
         helper.make_node("Unsqueeze", ["input", "zero_axis"], ["x_tbf"]),
-        helper.make_node("GRU", ["x_tbf", "W", "R", "B", "", "state"], ["y", "stateN"], hidden_size=HIDDEN,
+        helper.make_node("GRU", ["x_tbf", "W", "R", "B", "", "state"], ["y", "stateN"], hidden_size=hidden,
                          linear_before_reset=1),
         helper.make_node("Squeeze", ["stateN", "zero_axis"], ["h"]),
         helper.make_node("MatMul", ["h", "W_out"], ["logit"]),
@@ -55,18 +56,18 @@ def vad(folder: Path, batch: str | int = "batch") -> Path:
         "vad",
         [
             helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 576]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, batch, HIDDEN]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, batch, hidden]),
             helper.make_tensor_value_info("sr", TensorProto.INT64, []),
         ],
         [
             helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 1]),
-            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, batch, HIDDEN]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, batch, hidden]),
         ],
         [
             helper.make_tensor("zero_axis", TensorProto.INT64, [1], [0]),
-            _weight("W", 1, 3 * HIDDEN, 576), _weight("R", 1, 3 * HIDDEN, HIDDEN),
-            _weight("B", 1, 6 * HIDDEN),
-            _weight("W_out", HIDDEN, 1),
+            _weight("W", 1, 3 * hidden, 576), _weight("R", 1, 3 * hidden, hidden),
+            _weight("B", 1, 6 * hidden),
+            _weight("W_out", hidden, 1),
             helper.make_tensor("sr_ref", TensorProto.FLOAT, [], [16000.0]),
         ],
     )  # fmt: skip
@@ -81,7 +82,7 @@ def vad(folder: Path, batch: str | int = "batch") -> Path:
 def vad_reference(folder: Path, frames: np.ndarray, sr: int = 16000) -> dict[str, np.ndarray]:
     """The loop a user writes: one frame at a time, the last 64 samples carried, the state fed back."""
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    state = np.zeros((1, 1, HIDDEN), np.float32)
+    state = np.zeros(session.get_inputs()[1].shape[:1] + [1] + session.get_inputs()[1].shape[2:], np.float32)
     context = np.zeros(64, np.float32)
     outputs = []
     for frame in frames:
