@@ -1,10 +1,11 @@
-"""The one load client that drives every server: grpc.aio, run inside each load-generator process.
-Mode `v2` drives seqserve's KServe V2 endpoint the way perf_analyzer does (one sequence per
-ModelStreamInfer stream, Triton's sequence parameters), so the two protocols can be compared with one client.
+"""The one load client that drives every server, run inside each load-generator process. Modes stream,
+resend and idle use seqserve's own Python client (`AsyncClient`), the one users get; mode `v2` drives
+seqserve's KServe V2 endpoint the way perf_analyzer does (one sequence per ModelStreamInfer stream, Triton's
+sequence parameters, on the raw channel: another protocol), so the two protocols can be compared.
 
-It is deliberately lean so it can outrun the servers: requests are serialised once and sent as bytes, and
-each stream keeps one chunk in flight (send, wait for its answer, send the next), so a chunk's latency is
-the time from its send to its answer. Only answers to chunks sent inside the measuring window count.
+Each stream keeps one chunk in flight (send, wait for its answer, send the next), so a chunk's latency is
+the time from its send to its answer. Only answers to chunks sent inside the measuring window count. What
+the client costs per message beside the stubs is bench/client_cost.py's figure.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from multiprocessing.connection import Connection
 import grpc
 import numpy as np
 
-from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.service.client.client import AsyncClient
+from seqserve.service.client.streams import AsyncStream
 
-STREAM_METHOD = "/seqserve.v1.InferenceService/Stream"
 V2_STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-CLASSIFY_METHOD = "/seqserve.v1.InferenceService/Classify"
 # Several connections per process, as many clients would open; each channel gets its own connection.
 STREAMS_PER_CHANNEL = 100
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
@@ -86,57 +86,32 @@ class _Window:
 
 
 def _values(steps: int, features: int, seed: int) -> bytes:
-    return np.random.default_rng(seed).standard_normal((steps, features)).astype("<f4").tobytes()
+    return _array(steps, features, seed).tobytes()
 
 
-def _expect(raw: bytes | object, kind: str) -> pb.StreamResponse:
-    if raw is grpc.aio.EOF:
-        raise RuntimeError(f"stream closed by the server while waiting for {kind!r}")
-    response = pb.StreamResponse.FromString(raw)
-    if response.WhichOneof("kind") != kind:
-        raise RuntimeError(f"expected a {kind!r} message, got {response}")
-    return response
+def _array(steps: int, features: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((steps, features)).astype("<f4")
 
 
-class _Requests:
-    """The scenario's Stream requests, serialised once."""
-
-    def __init__(self, spec: LoadSpec) -> None:
-        stream_open = pb.StreamOpen(
-            model=spec.model,
-            idle_timeout_ms=spec.idle_timeout_ms,
-            checkpoint_every_chunks=spec.checkpoint_every_chunks,
-            include_scores=spec.include_scores,
-        )
-        self.open = pb.StreamRequest(open=stream_open).SerializeToString()
-        chunk = pb.StreamChunk(steps=spec.chunk, values=_values(spec.chunk, spec.features, seed=1))
-        self.chunk = pb.StreamRequest(chunk=chunk).SerializeToString()
-        self.end = pb.StreamRequest(end=pb.StreamEnd()).SerializeToString()
+def _stream(client: AsyncClient, spec: LoadSpec) -> AsyncStream:
+    return client.stream(
+        spec.model,
+        checkpoint_every=spec.checkpoint_every_chunks,
+        probabilities=spec.include_scores,
+        idle_timeout_s=spec.idle_timeout_ms / 1000 if spec.idle_timeout_ms else None,
+    )
 
 
-async def _open(method, requests: _Requests):
-    call = method()
-    await call.write(requests.open)
-    _expect(await call.read(), "opened")
-    return call
-
-
-async def _end(call, requests: _Requests) -> int:
-    await call.write(requests.end)
-    await call.done_writing()
-    return _expect(await call.read(), "ended").ended.steps
-
-
-async def _stream(method, requests: _Requests, chunk: int, window: _Window) -> tuple[int, int]:
+async def _streamed(client: AsyncClient, spec: LoadSpec, window: _Window) -> tuple[int, int]:
     """Send chunks back to back until the window closes; returns (steps sent, steps the server counted)."""
-    call = await _open(method, requests)
+    x = _array(spec.chunk, spec.features, seed=1)
+    stream = _stream(client, spec)
     sent = 0
     while (sent_at := time.monotonic()) < window.end:
-        await call.write(requests.chunk)
-        _expect(await call.read(), "chunk")
-        sent += chunk
+        await stream.send(x)
+        sent += spec.chunk
         window.record(sent_at)
-    return sent, await _end(call, requests)
+    return sent, (await stream.end()).steps
 
 
 def _v2_requests(spec: LoadSpec, sequence_id: int) -> tuple[bytes, bytes, bytes]:
@@ -183,87 +158,73 @@ async def _sequence(method, spec: LoadSpec, sequence_id: int, window: _Window) -
     return sent + spec.chunk
 
 
-async def _resend(method, requests: list[bytes], offset: int, window: _Window) -> int:
+async def _resend(client: AsyncClient, spec: LoadSpec, offset: int, window: _Window) -> int:
     """Walk a sequence one step at a time, sending the whole prefix each time; returns steps sent."""
+    values = _array(spec.resend_steps, spec.features, seed=1)
     sent = 0
     index = offset
     while (sent_at := time.monotonic()) < window.end:
-        response = pb.ClassifyResponse.FromString(await method(requests[index]))
-        if len(response.results) != 1:
-            raise RuntimeError(f"Classify answered {len(response.results)} results for 1 sequence")
+        found = await client.classify(spec.model, [values[: index + 1]])
+        if len(found) != 1:
+            raise RuntimeError(f"Classify answered {len(found)} results for 1 sequence")
         sent += index + 1
-        index = (index + 1) % len(requests)
+        index = (index + 1) % spec.resend_steps
         window.record(sent_at)
     return sent
 
 
-def _resend_requests(spec: LoadSpec) -> list[bytes]:
-    values = _values(spec.resend_steps, spec.features, seed=1)
-    row = spec.features * 4
-    return [
-        pb.ClassifyRequest(
-            model=spec.model, sequences=[pb.Sequence(steps=steps, values=values[: steps * row])]
-        ).SerializeToString()
-        for steps in range(1, spec.resend_steps + 1)
-    ]
-
-
-async def _idle(spec: LoadSpec, methods: list, streams: int, conn: Connection) -> ClientTally:
-    requests = _Requests(spec)
+async def _idle(spec: LoadSpec, client: AsyncClient, streams: int, conn: Connection) -> ClientTally:
+    x = _array(spec.chunk, spec.features, seed=1)
     gate = asyncio.Semaphore(_OPENING_AT_ONCE)
 
-    async def open_one(index: int):
+    async def open_one() -> AsyncStream:
         async with gate:
-            call = await _open(methods[index % len(methods)], requests)
-            await call.write(requests.chunk)
-            _expect(await call.read(), "chunk")
-            return call
+            stream = _stream(client, spec)
+            await stream.send(x)
+            return stream
 
     started = time.monotonic()
-    calls = await asyncio.gather(*(open_one(index) for index in range(streams)))
+    opened = await asyncio.gather(*(open_one() for _ in range(streams)))
     open_s = time.monotonic() - started
-    conn.send(("ready", len(calls)))
+    conn.send(("ready", len(opened)))
     await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # the parent says when to close
-    server_steps = sum(await asyncio.gather(*(_end(call, requests) for call in calls)))
+    ended = await asyncio.gather(*(stream.end() for stream in opened))
+    server_steps = sum(end.steps for end in ended)
     return ClientTally(np.empty(0), streams * spec.chunk, server_steps, streams, open_s=open_s)
 
 
 async def run_share(spec: LoadSpec, streams: int, start_at: float, conn: Connection) -> ClientTally:
     """Run `streams` of the scenario in this process; the window opens at start_at + warm-up (monotonic)."""
-    channels = [
-        grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS)
-        for _ in range(math.ceil(streams / spec.streams_per_channel))
-    ]
-    try:
+    connections = math.ceil(streams / spec.streams_per_channel)
+    async with AsyncClient(spec.target, connections=connections) as client:
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         if spec.mode == "idle":
-            return await _idle(
-                spec, [channel.stream_stream(STREAM_METHOD) for channel in channels], streams, conn
-            )
+            return await _idle(spec, client, streams, conn)
         window = _Window(start_at + spec.warmup_s, start_at + spec.warmup_s + spec.duration_s)
         cpu = asyncio.create_task(window.measure_cpu())
         if spec.mode == "stream":
-            requests = _Requests(spec)
-            methods = [channel.stream_stream(STREAM_METHOD) for channel in channels]
-            runs = [_stream(methods[i % len(methods)], requests, spec.chunk, window) for i in range(streams)]
-            totals = await asyncio.gather(*runs)
+            totals = await asyncio.gather(*(_streamed(client, spec, window) for _ in range(streams)))
             sent, counted = (sum(column) for column in zip(*totals, strict=True))
         elif spec.mode == "v2":
-            methods = [channel.stream_stream(V2_STREAM_METHOD) for channel in channels]
-            first_id = os.getpid() << 20  # sequence ids unique across the load processes
-            runs = [_sequence(methods[i % len(methods)], spec, first_id + i, window) for i in range(streams)]
-            sent = sum(await asyncio.gather(*runs))
-            counted = sent
+            channels = [
+                grpc.aio.insecure_channel(spec.target, options=_CHANNEL_OPTIONS) for _ in range(connections)
+            ]
+            try:
+                methods = [channel.stream_stream(V2_STREAM_METHOD) for channel in channels]
+                first_id = os.getpid() << 20  # sequence ids unique across the load processes
+                runs = [
+                    _sequence(methods[i % len(methods)], spec, first_id + i, window) for i in range(streams)
+                ]
+                sent = sum(await asyncio.gather(*runs))
+                counted = sent
+            finally:
+                await asyncio.gather(*(channel.close() for channel in channels))
         elif spec.mode == "resend":
-            requests = _resend_requests(spec)
-            methods = [channel.unary_unary(CLASSIFY_METHOD) for channel in channels]
             # Staggered starts, so the clients' prefixes cover every length at any moment.
             offsets = [i * spec.resend_steps // streams for i in range(streams)]
-            runs = [_resend(methods[i % len(methods)], requests, offsets[i], window) for i in range(streams)]
-            sent, counted = sum(await asyncio.gather(*runs)), 0
+            sent = sum(await asyncio.gather(*(_resend(client, spec, offset, window) for offset in offsets)))
+            counted = 0
         else:
             raise ValueError(f"load mode {spec.mode!r} is not one of stream, v2, resend, idle")
         await cpu
         return ClientTally(np.asarray(window.latencies), sent, counted, streams, window.cpu_s)
-    finally:
-        await asyncio.gather(*(channel.close() for channel in channels))

@@ -62,31 +62,42 @@ class _Token:
         self._header = ("authorization", f"Bearer {token}")
 
     def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), self._header))
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
 
 
 # grpc.aio files an interceptor under the first of the four kinds it is, so each kind is its own class.
 class _UnaryUnaryToken(_Token, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._with_token(details), request)
 
 
 class _UnaryStreamToken(_Token, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+    async def intercept_unary_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._with_token(details), request)
 
 
 class _StreamUnaryToken(_Token, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
+    async def intercept_stream_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, requests: Any
+    ) -> Any:
         return await continuation(self._with_token(details), requests)
 
 
 class _StreamStreamToken(_Token, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
+    async def intercept_stream_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, requests: Any
+    ) -> Any:
         return await continuation(self._with_token(details), requests)
 
 
-def _token_interceptors(token: str | None) -> list[_Token] | None:
+def _token_interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor] | None:
     if not token:
         return None
     kinds = (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)

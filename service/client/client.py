@@ -43,7 +43,7 @@ from seqserve.service.client.messages import (
     serialize,
     status_error,
 )
-from seqserve.service.client.streams import AsyncStream, Chunk, check_options
+from seqserve.service.client.streams import AsyncStream, Chunk, StreamMethod, check_options
 from seqserve.v1 import seqserve_pb2 as pb
 
 T = TypeVar("T")
@@ -59,7 +59,7 @@ class _Target:
             [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if connections > 1 else CHANNEL_OPTIONS
         )
         self.channels = [open_channel(address, security, options) for _ in range(connections)]
-        self.streams = [
+        self.streams: list[StreamMethod] = [
             channel.stream_stream(STREAM, response_deserializer=pb.StreamResponse.FromString)
             for channel in self.channels
         ]
@@ -77,9 +77,11 @@ class _Target:
         self.generate = channel.unary_stream(
             GENERATE, request_serializer=serialize, response_deserializer=pb.GenerateResponse.FromString
         )
-        self.health = channel.unary_unary(HEALTH_CHECK)  # bytes both ways (messages.health_request)
+        self.health: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            HEALTH_CHECK
+        )  # bytes (messages.health_request)
 
-    def stream(self) -> grpc.aio.StreamStreamMultiCallable:
+    def stream(self) -> StreamMethod:
         """The next connection's Stream method, round robin."""
         return self.streams[next(self._turn)]
 

@@ -25,7 +25,8 @@ from seqserve.service.client.answers import Answer, Ended, ModelInfo
 from seqserve.service.client.messages import END, chunk_request, open_request
 from seqserve.v1 import seqserve_pb2 as pb
 
-StreamMethod = grpc.aio.StreamStreamMultiCallable
+StreamMethod = grpc.aio.StreamStreamMultiCallable[bytes, pb.StreamResponse]
+StreamCall = grpc.aio.StreamStreamCall[bytes, pb.StreamResponse]
 Chunk = np.ndarray | Sequence[int]
 # Writes ahead of the answers in `answers()`: enough to keep a server's batches full, bounded memory.
 AHEAD = 16
@@ -48,7 +49,7 @@ def _moves(code: grpc.StatusCode, write_failed: bool) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE or (write_failed and code == grpc.StatusCode.INTERNAL)
 
 
-async def _failure(call: grpc.aio.StreamStreamCall, write_failed: bool) -> _Failed:
+async def _failure(call: StreamCall, write_failed: bool) -> _Failed:
     """Why a call ended: the server went away or is draining (moves), or refused the stream (does not)."""
     code = await call.code()
     details = await call.details() or ""
@@ -73,7 +74,7 @@ class AsyncStream:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._client_open = client_open  # raises ClientClosed once the client is closed
         self._target = 0
-        self._call: grpc.aio.StreamStreamCall | None = None
+        self._call: StreamCall | None = None
         self._write_failed = False  # a write on the current call failed: it ended under this side
         self._writing = asyncio.Lock()  # a reconnect and a write-ahead never interleave their writes
         self._kept: deque[bytes] = deque()  # serialised chunks from index _kept_from on
@@ -85,6 +86,7 @@ class AsyncStream:
         self._opened: pb.StreamOpened | None = None
         self._ended: Ended | None = None
         self._cancelled = False
+        self._broken: SeqserveError | None = None  # the error that ended the stream for good
         self._failures = 0
         self._progress = 0  # answers and checkpoints read, to tell a server that works from one that fails
         self._progress_mark = 0
@@ -107,7 +109,7 @@ class AsyncStream:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if kind is None and self._ended is None and not self._cancelled and self._sent:
+        if kind is None and self._ended is None and not self._cancelled and not self._broken and self._sent:
             await self.end()
         else:
             self.cancel()
@@ -116,9 +118,24 @@ class AsyncStream:
         """Send one chunk (float32 [steps, features], or token ids [steps]) and return its answer."""
         self._usable()
         request = chunk_request(chunk)
-        async with self._writing:
-            await self._push(request)
-        return await self._answer()
+        self._kept.append(request)
+        self._sent += 1
+        call = self._call
+        if call is None:  # the first chunk, or after a failure: (re)connect writes it
+            return await self._answer()
+        try:
+            await call.write(request)
+            self._written = self._sent
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            self._write_failed = True
+            return await self._answer()  # its read says why the call ended
+        try:
+            response = await call.read()
+        except grpc.aio.AioRpcError:
+            return await self._answer()  # a read of an ended call raises its status again
+        if isinstance(response, pb.StreamResponse) and response.HasField("chunk"):
+            return self._take(response.chunk)
+        return await self._answered(call, response)
 
     async def answers(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> AsyncIterator[Answer]:
         """Every chunk's answer, in order, with up to AHEAD chunks written before their answers are read."""
@@ -182,6 +199,8 @@ class AsyncStream:
 
     def _usable(self) -> None:
         self._client_open()
+        if self._broken is not None:
+            raise self._broken
         if self._ended is not None or self._cancelled:
             raise ClientClosed("this stream")
 
@@ -202,27 +221,40 @@ class AsyncStream:
         while True:
             try:
                 call = self._call or await self._connect()
-                results = await self._read_chunk(call)
-                break
+                return self._take(await self._read_chunk(call))
             except _Failed as failed:
                 await self._move(failed)
+
+    async def _answered(self, call: StreamCall, response: object) -> Answer:
+        """send()'s read found no chunk answer (the end of the call, or a StreamEnded): why, then on."""
+        try:
+            if response is grpc.aio.EOF:
+                raise await _failure(call, self._write_failed)
+            assert isinstance(response, pb.StreamResponse)
+            raise self._ended_early(response)
+        except _Failed as failed:
+            await self._move(failed)
+        return await self._answer()
+
+    def _take(self, chunk: pb.ChunkResult) -> Answer:
+        """The next answer from a chunk's result: its checkpoint kept, the chunks it frees dropped."""
+        self._progress += 1
+        if chunk.HasField("checkpoint"):
+            self._checkpointed(chunk.checkpoint)
         index = self._delivered
         self._delivered += 1
         if not self._resumable:  # answered, and nothing will ever be sent again
             self._kept.popleft()
             self._kept_from += 1
-        return Answer(index, results)
+        return Answer(index, chunk.results)
 
-    async def _read_chunk(self, call: grpc.aio.StreamStreamCall) -> Sequence[pb.StepResult]:
+    async def _read_chunk(self, call: StreamCall) -> pb.ChunkResult:
         response = await self._read(call)
         if response.HasField("chunk"):
-            self._progress += 1
-            if response.chunk.HasField("checkpoint"):
-                self._checkpointed(response.chunk.checkpoint)
-            return response.chunk.results
+            return response.chunk
         raise self._ended_early(response)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> pb.StreamResponse:
+    async def _read(self, call: StreamCall) -> pb.StreamResponse:
         try:
             response = await call.read()
         except grpc.aio.AioRpcError as error:
@@ -253,7 +285,7 @@ class AsyncStream:
             self._kept.popleft()
             self._kept_from += 1
 
-    async def _connect(self) -> grpc.aio.StreamStreamCall:
+    async def _connect(self) -> StreamCall:
         """Open on the current target (from the latest checkpoint when there is one), write every chunk
         after it again, and read past the answers the caller already has."""
         async with self._writing:
@@ -266,12 +298,15 @@ class AsyncStream:
             for index in range(start, self._sent):
                 await self._write(call, self._kept[index - self._kept_from])
             self._written = max(self._written, self._sent)
-            for _ in range(start, self._delivered):
-                await self._read_chunk(call)
+            for _ in range(start, self._delivered):  # answers the caller has: only their checkpoints count
+                chunk = await self._read_chunk(call)
+                self._progress += 1
+                if chunk.HasField("checkpoint"):
+                    self._checkpointed(chunk.checkpoint)
             self._call = call
             return call
 
-    async def _open(self) -> grpc.aio.StreamStreamCall:
+    async def _open(self) -> StreamCall:
         opening = self._opening
         if self._checkpoint is not None:
             opening = pb.StreamOpen()
@@ -287,13 +322,13 @@ class AsyncStream:
         self._opened = response.opened
         return call
 
-    async def _write(self, call: grpc.aio.StreamStreamCall, request: bytes) -> None:
+    async def _write(self, call: StreamCall, request: bytes) -> None:
         try:
             await call.write(request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             raise await _failure(call, write_failed=True) from None
 
-    async def _finish(self, call: grpc.aio.StreamStreamCall) -> pb.StreamEnded:
+    async def _finish(self, call: StreamCall) -> pb.StreamEnded:
         await self._write(call, END)
         await call.done_writing()
         response = await self._read(call)
@@ -309,12 +344,11 @@ class AsyncStream:
         if self._call is not None:
             self._call.cancel()
             self._call = None
-        if not (failed.moves and self._resumable):
-            raise failed.error() from None
         self._failures = 0 if self._progress > self._progress_mark else self._failures + 1
         self._progress_mark = self._progress
-        if self._failures >= 2 * len(self._methods):
-            raise failed.error() from None
+        if not (failed.moves and self._resumable) or self._failures >= 2 * len(self._methods):
+            self._broken = failed.error()
+            raise self._broken from None
         self.resumes += 1
         self._target = (self._target + 1) % len(self._methods)
         if self._failures and self._failures % len(self._methods) == 0:

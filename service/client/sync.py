@@ -135,11 +135,14 @@ class Client:
         timeout: float | None = None,
     ) -> Generation:
         """A language model continues `prompt`: iterate for the text as it is made (see AsyncClient)."""
-        generation = self._client.generate(
-            model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed, stop=stop,
-            version=version, timeout=timeout,
-        )  # fmt: skip
-        return Generation(generation)
+
+        async def make() -> AsyncGeneration:  # on the loop: the client's channels open there
+            return self._client.generate(
+                model, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                stop=stop, version=version, timeout=timeout,
+            )  # fmt: skip
+
+        return Generation(run_on_loop(make()))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """grpc.health.v1: "SERVING", "NOT_SERVING", ... of the server ("") or of a model by name."""
