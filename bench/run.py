@@ -30,6 +30,7 @@ from bench.bench_model import (
     write_bench_language_model,
     write_bench_model,
 )
+from bench.declared import measure as measure_declared
 from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
@@ -118,6 +119,10 @@ def main(
             lm_repository = Path(work) / "lm-repository"
             write_bench_language_model(lm_repository, Path(work), hidden=config.generation_hidden)
             generation = measure_generation(run, lm_repository, BENCH_LM)
+            run.advance("declared graph (seqserve and the per-stream loop)")
+            declared = measure_declared(
+                Path(work) / "declared-repository", config.declared_streams, config.duration_s, out / "tmp"
+            )
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
@@ -128,6 +133,7 @@ def main(
         kserve_v2,
         Checkpoints(checkpoints),
         generation,
+        declared,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)

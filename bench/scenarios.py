@@ -65,6 +65,8 @@ class BenchConfig:
     generation_counts: tuple[int, ...] = (1, 16, 64)
     generation_tokens: int = 200
     generation_hidden: int = 384
+    # Declared-graph rows (bench/declared.py): concurrent streams, seqserve and the per-stream loop.
+    declared_streams: tuple[int, ...] = (1, 16, 64)
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -84,7 +86,20 @@ class BenchConfig:
         )
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
-        return 4 + 4 + grids + rounds + 2 + 2 * len(self.worker_counts) + 1 + v2 + checkpoints + generation
+        declared = 1
+        return (
+            4
+            + 4
+            + grids
+            + rounds
+            + 2
+            + 2 * len(self.worker_counts)
+            + 1
+            + v2
+            + checkpoints
+            + generation
+            + declared
+        )
 
 
 QUICK = BenchConfig(
@@ -105,6 +120,7 @@ QUICK = BenchConfig(
     generation_counts=(1, 4),
     generation_tokens=10,
     generation_hidden=16,
+    declared_streams=(1, 4),
 )
 
 

@@ -8,6 +8,7 @@ rename is atomic), its files fsynced, then renamed to `<repo>/<model>/<version>`
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from seqserve import contract
+from seqserve import declaration as declarations
 from seqserve.contract import ModelInfo
 from seqserve.export.errors import ExportInputError
 
@@ -79,6 +81,9 @@ def _stage(staging: Path, files: VersionFiles) -> ModelInfo:
     info = replace(files.info, sha256=hashlib.sha256(data).hexdigest())
     _write_synced(staging / contract.MODEL_FILE, data)
     _write_synced(staging / contract.METADATA_FILE, (info.to_json() + "\n").encode())
+    # What the server reads to know the graph's states and inputs: the same map for every graph it serves.
+    declaration = json.dumps(contract.declaration_for(info), indent=2) + "\n"
+    _write_synced(staging / declarations.DECLARATION_FILE, declaration.encode())
     _fsync_dir(staging)
     return info
 

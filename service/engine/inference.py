@@ -306,16 +306,13 @@ def _carried(stream: StreamState, inputs: tuple[np.ndarray, ...]) -> tuple[np.nd
     """The rows with the previous chunk's last items before them, where the graph takes context; the
     stream keeps this chunk's last items for the next."""
     out = []
-    for k, (spec, x) in enumerate(zip(stream.model.runtime.declaration.inputs, inputs, strict=True)):
-        carry = stream.carry[k]
-        if carry is None:
+    for k, (context, x) in enumerate(zip(stream.model.contexts, inputs, strict=True)):
+        if context is None:
             out.append(x)
             continue
-        axis = spec.row_axis(spec.context_axis)
-        whole = np.concatenate([carry, x], axis=axis)
-        stream.carry[k] = np.ascontiguousarray(
-            np.take(whole, range(whole.shape[axis] - spec.context, whole.shape[axis]), axis)
-        )
+        axis, last = context
+        whole = np.concatenate([stream.carry[k], x], axis=axis)
+        stream.carry[k] = whole[last]  # a view: the next chunk's concatenate copies it
         out.append(whole)
     return tuple(out)
 

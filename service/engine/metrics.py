@@ -36,7 +36,9 @@ END_REASONS = ("completed", "cancelled", "idle_timeout", "error", "shutdown")
 EVICTION_REASONS = ("idle_timeout", "shutdown")
 REPOSITORY_EVENTS = ("loaded", "refused", "retired", "unloaded")
 _MODEL = ("model", "version")
-_INFO_KEYS = ("cell", "task", "precision", "execution_provider")
+# batching: "batched", or "one_row_per_call" for a declared graph that cannot share calls (ModelInfo's
+# batch_note says why).
+_INFO_KEYS = ("cell", "task", "precision", "execution_provider", "batching")
 # Set by `--workers N` (service/server/workers.py) for its workers: their values go to files the
 # supervisor sums.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -207,10 +209,20 @@ class ServiceMetrics:
         )  # fmt: skip
 
     def for_model(
-        self, name: str, version: int, cell: str, task: str, precision: str, provider: str
+        self,
+        name: str,
+        version: int,
+        cell: str,
+        task: str,
+        precision: str,
+        provider: str,
+        batched: bool = True,
     ) -> ModelMetrics:
         labels = (name, str(version))
-        info = {"cell": cell, "task": task, "precision": precision, "execution_provider": provider}
+        info = {
+            "cell": cell, "task": task, "precision": precision, "execution_provider": provider,
+            "batching": "batched" if batched else "one_row_per_call",
+        }  # fmt: skip
         if self._multiprocess:
             self.model_info.labels(*labels, *(info[key] for key in _INFO_KEYS)).set(1)
         else:

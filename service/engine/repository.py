@@ -89,6 +89,18 @@ class ServedModel:
         return self.runtime.declaration.constant_key({})
 
     @functools.cached_property
+    def contexts(self) -> tuple[tuple[int, tuple] | None, ...]:
+        """Per stream input: the row axis its context is carried along and the indexer of the last
+        `context` items along it, or None (layout.py's rows)."""
+        return tuple(
+            None if not spec.context else (
+                spec.row_axis(spec.context_axis),
+                (slice(None),) * spec.row_axis(spec.context_axis) + (slice(-spec.context, None),),
+            )
+            for spec in self.runtime.declaration.inputs
+        )  # fmt: skip
+
+    @functools.cached_property
     def frames(self) -> bool:
         """A frame model: each step of a chunk is its own call."""
         return self.runtime.declaration.frame_model
@@ -177,8 +189,9 @@ class ModelRepository:
         if info.task == contract.DECLARED and runtime.declaration.batchable:
             runtime.probe()
         bound = self.service_metrics.for_model(
-            name, version, info.cell, info.task, info.precision, runtime.provider
-        )
+            name, version, info.cell, info.task, info.precision, runtime.provider,
+            runtime.declaration.batchable,
+        )  # fmt: skip
         kind = self.kind_for(runtime.declaration)
         batcher = Batcher(
             runtime,
@@ -196,8 +209,10 @@ class ModelRepository:
     @staticmethod
     def _log_loaded(served: ServedModel) -> None:
         info = served.runtime.info
-        log.info("loaded %s (%s, %s, %s) on %s%s", served.key, info.cell, info.task, info.precision,
-                 served.runtime.provider, ", the default" if served.default else "")  # fmt: skip
+        note = served.runtime.batch_note
+        log.info("loaded %s (%s, %s, %s) on %s%s%s", served.key, info.cell, info.task, info.precision,
+                 served.runtime.provider, ", the default" if served.default else "",
+                 f"; one row per call: {note}" if note else "")  # fmt: skip
 
     async def rescan(self) -> bool:
         """Bring the served versions in line with the disk; True when anything changed."""

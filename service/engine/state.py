@@ -107,7 +107,8 @@ class StateStore:
             raise Draining("server is shutting down and opens no new streams; retry on another replica")
         if len(self._streams) >= self.max_streams:
             raise LimitExceeded(
-                f"too many open streams: {len(self._streams)} open, the server's limit is {self.max_streams}"
+                f"too many open streams: {len(self._streams)} open, the server's limit is "
+                f"{self.max_streams}; retry on another replica, or here once streams end"
             )
         limit = self.max_streams_per_caller
         if caller is not None and limit and self._per_caller[caller] >= limit:

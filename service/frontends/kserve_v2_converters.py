@@ -447,6 +447,8 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
     if model.streamable:
         config.sequence_batching.max_sequence_idle_microseconds = round(idle_timeout_s * 1_000_000)
     config.parameters["seqserve.task"].string_value = info.task
+    if model.runtime.batch_note:  # a declared graph that cannot share calls, and why
+        config.parameters["seqserve.batch_note"].string_value = model.runtime.batch_note
     config.parameters["seqserve.cell"].string_value = info.cell
     # JSON, not a comma-joined string: a label may hold a comma.
     config.parameters["seqserve.labels"].string_value = json.dumps(info.labels, ensure_ascii=False)

@@ -37,8 +37,10 @@ class Tensors:
         self._sliced = declaration.lengths is not None
 
     def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> TensorAnswer:
+        # Ellipsis: a row of a [batch] output stays a 0-d array, not a numpy scalar.
         return TensorAnswer(
-            {name: np.asarray(np.take(outputs[name], 0, axis)) for name, axis, _ in self._outputs}, states
+            {name: outputs[name][(slice(None),) * axis + (0, Ellipsis)] for name, axis, _ in self._outputs},
+            states,
         )
 
     def answer_rows(
@@ -48,9 +50,9 @@ class Tensors:
         for index, (steps, row_states) in enumerate(zip(lengths, states, strict=True)):
             tensors = {}
             for name, axis, time_axis in self._outputs:
-                row = np.asarray(np.take(outputs[name], index, axis))
+                row = outputs[name][(slice(None),) * axis + (index, Ellipsis)]
                 if time_axis is not None and self._sliced:
-                    row = np.take(row, np.arange(steps), time_axis)
+                    row = row[(slice(None),) * time_axis + (slice(0, steps),)]
                 tensors[name] = row
             answers.append(TensorAnswer(tensors, row_states))
         return answers
@@ -58,6 +60,10 @@ class Tensors:
     @staticmethod
     def frames(answers: list[TensorAnswer]) -> TensorAnswer:
         """A frame model's chunk: each output stacked over its frames, and the state after the last."""
+        if len(answers) == 1:
+            return TensorAnswer(
+                {name: row[np.newaxis] for name, row in answers[0].tensors.items()}, answers[0].states
+            )
         names = answers[0].tensors
         return TensorAnswer(
             {name: np.stack([a.tensors[name] for a in answers]) for name in names}, answers[-1].states

@@ -198,3 +198,16 @@ def test_generation_rows_cover_every_variant_and_count_with_the_ratio(results: t
         assert row["tokens_each"] == config["generation_tokens"] and row["tokens_per_message"] >= 1
     assert data["ratios"][f"generate_vs_client_loop_{top}"] > 0
     assert data["ratios"][f"generate_vs_stateless_{top}"] > 0
+
+
+def test_declared_rows_cover_both_servers_and_every_count(results: tuple[dict, Path]) -> None:
+    data = results[0]
+    counts = data["config"]["declared_streams"]
+    rows = data["declared"]["rows"]
+    assert {(row["server"], row["streams"]) for row in rows} == {
+        (server, count) for server in ("seqserve", "naive") for count in counts
+    }
+    for row in rows:
+        assert row["frames_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["server_cpu_us_per_frame"] > 0
+    assert all(data["ratios"][f"declared_vs_naive_{count}"] > 0 for count in counts)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from seqserve import contract
+from seqserve.declaration import DECLARATION_FILE
 from seqserve.export import repository
 from seqserve.export.errors import ExportInputError
 from seqserve.export.graph import build_model
@@ -30,7 +31,9 @@ def version_files(version: int, precision: str = "fp32") -> VersionFiles:
 def test_write_puts_model_and_json_in_place_with_sha(tmp_path: Path) -> None:
     [(path, info)] = write_versions(tmp_path, [version_files(1)])
     assert path == tmp_path / "t-gru" / "1"
-    assert sorted(p.name for p in path.iterdir()) == [contract.METADATA_FILE, contract.MODEL_FILE]
+    files = [DECLARATION_FILE, contract.METADATA_FILE, contract.MODEL_FILE]
+    assert sorted(p.name for p in path.iterdir()) == files
+    assert json.loads((path / DECLARATION_FILE).read_text()) == contract.declaration_for(info)
     data = (path / contract.MODEL_FILE).read_bytes()
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert json.loads((path / contract.METADATA_FILE).read_text())["sha256"] == info.sha256

@@ -84,6 +84,7 @@ def test_the_documented_aio_stream_prints_each_sequences_offline_answer(
 def test_model_config_labels_are_a_json_list_that_keeps_commas(info: ModelInfo) -> None:
     """The example reads the names with json.loads: a label with a comma in it stays one label."""
     labels = ["walking, fast", *info.labels[1:]]
-    model = SimpleNamespace(runtime=SimpleNamespace(info=replace(info, labels=labels)), streamable=True)
+    runtime = SimpleNamespace(info=replace(info, labels=labels), batch_note="")
+    model = SimpleNamespace(runtime=runtime, streamable=True, declared=False)
     config = model_config(model, idle_timeout_s=30.0)
     assert json.loads(config.parameters["seqserve.labels"].string_value) == labels

@@ -39,4 +39,5 @@ def test_metrics_endpoint_counts_what_clients_sent(make_server, sequences: dict)
     assert samples[("seqserve_requests_total", frozenset({"rpc": "Stream", "code": "OK"}.items()))] == 6
     info = [s for s in families["seqserve_model_info"].samples if s.labels["model"] == "jv-lstm"][0].labels
     assert info == {"model": "jv-lstm", "version": "1", "cell": "lstm", "task": "many_to_one",
-                    "precision": "fp32", "execution_provider": "CPUExecutionProvider"}  # fmt: skip
+                    "precision": "fp32", "execution_provider": "CPUExecutionProvider",
+                    "batching": "batched"}  # fmt: skip
