@@ -396,3 +396,39 @@ def test_tritonclient_sequences_give_the_tensors_seqserve_v1_gives(
             np.testing.assert_allclose(joined, want[output], rtol=0, atol=1e-6)
             np.testing.assert_array_equal(joined, v1[output])
     client.close()
+
+
+@pytest.mark.parametrize("model", ["six", "vad"])
+def test_classify_answers_whole_sequences_from_the_initial_state(
+    declared_server: ServerThread, declared_repository: Path, model: str
+) -> None:
+    """Classify's sequences carry named tensors too; each runs from the zero state (and zero context), as
+    the reference loop does, whatever else shares its calls."""
+    chunked, references, _ = _cases(declared_repository)[model]
+    if model == "vad":  # Classify takes the default constants: the reference at sr 16000
+        wholes = [np.concatenate([c["input"] for c in chunks]) for chunks in chunked[:6]]
+        references = [models.vad_reference(declared_repository / "vad" / "1", x, 16000) for x in wholes]
+        sequences = [{"input": x} for x in wholes]
+    else:  # its answers depend on the chunking: the reference runs each sequence as one chunk
+        wholes = [np.concatenate([c["x"] for c in chunks]) for chunks in chunked[:6]]
+        references = [models.six_states_reference(declared_repository / "six" / "1", [x]) for x in wholes]
+        sequences = [{"x": x} for x in wholes]
+
+    async def classify() -> pb.ClassifyResponse:
+        async with grpc.aio.insecure_channel(declared_server.target) as channel:
+            request = pb.ClassifyRequest(
+                model=model,
+                sequences=[
+                    pb.Sequence(
+                        steps=len(next(iter(s.values()))), tensors=[_tensor(n, v) for n, v in s.items()]
+                    )
+                    for s in sequences
+                ],
+            )
+            return await pb_grpc.InferenceServiceStub(channel).Classify(request)
+
+    response = declared_server.call(classify())
+    for result, want in zip(response.results, references[:6], strict=True):
+        got = {tensor.name: _array(tensor) for tensor in result.outputs}
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6)
