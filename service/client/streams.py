@@ -45,8 +45,10 @@ class _Failed(Exception):
 
 def _moves(code: grpc.StatusCode, write_failed: bool) -> bool:
     """Whether a call that ended with `code` may go on elsewhere: the server went away or is draining. A
-    dropped connection under a write is reported by gRPC as a local INTERNAL error."""
-    return code == grpc.StatusCode.UNAVAILABLE or (write_failed and code == grpc.StatusCode.INTERNAL)
+    proxy resets a stream whose replica died (CANCELLED: never this side's own, whose calls are dropped
+    before they are cancelled); a dropped connection under a write is a local INTERNAL error."""
+    gone = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    return gone or (write_failed and code == grpc.StatusCode.INTERNAL)
 
 
 async def _failure(call: StreamCall, write_failed: bool) -> _Failed:
@@ -344,6 +346,7 @@ class AsyncStream:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+        self._client_open()  # a client closed under the stream: say so, do not fail over
         self._failures = 0 if self._progress > self._progress_mark else self._failures + 1
         self._progress_mark = self._progress
         if not (failed.moves and self._resumable) or self._failures >= 2 * len(self._methods):

@@ -35,10 +35,13 @@ def code_blocks(doc: str, language: str = "") -> list[str]:
 
 
 def run_python_example(code: str, target: str, script: Path) -> list[str]:
-    """Runs a documented program against `target` and returns its stdout lines; fails with its stderr."""
+    """Runs a documented program against `target`, in the script's folder (where a test puts the files the
+    program reads), and returns its stdout lines; fails with its stderr."""
     assert f'"{DOCUMENTED_TARGET}"' in code, "the example no longer calls the documented address"
     script.write_text(code.replace(f'"{DOCUMENTED_TARGET}"', repr(target)))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=script.parent
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 
