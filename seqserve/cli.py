@@ -224,6 +224,35 @@ def export(
 
 
 @app.command()
+def inspect(
+    model: Annotated[
+        Path, typer.Argument(help="An ONNX graph with recurrent state as inputs and outputs (model.onnx).")
+    ],
+    declaration: Annotated[
+        Path | None,
+        typer.Option(
+            help="A declaration.json, whole or only the lines inspect asked for; the rest is inferred "
+            "(default: the declaration.json beside the model, if any)."
+        ),
+    ] = None,
+    write: Annotated[
+        Path | None,
+        typer.Option(
+            help="<repository>/<name>/<version>: copy the model there with its resolved declaration.json, "
+            "ready for `seqserve serve --repository <repository>`."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="With --write: replace a version that exists.")] = False,
+) -> None:
+    """Show what seqserve makes of an ONNX graph: states, stream inputs, constants, outputs, the
+    declaration it would write, and whether streams can share a call. Exit 2 when something is ambiguous."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.export.inspect import inspect_command
+
+    inspect_command(**options)
+
+
+@app.command()
 def models(
     repository: Annotated[Path, typer.Option(help="Model repository to list.")],
 ) -> None:
