@@ -155,7 +155,9 @@ def test_checkpoint_rows_cover_every_interval_and_measure_the_token(results: tup
     assert all(row["steps_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] for row in checkpoints["rows"])
     resume = checkpoints["resume"]
     # bench-gru: GRU 2 x 128, many-to-one, 9 classes (docs/checkpoint_token.md's size formula).
-    assert resume["token_bytes"] == 64 + len("bench-gru") + 32 + 2 * 128 * 4 + 4 + 8 * 9 + 32
+    # Format 2: header, name, sha256, the one state row as a typed array (dtype, rank, 2 dims, values),
+    # the running answer, the signature.
+    assert resume["token_bytes"] == 61 + len("bench-gru") + 32 + (2 + 2 * 4 + 2 * 128 * 4) + 4 + 8 * 9 + 32
     assert (
         0 < resume["plain_open_ms_p50"] and 0 < resume["resume_open_ms_p50"] <= resume["resume_open_ms_p99"]
     )
