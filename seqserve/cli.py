@@ -104,7 +104,18 @@ def train(
         ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="many_to_one or many_to_many (default: what the data holds).")
+        str | None,
+        typer.Option(
+            help="many_to_one or many_to_many (default: what the data holds), or forecast: a probabilistic "
+            "forecaster (--dataset taylor or m1_yearly, or a --data CSV of timestamp,value or "
+            "series,timestamp,value)."
+        ),
+    ] = None,
+    horizon: Annotated[
+        int | None,
+        typer.Option(
+            help="Forecasters, a --data CSV: steps each forecast covers (default: its season).", min=1
+        ),
     ] = None,
     cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,

@@ -44,6 +44,11 @@ def train_command(force: bool = False, **kwargs) -> None:
 
     check_out(kwargs["out"], force, (CHECKPOINT_FILE, METRICS_FILE), "run")
     given = {key: value for key, value in kwargs.items() if value is not None}
+    if given.get("task") == "forecast":
+        _train_forecaster(given)
+        return
+    if "horizon" in given:
+        _fail("--horizon applies to forecasters only (--task forecast)")
     if is_text(kwargs.get("dataset"), kwargs.get("data")):
         _train_language_model(given)
         return
@@ -65,6 +70,43 @@ def train_command(force: bool = False, **kwargs) -> None:
         f"{metrics['dataset']} {kwargs['cell']}: test accuracy {metrics['test_accuracy']:.4f} ({unit}), "
         f"{metrics['epochs']} epochs (best {metrics['best_epoch']}) in {metrics['train_seconds']:.1f} s, "
         f"{metrics['parameters']} parameters -> {result.run_dir}"
+    )
+
+
+# What a forecaster takes of `seqserve train`'s flags; the others are refused when given.
+_FORECAST_FLAGS = (
+    "out", "dataset", "data", "horizon", "cell", "layers", "hidden", "dropout", "clip", "epochs",
+    "batch_size", "lr", "patience", "seed", "threads",
+)  # fmt: skip
+
+
+def _train_forecaster(given: dict) -> None:
+    from seqserve.training.datasets import DataError
+    from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
+
+    given.pop("task")
+    # Flags with a default count as given only when they differ from it.
+    defaults = {"bidirectional": False, "chrono": 0}
+    stray = [key for key in given if key not in _FORECAST_FLAGS and given[key] != defaults.get(key)]
+    if stray:
+        _fail(f"{', '.join('--' + key.replace('_', '-') for key in stray)} do not apply to a forecaster")
+    try:
+        metrics = train_forecaster(
+            ForecastTrainConfig(**{k: v for k, v in given.items() if k in _FORECAST_FLAGS})
+        )
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    test = metrics["test"]
+    model, naive = test["model"], test["seasonal_naive"]
+    typer.echo(
+        f"{metrics['dataset']} {given.get('cell', 'gru')} forecaster, {metrics['test_origins']} test "
+        f"forecasts of {metrics['horizon']} steps: MAPE {model['mape']:.2f} % "
+        f"(seasonal naive {naive['mape']:.2f} %), "
+        f"MASE {model['mase']:.3f} ({naive['mase']:.3f}), weighted quantile loss "
+        f"{model['weighted_quantile_loss']:.4f} ({naive['weighted_quantile_loss']:.4f}), 80 % coverage "
+        f"{model['coverage_80']:.3f} ({naive['coverage_80']:.3f}); {metrics['epochs']} epochs (best "
+        f"{metrics['best_epoch']}), {metrics['train_cpu_seconds']:.0f} s CPU, "
+        f"{metrics['train_wall_seconds']:.0f} s wall -> {given['out']}"
     )
 
 

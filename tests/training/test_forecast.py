@@ -1,0 +1,131 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seqserve.training import forecast_metrics as fm
+from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
+from seqserve.training.forecaster import Forecaster, ForecasterConfig, from_payload
+from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.readers import DataError
+from seqserve.training.series import load_series, m1_yearly, read_series_csv, taylor
+
+
+def test_taylor_is_the_vendored_half_hourly_demand_split_by_week() -> None:
+    data = taylor()
+    values = data.values[0]
+    assert len(values) == 4032 and values[0] == 22262 and values[1] == 21756
+    assert data.timestamps[0][0] == "2000-06-05T00:00" and data.timestamps[0][-1] == "2000-08-27T23:30"
+    assert data.train_end == [7 * 336] and len(data.validation) == 7 and len(data.test) == 28
+    assert data.test[0].start == 8 * 336 and data.test[-1].start + data.horizon == 4032
+
+
+def test_seasonal_naive_on_the_taylor_test_weeks_is_measured_from_the_data() -> None:
+    data = taylor()
+    values = data.values[0]
+    truth = np.stack([values[o.start : o.start + 48] for o in data.test])
+    weekly = np.stack([fm.seasonal_naive(values[: o.start], 48, 336) for o in data.test])
+    np.testing.assert_array_equal(weekly[0], values[8 * 336 - 336 : 8 * 336 - 336 + 48])
+    assert 2.0 < fm.mape(truth, weekly) < 2.3
+    daily = np.stack([fm.seasonal_naive(values[: o.start], 48, 48) for o in data.test])
+    assert fm.mape(truth, daily) > 5
+
+
+def test_m1_yearly_holds_181_series_with_the_last_six_as_test() -> None:
+    data = m1_yearly()
+    assert len(data.values) == 181 and data.horizon == 6 and data.season == 1
+    assert all(o.start == len(data.values[o.series]) - 6 for o in data.test)
+
+
+def test_csv_of_many_series_and_bad_files(tmp_path: Path) -> None:
+    path = tmp_path / "many.csv"
+    rows = [f"{s},2020-01-{d + 1:02d},{d * (2 if s == 'b' else 1)}" for s in "ab" for d in range(20)]
+    path.write_text("series,timestamp,value\n" + "\n".join(rows) + "\n")
+    names, stamps, values = read_series_csv(path)
+    assert names == ["a", "b"] and values[1][3] == 6.0 and stamps[0][0] == "2020-01-01"
+    data = load_series(data_file=path, horizon=3)
+    assert data.season == 7 and data.lags == (7,) and data.test[1].start == 17
+    path.write_text("timestamp,value\n2020-01-01,nan\n")
+    with pytest.raises(DataError, match="line 2.*finite"):
+        read_series_csv(path)
+    path.write_text("time,y\n")
+    with pytest.raises(DataError, match="header"):
+        read_series_csv(path)
+
+
+def test_metrics_on_known_values() -> None:
+    truth = np.array([[100.0, 200.0]])
+    assert fm.mape(truth, np.array([[110.0, 180.0]])) == pytest.approx(10.0)
+    assert fm.coverage(truth, np.array([[90.0, 210.0]]), np.array([[120.0, 230.0]])) == 0.5
+    q = np.stack([truth - 10, truth, truth + 10])
+    assert fm.weighted_quantile_loss(truth, q, (0.1, 0.5, 0.9)) == pytest.approx(
+        2 * 0.1 * 10 * 2 / 300 * 2 / 3
+    )
+
+
+def test_chunked_forward_equals_whole_and_keeps_the_last_values() -> None:
+    torch.manual_seed(0)
+    model = Forecaster(ForecasterConfig(cell="lstm", hidden=8, lags=(3, 5), periods=(4.0,), season=5)).eval()
+    y = torch.rand(2, 12) * 10 + 1
+    whole, state = model(y, model.initial_state(2))
+    first, mid = model(y[:, :7], model.initial_state(2))
+    second, end = model(y[:, 7:], mid)
+    torch.testing.assert_close(torch.cat([first.loc, second.loc], 1), whole.loc, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(end["lags"], y[:, -5:])
+    assert float(end["clock"][0]) == 12 and float(end["level"][1]) == pytest.approx(float(y[1].abs().mean()))
+    lengths = torch.tensor([12, 7])
+    _, padded = model(y, model.initial_state(2), lengths)
+    torch.testing.assert_close(padded["lags"][1], y[1, 2:7])
+    torch.testing.assert_close(padded["h0"][:, 1], mid["h0"][:, 1], rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_taylor_run_writes_metrics_beside_the_naive(tmp_path: Path) -> None:
+    config = ForecastTrainConfig(
+        out=tmp_path / "run",
+        dataset="taylor",
+        hidden=8,
+        epochs=2,
+        batches_per_epoch=2,
+        batch_size=4,
+        samples=20,
+    )
+    metrics = train_forecaster(config)
+    written = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    assert written["test"]["seasonal_naive"]["mape"] == pytest.approx(
+        metrics["test"]["seasonal_naive"]["mape"]
+    )
+    assert 2.0 < written["test"]["seasonal_naive"]["mape"] < 2.3
+    assert 0 <= written["test"]["model"]["coverage_80"] <= 1 and written["train_cpu_seconds"] > 0
+    assert (tmp_path / "run" / "forecast.png").stat().st_size > 1000
+    model = from_payload(torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True))
+    assert model.config.lags == (48, 336) and model.config.memory == 336
+
+
+def test_seqserve_train_task_forecast(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seqserve.cli import app
+
+    out = str(tmp_path / "run")
+    args = [
+        "train",
+        "--task",
+        "forecast",
+        "--dataset",
+        "taylor",
+        "--out",
+        out,
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "seasonal naive 2.15 %" in result.output and (tmp_path / "run" / METRICS_FILE).is_file()
+    refused = CliRunner().invoke(app, [*args[:-4], "--bidirectional", "--force"])
+    assert refused.exit_code == 2 and "--bidirectional do not apply to a forecaster" in refused.output
