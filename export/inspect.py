@@ -6,8 +6,8 @@ and that declaration into a repository (export/declared_version.py).
 
 Where it lives: in export/, the stage that puts versions into a repository, but it imports onnxruntime,
 numpy and the serving runtime only, never torch or onnx. The serving image has all three, so a user can
-run `seqserve inspect` where the model will be served (`docker run seqserve:cpu inspect ...`) as well as
-on the machine that made it.
+run `seqserve inspect` where the model will be served (`docker run --entrypoint seqserve seqserve:cpu
+inspect ...`) as well as on the machine that made it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ into a repository that a server then serves, equal to the per-stream onnxruntime
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +235,22 @@ def test_a_written_repository_serves_every_graph_equal_to_the_reference_loop(
     np.testing.assert_allclose(six["y"], want, rtol=0, atol=1e-6)
     np.testing.assert_allclose(frame["score"], models.frame_reference(graphs / "frames", frames)["score"],
                                rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_inspect_runs_where_torch_and_onnx_cannot_be_imported(graphs: Path) -> None:
+    """The serving image has onnxruntime but neither torch nor onnx: inspect and --write need neither."""
+    script = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'onnx'):\n"
+        "            raise ImportError(name + ' is not in the serving image')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from seqserve.cli import app\n"
+        f"app(['inspect', {str(graphs / 'frames' / 'model.onnx')!r}, '--write', sys.argv[1]])\n"
+    )
+    target = graphs / "torchless" / "frames" / "1"
+    done = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "h -> h_out  float32, batch axis 0, row [16]" in done.stdout
+    assert (target / "model.onnx").is_file() and (target / "declaration.json").is_file()
