@@ -31,7 +31,8 @@ class RecordingRuntime:
         declaration_for(INFO),
         [GraphTensor("x", "float32", ("batch", "time", 1)), GraphTensor("h0", "float32", (1, "batch", 2)),
          GraphTensor("lengths", "int32", ("batch",))],
-        [GraphTensor("logits", "float32", ("batch", "time", 2)), GraphTensor("hn", "float32", (1, "batch", 2))],
+        [GraphTensor("logits", "float32", ("batch", "time", 2)),
+         GraphTensor("hn", "float32", (1, "batch", 2))],
     )  # fmt: skip
     lengths_dtype = np.dtype(np.int32)
 
