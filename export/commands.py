@@ -131,6 +131,9 @@ def export_command(
     from seqserve.export.errors import ExportInputError
     from seqserve.export.job import export_runs, steps_of
 
+    runs = _export_forecasters(runs, repository, name, version, force)
+    if not runs:
+        return
     with ExitStack() as stack:
 
         def progress_for(plans: list) -> Callable[[str], None]:
@@ -158,6 +161,31 @@ def export_command(
     if failed:
         console.print(f"[red]{len(failed)} of {len(outcomes)} model(s) failed:[/red] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _export_forecasters(
+    runs: list[Path], repository: Path, name: str | None, version: int | None, force: bool
+) -> list[Path]:
+    """Export the forecaster runs among `runs` (export/forecast_job.py); returns the other runs."""
+    from seqserve.console import fail
+    from seqserve.export.errors import ExportError, ExportInputError
+    from seqserve.export.forecast_job import export_forecaster, is_forecaster_run
+
+    others = []
+    for run in runs:
+        if not is_forecaster_run(run):
+            others.append(run)
+            continue
+        try:
+            path, info = export_forecaster(run, repository, name, version, force)
+        except (ExportError, ExportInputError) as exc:
+            fail(str(exc))
+        console.print(
+            f"{info.name} v{info.version}: forecaster, parity with PyTorch {info.parity['max_abs_diff']:.1e} "
+            f"(in units of the series scale) -> {path}",
+            highlight=False,
+        )
+    return others
 
 
 def models_command(repository: Path) -> None:

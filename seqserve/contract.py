@@ -21,6 +21,14 @@ INPUT_LENGTHS = "lengths"  # int32 [batch], valid steps per row
 OUTPUT_LOGITS = "logits"  # many_to_many, language_model [batch, time, classes]; many_to_one [batch, classes]
 OUTPUT_HN = "hn"  # state at each row's last valid step, feed back as h0
 OUTPUT_CN = "cn"  # LSTM only, feed back as c0
+# A forecaster's graph (training/forecaster.py): raw values in, the next value's distribution out, and
+# everything it keeps of the past as state: h0/c0 as above plus the last raw values, a step count and the
+# running mean of |value| (its per-series scale), each paired with the output that continues it.
+INPUT_Y = "y"  # float32 [batch, time], raw observations
+INPUT_LAGS, OUTPUT_LAGS = "lags", "lags_out"  # float32 [batch, memory], oldest first
+INPUT_CLOCK, OUTPUT_CLOCK = "clock", "clock_out"  # float32 [batch, 1], steps observed
+INPUT_LEVEL, OUTPUT_LEVEL = "level", "level_out"  # float32 [batch, 1], running mean of |value|
+OUTPUT_LOC, OUTPUT_SCALE = "loc", "scale"  # float32 [batch, time]: the next value ~ Normal(loc, scale^2)
 
 Cell = Literal["rnn", "gru", "lstm"]
 Task = Literal["many_to_one", "many_to_many", "language_model"]
@@ -36,7 +44,8 @@ LANGUAGE_MODEL = "language_model"
 # is optional, and its inputs, outputs and states are whatever the declaration names.
 DECLARED = "declared"
 DECLARED_CELL = "graph"
-MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL, DECLARED)
+FORECAST = "forecast"
+MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL, DECLARED, FORECAST)
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 # Parity tolerance between PyTorch and ONNX (and between chunked and whole runs), float32.
@@ -114,6 +123,8 @@ class ModelInfo:
     # Language models only: the characters, index = token id (equal to `labels`: the class is the next
     # character). Left out of model.json and metadata_props for every other model.
     vocabulary: list[str] = field(default_factory=list)
+    # Forecasters only: lags, periods, season, memory (the lags state's length), horizon (of training).
+    forecast: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -135,6 +146,13 @@ class ModelInfo:
                 f"layers, hidden, features and version must be >= 1, got "
                 f"{self.layers}, {self.hidden}, {self.features}, {self.version}"
             )
+        if self.task == FORECAST:
+            if self.labels or self.features != 1 or not self.forecast.get("memory"):
+                raise ContractError(
+                    f"a forecaster reads one value a step, has no labels and says its memory: got features "
+                    f"{self.features}, labels {self.labels!r}, forecast {self.forecast!r}"
+                )
+            return
         if len(self.labels) < 2:
             raise ContractError(f"a classifier needs at least 2 labels, got {self.labels!r}")
         if self.task == LANGUAGE_MODEL:
@@ -181,6 +199,8 @@ class ModelInfo:
         data = {**asdict(self), "streamable": self.streamable}
         if not self.vocabulary:
             del data["vocabulary"]  # every model that is not a language model keeps its model.json as it was
+        if not self.forecast:
+            del data["forecast"]
         return data
 
     def to_json(self) -> str:
@@ -239,6 +259,8 @@ def declaration_for(info: ModelInfo) -> dict[str, Any]:
     """The declaration (seqserve/declaration.py) of a graph seqserve exported: h0/c0 -> hn/cn along axis 1,
     x (or tokens) [batch, time, ...], lengths, and logits with the model's labels. The exporter writes it
     beside model.json, and a version without one gets this: one mechanism serves every graph."""
+    if info.task == FORECAST:
+        return forecaster_declaration(info)
     states = [
         {"input": name, "output": output, "batch_axis": 1}
         for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)
@@ -252,6 +274,30 @@ def declaration_for(info: ModelInfo) -> dict[str, Any]:
         "inputs": [{"name": sequence_input(info.task), "batch_axis": 0, "time_axis": 1}],
         "lengths": INPUT_LENGTHS,
         "outputs": [logits],
+    }
+
+
+def forecaster_declaration(info: ModelInfo) -> dict[str, Any]:
+    """A forecaster's: h0/c0 on axis 1 and lags/clock/level on axis 0 as states, y [batch, time], lengths,
+    and loc/scale per step."""
+    states = [
+        {"input": name, "output": output, "batch_axis": 1}
+        for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)
+    ]
+    states += [
+        {"input": name, "output": output, "batch_axis": 0}
+        for name, output in (
+            (INPUT_LAGS, OUTPUT_LAGS),
+            (INPUT_CLOCK, OUTPUT_CLOCK),
+            (INPUT_LEVEL, OUTPUT_LEVEL),
+        )
+    ]
+    return {
+        "rendering": "forecaster",
+        "states": states,
+        "inputs": [{"name": INPUT_Y, "batch_axis": 0, "time_axis": 1}],
+        "lengths": INPUT_LENGTHS,
+        "outputs": [{"name": name, "batch_axis": 0, "time_axis": 1} for name in (OUTPUT_LOC, OUTPUT_SCALE)],
     }
 
 

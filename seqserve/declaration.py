@@ -38,7 +38,7 @@ ORT_TYPES = {
 
 # What an answer is made of: named tensors (any graph), or a classifier's labels and scores, or a
 # language model's next-token logits (seqserve's own exports).
-RENDERINGS = ("tensors", "classifier", "language_model")
+RENDERINGS = ("tensors", "classifier", "language_model", "forecaster")
 
 
 class DeclarationError(ValueError):

@@ -1,0 +1,217 @@
+"""Exporting a forecaster run: build its graph, prove parity with PyTorch, write the version.
+
+Parity: the Taylor history (or each series of the run's data) is run through PyTorch whole and through
+onnxruntime in random chunks, state carried, and rows of different lengths batched together; loc and scale
+are compared in units of the series scale (a raw float32 loc near 30,000 MW has a spacing of 0.002, so an
+absolute 1e-5 would measure float32 itself), the states h/c and level/lags as they are. Tolerance
+`contract.PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from seqserve import contract
+from seqserve.contract import ModelInfo
+from seqserve.export import repository as repo
+from seqserve.export.errors import ExportError, ExportInputError
+from seqserve.export.forecast_graph import build_forecaster
+from seqserve.training.forecaster import Forecaster, from_payload
+from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.series import load_series
+
+log = logging.getLogger(__name__)
+PARITY_SERIES = 8
+PARITY_STEPS = 800
+
+
+class OnnxForecaster:
+    """One onnxruntime session of a forecaster graph: chunks in, loc/scale and the new states out."""
+
+    def __init__(self, model_bytes: bytes, info: ModelInfo) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.info = info
+        self.state_names = [
+            *contract.state_inputs(info.cell),
+            contract.INPUT_LAGS,
+            contract.INPUT_CLOCK,
+            contract.INPUT_LEVEL,
+        ]
+        self.state_outputs = [
+            *contract.state_outputs(info.cell),
+            contract.OUTPUT_LAGS,
+            contract.OUTPUT_CLOCK,
+            contract.OUTPUT_LEVEL,
+        ]
+
+    def initial_states(self, batch: int) -> dict[str, np.ndarray]:
+        states = {
+            name: np.zeros(self.info.state_shape(batch), np.float32)
+            for name in contract.state_inputs(self.info.cell)
+        }
+        states[contract.INPUT_LAGS] = np.zeros((batch, self.info.forecast["memory"]), np.float32)
+        states[contract.INPUT_CLOCK] = np.zeros((batch, 1), np.float32)
+        states[contract.INPUT_LEVEL] = np.zeros((batch, 1), np.float32)
+        return states
+
+    def step(
+        self, y: np.ndarray, states: dict[str, np.ndarray], lengths: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """y [B, T]; returns loc, scale [B, T] and the states after each row's last valid step."""
+        if lengths is None:
+            lengths = np.full(y.shape[0], y.shape[1], np.int32)
+        feeds = {
+            contract.INPUT_Y: y.astype(np.float32),
+            contract.INPUT_LENGTHS: lengths.astype(np.int32),
+            **states,
+        }
+        outputs = self.session.run([contract.OUTPUT_LOC, contract.OUTPUT_SCALE, *self.state_outputs], feeds)
+        return outputs[0], outputs[1], dict(zip(self.state_names, outputs[2:], strict=True))
+
+
+def _torch_run(model: Forecaster, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    with torch.no_grad():
+        step, state = model(torch.as_tensor(y, dtype=torch.float32), model.initial_state(y.shape[0]))
+    return (
+        step.loc.numpy(),
+        step.scale.numpy(),
+        step.series_scale.numpy(),
+        {k: v.numpy() for k, v in state.items()},
+    )
+
+
+def check_forecaster_parity(
+    model: Forecaster, session: OnnxForecaster, series: list[np.ndarray], seed: int = 0
+) -> dict:
+    """Max differences between PyTorch (whole) and onnxruntime (random chunks; and all rows batched with
+    different lengths). Returns {'max_abs_diff', 'tolerance', 'passed', ...}."""
+    rng = np.random.default_rng(seed)
+    worst = {"loc_scale": 0.0, "states": 0.0, "batched": 0.0}
+    for values in series:
+        y = values[None, :].astype(np.float32)
+        loc, scale, unit, want = _torch_run(model, y)
+        states, got_loc, got_scale, start = session.initial_states(1), [], [], 0
+        while start < y.shape[1]:
+            end = min(y.shape[1], start + int(rng.integers(1, 97)))
+            chunk_loc, chunk_scale, states = session.step(y[:, start:end], states)
+            got_loc.append(chunk_loc)
+            got_scale.append(chunk_scale)
+            start = end
+        for got, ref in ((np.concatenate(got_loc, 1), loc), (np.concatenate(got_scale, 1), scale)):
+            worst["loc_scale"] = max(worst["loc_scale"], float(np.max(np.abs(got - ref) / unit)))
+        for name in session.state_names:
+            # h and c are bounded by 1: absolute; raw values (lags, level) in units of the series scale.
+            unit_of = unit[:, -1:] if name in (contract.INPUT_LAGS, contract.INPUT_LEVEL) else 1.0
+            worst["states"] = max(worst["states"], float(np.max(np.abs(states[name] - want[name]) / unit_of)))
+    lengths = np.array([len(v) for v in series], np.int32)
+    padded = np.zeros((len(series), lengths.max()), np.float32)
+    for row, values in enumerate(series):
+        padded[row, : len(values)] = values
+    loc, _, states = session.step(padded, session.initial_states(len(series)), lengths)
+    for row, values in enumerate(series):
+        alone_loc, _, alone = session.step(values[None, :].astype(np.float32), session.initial_states(1))
+        worst["batched"] = max(
+            worst["batched"],
+            float(np.max(np.abs(loc[row, : len(values)] - alone_loc[0]) / np.abs(alone_loc[0]).max())),
+        )
+        for name in session.state_names:
+            row_state = (
+                states[name][:, row]
+                if name in contract.state_inputs(session.info.cell)
+                else states[name][row]
+            )
+            alone_state = (
+                alone[name][:, 0] if name in contract.state_inputs(session.info.cell) else alone[name][0]
+            )
+            worst["batched"] = max(
+                worst["batched"],
+                float(np.max(np.abs(row_state - alone_state) / np.maximum(np.abs(alone_state), 1))),
+            )
+    max_diff = max(worst.values())
+    return {
+        "max_abs_diff": max_diff,
+        "tolerance": contract.PARITY_TOLERANCE,
+        "passed": max_diff <= contract.PARITY_TOLERANCE,
+        "relative_to": "series scale",
+        **worst,
+    }
+
+
+def forecaster_info(model: Forecaster, name: str, version: int, horizon: int) -> ModelInfo:
+    config = model.config
+    return ModelInfo(
+        name=name,
+        version=version,
+        task=contract.FORECAST,
+        cell=config.cell,
+        layers=config.layers,
+        hidden=config.hidden,
+        bidirectional=False,
+        features=1,
+        labels=[],
+        forecast={
+            "lags": list(config.lags),
+            "periods": list(config.periods),
+            "season": config.season,
+            "memory": config.memory,
+            "horizon": horizon,
+            "distribution": "normal",
+        },
+    )
+
+
+def parity_series(payload: dict) -> list[np.ndarray]:
+    data = load_series(
+        payload["data"]["dataset"], payload["data"]["data_file"], payload["data"].get("horizon", 0)
+    )
+    chosen = data.values[:: max(1, len(data.values) // PARITY_SERIES)][:PARITY_SERIES]
+    return [v[:PARITY_STEPS] for v in chosen]
+
+
+def is_forecaster_run(run_dir: Path) -> bool:
+    """True when the run folder's checkpoint is a forecaster's (anything unreadable is left to the export
+    of classifiers, which names what is wrong)."""
+    try:
+        payload = torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is the other export's to report
+        return False
+    return isinstance(payload, dict) and payload.get("kind") == contract.FORECAST
+
+
+def export_forecaster(
+    run_dir: Path, repository: Path, name: str | None = None, version: int | None = None, force: bool = False
+) -> tuple[Path, ModelInfo]:
+    """Build, check and write one forecaster run as a version of `repository`."""
+    run_dir = Path(run_dir)
+    repository = repo.check_repository(Path(repository))
+    payload = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    model = from_payload(payload)
+    name = contract.check_model_name(name or run_dir.resolve().name)
+    version = version or repo.next_version(repository, name)
+    repo.check_version_free(repository, name, version, force)
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    info = forecaster_info(model, name, version, int(metrics.get("horizon", 0)))
+    onnx_model = build_forecaster(model, info)
+    session = OnnxForecaster(onnx_model.SerializeToString(), info)
+    try:
+        series = parity_series(payload)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ExportInputError(f"{run_dir}: its data cannot be loaded for parity: {exc}") from exc
+    parity = check_forecaster_parity(model, session, series)
+    if not parity["passed"]:
+        raise ExportError(f"{name}: parity with PyTorch failed: {parity}")
+    info.parity = parity
+    info.test_metrics = metrics.get("test", {})
+    from seqserve.export.graph import set_metadata
+
+    set_metadata(onnx_model, info)
+    return repo.write_versions(repository, [repo.VersionFiles(onnx_model, info)], force=force)[0]
