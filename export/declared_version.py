@@ -85,10 +85,10 @@ def write_version(
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             _copy_synced(Path(model).parent / name, staging / name)
         text = json.dumps(declaration, indent=2) + "\n"
-        _synced(staging / declarations.DECLARATION_FILE, text.encode())
-        _sync_folder(staging)
+        write_synced(staging / declarations.DECLARATION_FILE, text.encode())
+        sync_folder(staging)
         _replace(staging, folder)
-        _sync_folder(folder.parent)
+        sync_folder(folder.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -103,14 +103,14 @@ def _copy_synced(source: Path, destination: Path) -> None:
         os.fsync(writing.fileno())
 
 
-def _synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def _sync_folder(path: Path) -> None:
+def sync_folder(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

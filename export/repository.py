@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ import onnx
 from seqserve import contract
 from seqserve import declaration as declarations
 from seqserve.contract import ModelInfo
+from seqserve.export.declared_version import sync_folder, write_synced
 from seqserve.export.errors import ExportInputError
 
 log = logging.getLogger(__name__)
@@ -60,31 +60,16 @@ def check_version_free(repository: Path, name: str, version: int, force: bool) -
         )
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _stage(staging: Path, files: VersionFiles) -> ModelInfo:
     """Write one version into the empty folder `staging`; returns the info with its sha256 filled in."""
     data = files.model.SerializeToString()
     info = replace(files.info, sha256=hashlib.sha256(data).hexdigest())
-    _write_synced(staging / contract.MODEL_FILE, data)
-    _write_synced(staging / contract.METADATA_FILE, (info.to_json() + "\n").encode())
+    write_synced(staging / contract.MODEL_FILE, data)
+    write_synced(staging / contract.METADATA_FILE, (info.to_json() + "\n").encode())
     # What the server reads to know the graph's states and inputs: the same map for every graph it serves.
     declaration = json.dumps(contract.declaration_for(info), indent=2) + "\n"
-    _write_synced(staging / declarations.DECLARATION_FILE, declaration.encode())
-    _fsync_dir(staging)
+    write_synced(staging / declarations.DECLARATION_FILE, declaration.encode())
+    sync_folder(staging)
     return info
 
 
@@ -127,7 +112,7 @@ def write_versions(
             target = model_dir / str(info.version)
             written.append((target, _move_into_place(staging, target, force)))
         for model_dir in dict.fromkeys(model_dirs):
-            _fsync_dir(model_dir)
+            sync_folder(model_dir)
     except BaseException:
         for target, retired in reversed(written):
             shutil.rmtree(target, ignore_errors=True)

@@ -80,7 +80,7 @@ def test_a_failed_write_leaves_the_repository_as_it_was(
             raise OSError(28, "No space left on device")
         path.write_bytes(data)
 
-    monkeypatch.setattr(repository, "_write_synced", fail_on_third_file)
+    monkeypatch.setattr(repository, "write_synced", fail_on_third_file)
     with pytest.raises(OSError, match="No space"):
         write_versions(tmp_path, [version_files(2), version_files(3, "int8")])
     assert tree(tmp_path) == before
@@ -111,7 +111,7 @@ def test_a_failed_first_write_leaves_no_model_folder(tmp_path: Path, monkeypatch
     def no_space(path: Path, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(repository, "_write_synced", no_space)
+    monkeypatch.setattr(repository, "write_synced", no_space)
     with pytest.raises(OSError):
         write_versions(tmp_path, [version_files(1)])
     assert list(tmp_path.iterdir()) == []
