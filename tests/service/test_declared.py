@@ -60,11 +60,17 @@ async def _stream(
     model: str,
     chunks: list[dict[str, np.ndarray]],
     constants: dict[str, np.ndarray] | None = None,
+    resume_token: bytes = b"",
 ) -> dict[str, np.ndarray]:
-    """One v1 stream of named-tensor chunks; every chunk's outputs, joined along steps."""
+    """One v1 stream of named-tensor chunks (a new one, or one resumed from a token); every chunk's
+    outputs, joined along steps."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
-        opening = pb.StreamOpen(model=model, constants=[_tensor(n, v) for n, v in (constants or {}).items()])
+        opening = pb.StreamOpen(
+            model=model if not resume_token else "",
+            resume_token=resume_token,
+            constants=[_tensor(n, v) for n, v in (constants or {}).items()],
+        )
 
         def requests() -> Iterator[pb.StreamRequest]:
             yield pb.StreamRequest(open=opening)
@@ -327,26 +333,6 @@ async def _checkpointed(
     return {name: np.concatenate(parts) for name, parts in outputs.items()}, token
 
 
-async def _resumed(target: str, token: bytes, chunks: list[dict]) -> dict[str, np.ndarray]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-
-        def requests() -> Iterator[pb.StreamRequest]:
-            yield pb.StreamRequest(open=pb.StreamOpen(resume_token=token))
-            for chunk in chunks:
-                steps = next(iter(chunk.values())).shape[0]
-                yield pb.StreamRequest(
-                    chunk=pb.StreamChunk(steps=steps, tensors=[_tensor(n, v) for n, v in chunk.items()])
-                )
-            yield pb.StreamRequest(end=pb.StreamEnd())
-
-        outputs: dict[str, list[np.ndarray]] = {}
-        async for response in stub.Stream(requests()):
-            for tensor in response.chunk.outputs if response.HasField("chunk") else ():
-                outputs.setdefault(tensor.name, []).append(_array(tensor))
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-
 @pytest.mark.parametrize("model", ["vad", "six", "frames"])
 def test_a_checkpoint_taken_mid_stream_resumes_on_a_second_server_to_the_same_answers(
     keyed_pair: tuple[ServerThread, ServerThread], declared_repository: Path, model: str
@@ -357,7 +343,7 @@ def test_a_checkpoint_taken_mid_stream_resumes_on_a_second_server_to_the_same_an
     for chunks, want in list(zip(chunked, references, strict=True))[:4]:
         half = max(1, len(chunks) // 2)
         before, token = first.call(_checkpointed(first.target, model, chunks[:half], constants))
-        after = second.call(_resumed(second.target, token, chunks[half:]))
+        after = second.call(_stream(second.target, model, chunks[half:], resume_token=token))
         for name in want:
             got = np.concatenate([before[name], after[name]]) if name in after else before[name]
             np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-6)
