@@ -108,7 +108,8 @@ class NaiveServicer(_StreamServicer):
         return int(logits[0].argmax()), state
 
 
-async def _serve(servicer: pb_grpc.InferenceServiceServicer, kind: str, host: str) -> None:
+async def serve(servicer: pb_grpc.InferenceServiceServicer, kind: str, host: str) -> None:
+    """Serve Stream on a free port, say `bench-<kind> listening grpc=...` once up, stop on SIGTERM."""
     server = grpc.aio.server()
     pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{host}:0")
@@ -136,7 +137,7 @@ def main() -> None:
         servicer: _StreamServicer = EchoServicer(info)
     else:
         servicer = NaiveServicer(info, path / MODEL_FILE, args.device, args.inference_threads)
-    asyncio.run(_serve(servicer, args.kind, args.host))
+    asyncio.run(serve(servicer, args.kind, args.host))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from bench.baseline_servers import serve
 from bench.declared_models import vad
 from bench.process_costs import cpu_clock
 from bench.report import TextTable
@@ -106,18 +106,6 @@ class NaiveDeclaredServicer(pb_grpc.InferenceServiceServicer):
             else:
                 yield pb.StreamResponse(ended=pb.StreamEnded(reason=pb.END_REASON_COMPLETED))
                 return
-
-
-async def _serve_naive(folder: Path, host: str) -> None:
-    server = grpc.aio.server()
-    pb_grpc.add_InferenceServiceServicer_to_server(NaiveDeclaredServicer(folder), server)
-    port = server.add_insecure_port(f"{host}:0")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print(f"bench-naive listening grpc={host}:{port}", flush=True)
-    await stop.wait()
-    await server.stop(grace=1.0)
 
 
 @dataclass
@@ -243,7 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.mode == "naive":
-        asyncio.run(_serve_naive(args.folder, "127.0.0.1"))
+        asyncio.run(serve(NaiveDeclaredServicer(args.folder), "naive", "127.0.0.1"))
         return
     with tempfile.TemporaryDirectory(prefix="seqserve-declared-") as work:
         section = measure(
