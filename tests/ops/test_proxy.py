@@ -64,12 +64,12 @@ def cluster(
     key.write_text(STATE_KEY + "\n")
     started: list[tuple[Replicas, HAProxy | None]] = []
 
-    def start(*flags: str, count: int = REPLICAS) -> tuple[Replicas, HAProxy]:
+    def start(*flags: str, count: int = REPLICAS, max_streams: int | None = None) -> tuple[Replicas, HAProxy]:
         replicas = Replicas(model_repository, ("--state-key-file", str(key), *flags), tmp_path)
         started.append((replicas, None))
         replicas.start_all(count)
         try:
-            proxy = start_haproxy(replicas.targets, tmp_path / "haproxy")
+            proxy = start_haproxy(replicas.targets, tmp_path / "haproxy", max_streams)
         except HAProxyStartError as error:
             pytest.fail(str(error))
         started[-1] = (replicas, proxy)
@@ -241,3 +241,65 @@ def test_a_replica_refuses_a_sequence_it_does_not_hold_naming_itself(cluster) ->
     assert "sequence 4242 of model jv-gru:1 is not open on replica" in message, message
     assert f"pid {replicas.processes[0].pid}" in message, message
     assert "seqserve-sequence" in message
+
+
+async def open_at_once(target: str, count: int, x: np.ndarray) -> tuple[int, list[float], list[str]]:
+    """`count` streams opened at once on one connection. Each opened one waits until every open is
+    decided, then streams `x` and ends; (streams served whole, seconds to each refusal, refusal codes)."""
+    import grpc
+
+    from seqserve.v1 import seqserve_pb2 as pb
+    from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
+
+    decided = asyncio.Event()
+    pending = [count]
+    refusals: list[float] = []
+    codes: list[str] = []
+
+    def settle() -> None:
+        pending[0] -= 1
+        if pending[0] == 0:
+            decided.set()
+
+    async def one(stub: InferenceServiceStub) -> bool:
+        call = stub.Stream()
+        sent = time.perf_counter()
+        await call.write(pb.StreamRequest(open=pb.StreamOpen(model=MODEL)))
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as error:
+            refusals.append(time.perf_counter() - sent)
+            codes.append(error.code().name)
+            settle()
+            return False
+        assert first.HasField("opened")
+        settle()
+        await decided.wait()
+        steps = 0
+        for start in range(0, len(x), CHUNK):
+            await call.write(
+                pb.StreamRequest(chunk=pb.StreamChunk(steps=CHUNK, values=x[start : start + CHUNK].tobytes()))
+            )
+            steps += len((await call.read()).chunk.results)
+        await call.write(pb.StreamRequest(end=pb.StreamEnd()))
+        await call.done_writing()
+        ended = await call.read()
+        return steps == len(x) and ended.ended.steps == len(x)
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = InferenceServiceStub(channel)
+        served = await asyncio.gather(*(one(stub) for _ in range(count)))
+    return sum(served), refusals, codes
+
+
+def test_overload_is_refused_at_once_and_the_proxy_spreads_it(cluster) -> None:
+    x = np.ascontiguousarray(load_dataset(dataset="basic_motions_stream").test.sequences[0][:16], np.float32)
+    replicas, proxy = cluster("--max-streams", "200", max_streams=200)
+    direct = asyncio.run_coroutine_threadsafe(open_at_once(replicas.targets[0], 600, x), background_loop())
+    served, refusals, codes = direct.result(timeout=60)
+    assert served == 200
+    assert len(refusals) == 400 and set(codes) == {"RESOURCE_EXHAUSTED"}, set(codes)
+    assert max(refusals) < 1.0, f"slowest refusal {max(refusals):.2f} s"
+    through = asyncio.run_coroutine_threadsafe(open_at_once(proxy.target, 600, x), background_loop())
+    served, refusals, codes = through.result(timeout=60)
+    assert (served, len(refusals)) == (600, 0), (served, codes[:3])
