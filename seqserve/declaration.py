@@ -227,10 +227,27 @@ def _shown(tensor: GraphTensor) -> str:
     return f"{tensor.name} {tensor.dtype} [{dims}]"
 
 
-def _object(value: Any, where: str) -> dict[str, Any]:
+def _object(value: Any, where: str, known: frozenset[str] | None = None) -> dict[str, Any]:
+    """`value` as a JSON object; with `known`, a key outside it (a typo such as "batch_axes") is refused."""
     if not isinstance(value, dict):
         raise DeclarationError(f"{where}: expected a JSON object, got {value!r}")
+    unknown = sorted(set(value) - known) if known is not None else []
+    if unknown:
+        raise DeclarationError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return value
+
+
+# The fields each entry takes (step_shape and shape are what `Declaration.to_dict` writes; the graph says
+# them, so they are read only to be accepted).
+_STATE_FIELDS = frozenset({"input", "output", "batch_axis", "dtype", "row_shape", "initial"})
+_PATTERN_FIELDS = _STATE_FIELDS - {"input", "row_shape"}
+_INPUT_FIELDS = frozenset(
+    {"name", "dtype", "batch_axis", "time_axis", "step_shape", "context", "context_axis"}
+)
+_CONSTANT_FIELDS = frozenset({"name", "dtype", "shape", "value", "choices"})
+_OUTPUT_FIELDS = frozenset({"name", "dtype", "batch_axis", "time_axis", "labels"})
 
 
 def _field(
@@ -398,6 +415,8 @@ def resolve(
         for i, item in enumerate(declared_outputs)
     ]
     tolerance = _field(data, "tolerance", source, (int, float), DEFAULT_TOLERANCE)
+    if tolerance < 0:
+        raise DeclarationError(f"{source}: tolerance {tolerance} is negative; expected >= 0")
     fixed_one = any(graph.inputs[s.input].shape[s.batch_axis] == 1 for s in states) or any(
         graph.inputs[i.name].shape[i.batch_axis] == 1 for i in stream_inputs
     )
@@ -408,6 +427,7 @@ def resolve(
 
 
 def _state(data: dict[str, Any], graph: _Graph, where: str) -> StateDecl:
+    _object(data, where, _STATE_FIELDS)
     name = _field(data, "input", where, str)
     tensor = graph.claim(name, "state input")
     output = graph.output(_field(data, "output", where, str), f"state {name}'s output")
@@ -432,6 +452,7 @@ def _state(data: dict[str, Any], graph: _Graph, where: str) -> StateDecl:
 
 def _pattern_states(data: dict[str, Any], graph: _Graph, where: str) -> list[StateDecl]:
     """Every unclaimed input X with an output named `output` (with {input} for X) is a state."""
+    _object(data, where, _PATTERN_FIELDS)
     pattern = _field(data, "output", where, str)
     if "{input}" not in pattern:
         raise DeclarationError(
@@ -448,6 +469,7 @@ def _pattern_states(data: dict[str, Any], graph: _Graph, where: str) -> list[Sta
 
 
 def _stream_input(data: dict[str, Any], graph: _Graph, where: str) -> StreamInputDecl:
+    _object(data, where, _INPUT_FIELDS)
     name = _field(data, "name", where, str)
     tensor = graph.claim(name, "stream input")
     where = f"{where} (input {name})"
@@ -487,6 +509,7 @@ def _stream_input(data: dict[str, Any], graph: _Graph, where: str) -> StreamInpu
 
 
 def _constant(data: dict[str, Any], graph: _Graph, where: str) -> ConstantDecl:
+    _object(data, where, _CONSTANT_FIELDS)
     name = _field(data, "name", where, str)
     tensor = graph.claim(name, "constant")
     where = f"{where} (constant {name})"
@@ -512,6 +535,7 @@ def hashable(value: Any) -> Any:
 
 
 def _output(data: dict[str, Any], graph: _Graph, state_outputs: set[str], where: str) -> OutputDecl:
+    _object(data, where, _OUTPUT_FIELDS)
     name = _field(data, "name", where, str)
     tensor = graph.output(name, "output")
     if name in state_outputs:

@@ -95,6 +95,9 @@ SR = {"name": "sr", "value": 16000}
         {"constants": [{"name": "sr", "choices": []}]},
         {"constants": [{"name": "sr", "value": "16 kHz"}]},
         {"tolerance": "1e-6"},
+        {"tolerance": -1e-6},
+        {"states": [{"input": "state", "output": "stateN", "batch_axes": 1}]},  # a misspelt entry field
+        {"inputs": [{"name": "input", "time_axis": None, "context": 64, "contex_axis": 1}]},
     ],
 )
 def test_a_wrong_declaration_fails_the_schema_and_resolve(folders: dict[str, Path], change: dict) -> None:
