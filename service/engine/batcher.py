@@ -113,6 +113,11 @@ class Batcher:
         self._frames = declaration.frame_model
         self._padded = runtime.lengths_dtype is not None  # rows of different lengths may share a call
         self._batchable = declaration.batchable
+        self._batch_time_first = len(self._inputs) == 1 and (
+            self._inputs[0].batch_axis,
+            self._inputs[0].time_axis,
+        ) == (0, 1)
+        self._lone_rows = tuple(layout.row_index(axis, 0) for axis in self._state_axes)
         self.executor = executor
         self.metrics = metrics
         self.max_batch = max_batch
@@ -317,11 +322,19 @@ class Batcher:
     def _run_one(self, row: _Row) -> RowAnswer:
         """A lone row: views with a batch axis of 1, no copies (states are contiguous already, as the
         previous call or the zero state left them)."""
-        axes = self._state_axes
-        inputs = tuple([layout.one_input(spec, x) for spec, x in zip(self._inputs, row.inputs, strict=True)])
+        if self._batch_time_first:  # [batch, time, ...]: the contract's layout, a view with no call
+            inputs = (row.inputs[0][np.newaxis],)
+        else:
+            inputs = tuple(
+                [layout.one_input(spec, x) for spec, x in zip(self._inputs, row.inputs, strict=True)]
+            )
         lengths = _lengths(row.steps) if self._padded else None
-        outputs, new_states = self._compute(inputs, layout.one_state(row.states, axes), lengths, row.key, 1)
-        return self.kind.answer_one(outputs, layout.row_states(new_states, axes, 0))
+        outputs, new_states = self._compute(
+            inputs, layout.one_state(row.states, self._state_axes), lengths, row.key, 1
+        )
+        return self.kind.answer_one(
+            outputs, tuple([s[index] for s, index in zip(new_states, self._lone_rows, strict=False)])
+        )
 
     def _run_group(self, rows: list[_Row]) -> list[RowAnswer]:
         lengths = np.fromiter((row.steps for row in rows), dtype=np.int32, count=len(rows))

@@ -36,10 +36,15 @@ def one_state(states: tuple[np.ndarray, ...], axes: tuple[int, ...]) -> tuple[np
     return tuple([np.ascontiguousarray(s[_NEW_AXIS[axis]]) for s, axis in zip(states, axes, strict=True)])
 
 
+def row_index(axis: int, index: int) -> tuple:
+    """The indexer of row `index` along `axis`; the Ellipsis keeps a row of a [batch] tensor a 0-d array (a
+    view), not a numpy scalar."""
+    return (slice(None),) * axis + (index, Ellipsis)
+
+
 def row_states(states: tuple[np.ndarray, ...], axes: tuple[int, ...], index: int) -> tuple[np.ndarray, ...]:
     """Row `index`'s state out of the call's (views)."""
-    # The Ellipsis keeps a row of a [batch] state a 0-d array (a view), not a numpy scalar.
-    return tuple(s[(slice(None),) * axis + (index, Ellipsis)] for s, axis in zip(states, axes, strict=True))
+    return tuple(s[row_index(axis, index)] for s, axis in zip(states, axes, strict=True))
 
 
 def batch_input(spec: StreamInputDecl, rows: list[np.ndarray], steps: int) -> np.ndarray:

@@ -89,6 +89,9 @@ class ModelRuntime:
         self.output_names = [*self.answer_names, *(s.output for s in d.states)]
         lengths = {t.name: t for t in graph_in}.get(d.lengths) if d.lengths else None
         self.lengths_dtype = None if lengths is None else np.dtype(lengths.dtype)
+        self._lengths_name = d.lengths if lengths is not None else None
+        self._lengths_int32 = self.lengths_dtype == np.int32  # the batcher's lengths are int32
+        self._answers = len(self.answer_names)
         # One row per state tensor, shared read-only by every new stream.
         self.zero_state: tuple[np.ndarray, ...] = tuple(s.zero_row(model_path.parent) for s in d.states)
         self.state_nbytes = sum(s.nbytes for s in self.zero_state)
@@ -146,17 +149,21 @@ class ModelRuntime:
         """One call: stream inputs and states in the graph's layout (batch and time on their declared
         axes), `lengths` [B] when the graph takes them, `key` the rows' constants -> the answer outputs by
         name, and the new states."""
-        feeds = dict(zip(self.input_names, inputs, strict=True))
-        feeds.update(zip(self.state_names, states, strict=True))
-        if self.lengths_dtype is not None:
-            feeds[self.declaration.lengths] = (
-                lengths if lengths.dtype == self.lengths_dtype else lengths.astype(self.lengths_dtype)
-            )
+        # Plain loops and no dtype comparison: a lone stream's every chunk passes here.
+        feeds = {}
+        for name, value in zip(self.input_names, inputs, strict=False):
+            feeds[name] = value
+        for name, value in zip(self.state_names, states, strict=False):
+            feeds[name] = value
+        if self._lengths_name is not None:
+            feeds[self._lengths_name] = lengths if self._lengths_int32 else lengths.astype(self.lengths_dtype)
         if key:
             feeds.update(self.constants(key))
         results = self.session.run(self.output_names, feeds)
-        answers = len(self.answer_names)
-        return dict(zip(self.answer_names, results[:answers], strict=True)), tuple(results[answers:])
+        answers = self._answers
+        if answers == 1:
+            return {self.answer_names[0]: results[0]}, tuple(results[1:])
+        return dict(zip(self.answer_names, results[:answers], strict=False)), tuple(results[answers:])
 
     def probe(self) -> None:
         """Two different rows run together must equal each run alone; if not (or the graph cannot run
