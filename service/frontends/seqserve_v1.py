@@ -40,6 +40,10 @@ class _StreamCall:
         self.labels: list[str] = []
 
     async def run(self) -> None:
+        # Response headers first, so a refusal travels as trailers after them: HAProxy 2.6 turns a
+        # trailers-only refusal of a stream the client still writes into CANCELLED, and this one less
+        # often (docs/operations.md, Running many replicas).
+        await self.context.send_initial_metadata(())
         first = await self.context.read()
         if first is grpc.aio.EOF:
             return
