@@ -11,6 +11,7 @@ a tensor: the tensor with its batch axis removed. Standard library and numpy onl
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -94,13 +95,17 @@ class StreamInputDecl:
         skipped = sum(a < axis for a in (self.batch_axis, self.time_axis) if a is not None)
         return axis - skipped + (self.time_axis is not None)
 
-    @property
+    @functools.cached_property
     def sent_shape(self) -> tuple[int, ...]:
         """One step as the client sends it: step_shape less the carried context (which the server adds)."""
         if not self.context or self.context_axis == self.time_axis:
             return self.step_shape
         axis = self.row_axis(self.context_axis) - (self.time_axis is not None)
         return tuple(d - self.context if i == axis else d for i, d in enumerate(self.step_shape))
+
+    @functools.cached_property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
 
     def zero_carry(self) -> np.ndarray | None:
         """What a stream carries before its first chunk: `context` zero items along the context axis."""

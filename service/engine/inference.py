@@ -321,9 +321,14 @@ def _run_frames(stream: StreamState, frames: tuple[np.ndarray, ...]) -> asyncio.
     """A frame model's chunk of n frames: n calls, each frame from the state the one before left; the
     chunk's answer is the kind's stack of the frames' answers. A stream that goes away stops the chain."""
     model = stream.model
+    count = frames[0].shape[0]
+    if count == 1:  # the common chunk: its one call's answer is the chunk's, with no chain of callbacks
+        frame = tuple(x[0] for x in frames)
+        if stream.carry is not None:
+            frame = _carried(stream, frame)
+        return model.batcher.submit(frame, stream.states, stream, stream.key)
     done = asyncio.get_running_loop().create_future()
     answers: list = []
-    count = frames[0].shape[0]
 
     def submit(index: int, states: tuple) -> None:
         frame = tuple(x[index] for x in frames)

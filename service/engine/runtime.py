@@ -82,6 +82,12 @@ class ModelRuntime:
             graph_tensors(self.session.get_outputs()),
         )
         self.declaration: Declaration = declarations.resolve(declared, graph_in, graph_out, str(model_path))
+        if info.task == DECLARED and self.declaration.rendering != "tensors":
+            raise declarations.DeclarationError(
+                f"{model_path}: rendering {self.declaration.rendering!r} is for seqserve's own exports, "
+                "whose model.json says what their outputs mean; a declared graph answers named tensors "
+                "(declare labels on an output to have its class scores rendered as labels too)"
+            )
         d = self.declaration
         self.state_names = tuple(s.input for s in d.states)
         self.input_names = tuple(i.name for i in d.inputs)

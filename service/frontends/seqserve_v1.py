@@ -102,6 +102,7 @@ class _StreamCall:
                 self.labels,
                 options.include_scores,
                 stream.checkpoint,
+                stream.model,
             )  # fmt: skip
         )
         stream.model.metrics.chunk_latency.observe(time.perf_counter() - received)
@@ -190,7 +191,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         for x, result in zip(sequences, results, strict=True):
             answered = response.results.add()
             if model.declared:
-                converters.fill_outputs(answered.outputs, result)
+                converters.fill_outputs(answered, result, model, x[0].shape[0] - 1, request.include_scores)
             else:
                 converters.fill_steps(
                     answered.results, result, x.shape[0] - 1, labels, request.include_scores

@@ -156,9 +156,19 @@ def _tensor(message: pb.Tensor, name: str, array: np.ndarray) -> None:
     message.data = tensors.to_bytes(array)
 
 
-def fill_outputs(container, answer: TensorAnswer) -> None:
+def fill_outputs(
+    result: pb.ChunkResult | pb.SequenceResult,
+    answer: TensorAnswer,
+    model: ServedModel,
+    last_step: int,
+    include_scores: bool,
+) -> None:
+    """A declared graph's answer: its named outputs, and for an output declared with labels one
+    StepResult per step (label, probabilities), as a classifier answers."""
     for name, array in answer.tensors.items():
-        _tensor(container.add(), name, array)
+        _tensor(result.outputs.add(), name, array)
+    for name, labels in model.kind.scored:
+        fill_steps(result.results, model.kind.classified(answer, name), last_step, labels, include_scores)
 
 
 def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:
@@ -276,16 +286,18 @@ def _fill_checkpoint(message: pb.Checkpoint, checkpoint: IssuedCheckpoint) -> No
 
 def chunk_response(
     chunk_index: int,
-    result: RowResult | None,
+    result: RowResult | TensorAnswer | None,
     last_step: int,
     labels: list[str],
     include_scores: bool,
     checkpoint: IssuedCheckpoint | None = None,
+    model: ServedModel | None = None,
 ) -> pb.StreamResponse:
+    """`model` is needed for a declared graph's answer (a TensorAnswer) only."""
     response = pb.StreamResponse()
     response.chunk.chunk_index = chunk_index
     if isinstance(result, TensorAnswer):
-        fill_outputs(response.chunk.outputs, result)
+        fill_outputs(response.chunk, result, model, last_step, include_scores)
     elif result is not None:
         fill_steps(response.chunk.results, result, last_step, labels, include_scores)
     if checkpoint is not None:

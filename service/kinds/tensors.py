@@ -1,10 +1,15 @@
 """The named-tensors kind: any declared graph's answer is its outputs, each row's slice by name, sliced to
 the row's valid steps along an output's time axis. A frame model's chunk of n frames is answered with
 each output stacked over the frames (a new leading axis of n).
+
+An output declared with labels holds class scores (logits) on its last axis: `classified` reads it as the
+classifier kind's answer (the label of each step, softmax probabilities), which front doors render beside
+the tensors.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +17,7 @@ import numpy as np
 from seqserve.declaration import Declaration, StreamInputDecl
 from seqserve.service.engine.errors import InvalidChunk, LimitExceeded
 from seqserve.service.engine.kind import KeptAnswer, States
+from seqserve.service.kinds.classifier import RowResult
 
 
 @dataclass(slots=True)
@@ -35,8 +41,13 @@ class Tensors:
             for o in declaration.outputs
         ]
         self._sliced = declaration.lengths is not None
+        # (name, labels) of the outputs that hold class scores
+        self.scored = tuple((o.name, list(o.labels)) for o in declaration.outputs if o.labels)
+        self._frames = declaration.frame_model
 
     def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> TensorAnswer:
+        if self._frames:  # one frame's answer keeps a leading axis of 1: the chunk's frames
+            return self.answer_rows(outputs, [1], [states])[0]
         # Ellipsis: a row of a [batch] output stays a 0-d array, not a numpy scalar.
         return TensorAnswer(
             {name: outputs[name][(slice(None),) * axis + (0, Ellipsis)] for name, axis, _ in self._outputs},
@@ -48,10 +59,13 @@ class Tensors:
     ) -> list[TensorAnswer]:
         answers = []
         for index, (steps, row_states) in enumerate(zip(lengths, states, strict=True)):
+            pick = index if not self._frames else slice(index, index + 1)
             tensors = {}
             for name, axis, time_axis in self._outputs:
-                row = outputs[name][(slice(None),) * axis + (index, Ellipsis)]
-                if time_axis is not None and self._sliced:
+                row = outputs[name][(slice(None),) * axis + (pick, Ellipsis)]
+                if self._frames and axis:  # the frame axis first, as a chunk's frames are stacked
+                    row = np.moveaxis(row, axis, 0)
+                elif time_axis is not None and self._sliced:
                     row = row[(slice(None),) * time_axis + (slice(0, steps),)]
                 tensors[name] = row
             answers.append(TensorAnswer(tensors, row_states))
@@ -59,15 +73,20 @@ class Tensors:
 
     @staticmethod
     def frames(answers: list[TensorAnswer]) -> TensorAnswer:
-        """A frame model's chunk: each output stacked over its frames, and the state after the last."""
-        if len(answers) == 1:
-            return TensorAnswer(
-                {name: row[np.newaxis] for name, row in answers[0].tensors.items()}, answers[0].states
-            )
+        """A frame model's chunk of several frames: each output's frames one after another, and the state
+        after the last (each frame's answer already has its leading axis of 1)."""
         names = answers[0].tensors
         return TensorAnswer(
-            {name: np.stack([a.tensors[name] for a in answers]) for name in names}, answers[-1].states
+            {name: np.concatenate([a.tensors[name] for a in answers]) for name in names}, answers[-1].states
         )
+
+    @staticmethod
+    def classified(answer: TensorAnswer, name: str) -> RowResult:
+        """Output `name`'s class scores as the classifier's answer: one label per step ([steps, classes],
+        a frame model's [frames, classes]), or one ([classes])."""
+        logits = answer.tensors[name]
+        logits = logits.reshape(1, -1) if logits.ndim < 2 else logits.reshape(-1, logits.shape[-1])
+        return RowResult(logits.argmax(axis=-1), None, answer.states, logits)
 
     def kept_answer(self, answer: TensorAnswer) -> KeptAnswer:
         raise NotImplementedError("named tensors are answered with every chunk; a checkpoint keeps none")
@@ -93,11 +112,7 @@ def check_inputs(
     steps = None
     for spec in declaration.inputs:
         x = arrays[spec.name]
-        if (
-            x.dtype != np.dtype(spec.dtype)
-            or x.ndim != 1 + len(spec.sent_shape)
-            or x.shape[1:] != spec.sent_shape
-        ):
+        if x.ndim == 0 or x.dtype != spec.numpy_dtype or x.shape[1:] != spec.sent_shape:
             raise InvalidChunk(
                 f"{what}: input {spec.name} is {x.dtype} {list(x.shape)}; model {model} expects "
                 f"{_expected(spec)}"
@@ -112,7 +127,9 @@ def check_inputs(
     if max_steps is not None and steps > max_steps:
         raise LimitExceeded(f"{what} has {steps} steps, the server's limit per chunk is {max_steps}")
     for spec, x in zip(declaration.inputs, out, strict=True):
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        # One reduction on the common path: a sum is finite when every value is (unless finite values
+        # overflow it, and then the exact check decides).
+        if x.dtype.kind == "f" and not (math.isfinite(np.add.reduce(x, axis=None)) or np.isfinite(x).all()):
             where = np.argwhere(~np.isfinite(x))[0].tolist()
             raise InvalidChunk(
                 f"{what}: input {spec.name} has {x[tuple(where)]} at {where}; expected finite values"

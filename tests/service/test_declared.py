@@ -31,6 +31,11 @@ def declared_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.six_states(root / "six" / "1")
     models.frame_model(root / "frames" / "1")
     models.frame_model(root / "frames-one" / "1", batch=1)
+    labeled = models.frame_model(root / "frames-labeled" / "1")  # the same weights (seeded), with labels
+    (labeled / "declaration.json").write_text(
+        json.dumps({"states": [{"input": "h", "output": "h_out"}], "inputs": [{"name": "frame"}],
+                    "outputs": [{"name": "score", "labels": ["quiet", "speech"]}]})
+    )  # fmt: skip
     return root
 
 
@@ -125,7 +130,7 @@ def _cases(repository: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("model", ["vad", "vad-one", "six", "frames", "frames-one"])
-def test_concurrent_streams_in_random_chunkings_equal_the_reference_loop(
+def test_concurrent_streams_in_random_chunkings_equal_the_reference_loop_exactly(
     declared_server: ServerThread, declared_repository: Path, model: str
 ) -> None:
     chunked, references, constants = _cases(declared_repository)[model]
@@ -138,7 +143,7 @@ def test_concurrent_streams_in_random_chunkings_equal_the_reference_loop(
         assert got.keys() == want.keys()
         for name in want:
             assert got[name].shape == want[name].shape
-            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_metadata_names_the_tensors_and_says_when_a_graph_runs_one_row_per_call(
@@ -185,7 +190,7 @@ def test_a_bad_chunk_is_invalid_argument_naming_the_input_and_the_others_go_on(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     for word in words:
         assert word in error.details()
-    np.testing.assert_allclose(good["output"], references[0]["output"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(good["output"], references[0]["output"])
 
 
 def test_bytes_that_do_not_match_the_shape_are_refused_with_both_counts(
@@ -346,7 +351,7 @@ def test_a_checkpoint_taken_mid_stream_resumes_on_a_second_server_to_the_same_an
         after = second.call(_stream(second.target, model, chunks[half:], resume_token=token))
         for name in want:
             got = np.concatenate([before[name], after[name]]) if name in after else before[name]
-            np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(got, want[name])
 
 
 @pytest.mark.parametrize("model", ["six", "frames", "vad-one"])
@@ -379,7 +384,7 @@ def test_tritonclient_sequences_give_the_tensors_seqserve_v1_gives(
         v1 = declared_server.call(_stream(declared_server.target, model, chunks, constants))
         for output in want:
             joined = np.concatenate(got[output]) if model == "six" else np.stack(got[output])
-            np.testing.assert_allclose(joined, want[output], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(joined, want[output])
             np.testing.assert_array_equal(joined, v1[output])
     client.close()
 
@@ -417,4 +422,76 @@ def test_classify_answers_whole_sequences_from_the_initial_state(
     for result, want in zip(response.results, references[:6], strict=True):
         got = {tensor.name: _array(tensor) for tensor in result.outputs}
         for name in want:
-            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_streams_with_different_constants_share_the_server_and_each_equals_its_own_loop(
+    declared_server: ServerThread, declared_repository: Path
+) -> None:
+    """Streams that chose sr 8000 and 16000 run at once; a call never mixes them, so each equals the loop
+    run at its own rate."""
+    chunked, _, _ = _cases(declared_repository)["vad"]
+    rates = [8000 if i % 2 else 16000 for i in range(len(chunked))]
+    references = [
+        models.vad_reference(
+            declared_repository / "vad" / "1", np.concatenate([c["input"] for c in chunks]), sr
+        )
+        for chunks, sr in zip(chunked, rates, strict=True)
+    ]
+
+    async def run_all() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(
+            _stream(declared_server.target, "vad", chunks, {"sr": np.array(sr, np.int64)})
+            for chunks, sr in zip(chunked, rates, strict=True)
+        ))  # fmt: skip
+
+    for got, want in zip(declared_server.call(run_all(), timeout_s=120), references, strict=True):
+        np.testing.assert_array_equal(got["output"], want["output"])
+    assert len(set(rates)) == 2 and not np.array_equal(references[0]["output"], references[1]["output"])
+
+
+def test_an_output_declared_with_labels_is_answered_as_labels_too(
+    declared_server: ServerThread, declared_repository: Path
+) -> None:
+    frames = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    scores = models.frame_reference(declared_repository / "frames-labeled" / "1", frames)["score"]
+
+    async def run() -> list[pb.StreamResponse]:
+        async with grpc.aio.insecure_channel(declared_server.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            requests = [
+                pb.StreamRequest(open=pb.StreamOpen(model="frames-labeled", include_scores=True)),
+                pb.StreamRequest(chunk=pb.StreamChunk(steps=2, tensors=[_tensor("frame", frames[:2])])),
+                pb.StreamRequest(chunk=pb.StreamChunk(steps=3, tensors=[_tensor("frame", frames[2:])])),
+                pb.StreamRequest(end=pb.StreamEnd()),
+            ]
+            return [response async for response in stub.Stream(iter(requests))]
+
+    chunks = [r.chunk for r in declared_server.call(run()) if r.HasField("chunk")]
+    steps = [s for chunk in chunks for s in chunk.results]
+    assert [s.step for s in steps] == [0, 1, 2, 3, 4]
+    assert [s.label for s in steps] == [["quiet", "speech"][i] for i in scores.argmax(axis=-1)]
+    softmax = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    softmax /= softmax.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose([list(s.scores) for s in steps], softmax, rtol=0, atol=1e-6)
+    assert np.concatenate([_array(c.outputs[0]) for c in chunks]).tolist() == scores.tolist()
+
+
+def test_a_declared_graph_cannot_borrow_the_classifier_rendering(
+    declared_repository: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from seqserve.contract import declared
+    from seqserve.service.engine.runtime import ModelRuntime
+
+    folder = Path(shutil.copytree(declared_repository / "six" / "1", tmp_path / "six"))
+    borrowed = {
+        "rendering": "classifier",
+        "state_patterns": [{"output": "{input}_out"}],
+        "inputs": [{"name": "x"}],
+        "outputs": [{"name": "y", "time_axis": 1, "labels": ["a", "b", "c"]}],
+    }
+    with pytest.raises(DeclarationError) as refused:
+        ModelRuntime(declared("six", 1), folder / "model.onnx", "cpu", 1, borrowed)
+    assert "rendering 'classifier' is for seqserve's own exports" in str(refused.value)
