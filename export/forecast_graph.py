@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from seqserve import contract
 from seqserve.contract import ModelInfo
-from seqserve.export.graph import _GraphBuilder, _recurrent_layers, set_metadata
+from seqserve.export.graph import _GraphBuilder, _recurrent_layers, finish_model
 from seqserve.training.forecaster import SCALE_FLOOR, SIGMA_FLOOR, Forecaster
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -174,20 +174,8 @@ def _finish(g: _GraphBuilder, info: ModelInfo, opset: int) -> onnx.ModelProto:
         (contract.OUTPUT_LEVEL, ["batch", 1]),
     ]
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outs]
-    graph = helper.make_graph(
-        g.nodes, f"seqserve_{info.name}", inputs, outputs, initializer=list(g.initializers.values())
-    )
-    opsets = [helper.make_opsetid("", opset)]
-    onnx_model = helper.make_model(
-        graph,
-        opset_imports=opsets,
-        producer_name="seqserve",
-        ir_version=helper.find_min_ir_version_for(opsets),
-    )
-    onnx_model.doc_string = (
+    description = (
         f"seqserve {info.cell} forecaster: {info.layers} layer(s) x {info.hidden} hidden, lags "
         f"{info.forecast['lags']}, periods {info.forecast['periods']}, season {info.forecast['season']}"
     )
-    set_metadata(onnx_model, info)
-    onnx.checker.check_model(onnx_model, full_check=True)
-    return onnx_model
+    return finish_model(g, info, inputs, outputs, opset, description)

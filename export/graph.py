@@ -250,6 +250,24 @@ def build_model(
     _head(g, body, _summary(g, body, y, y_h))
 
     inputs, outputs = _value_infos(info)
+    kind = "language model" if info.is_language_model else "classifier"
+    description = (
+        f"seqserve {info.task} {info.cell} {kind}: {info.layers} layer(s) x {info.hidden} hidden, "
+        f"{'bidirectional' if info.bidirectional else 'unidirectional'}, {info.features} features, "
+        f"{info.classes} classes"
+    )
+    return finish_model(g, info, inputs, outputs, opset, description)
+
+
+def finish_model(
+    g: _GraphBuilder,
+    info: ModelInfo,
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    opset: int,
+    description: str,
+) -> onnx.ModelProto:
+    """The built nodes as a checked model with the contract's metadata, as every exported graph ends."""
     graph = helper.make_graph(
         g.nodes, f"seqserve_{info.name}", inputs, outputs, initializer=list(g.initializers.values())
     )
@@ -260,12 +278,7 @@ def build_model(
         producer_name="seqserve",
         ir_version=helper.find_min_ir_version_for(opsets),
     )
-    kind = "language model" if info.is_language_model else "classifier"
-    onnx_model.doc_string = (
-        f"seqserve {info.task} {info.cell} {kind}: {info.layers} layer(s) x {info.hidden} hidden, "
-        f"{'bidirectional' if info.bidirectional else 'unidirectional'}, {info.features} features, "
-        f"{info.classes} classes"
-    )
+    onnx_model.doc_string = description
     set_metadata(onnx_model, info)
     onnx.checker.check_model(onnx_model, full_check=True)
     log.debug("built %s: %d nodes, opset %d", info.name, len(g.nodes), opset)

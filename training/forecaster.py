@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional
 
 from seqserve.contract import CELLS
+from seqserve.training.model import recurrent_layers
 
-_RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 FORECAST = "forecast"  # payload["kind"] of a forecaster's checkpoint.pt
 SCALE_FLOOR = 1e-6
 SIGMA_FLOOR = 1e-3
@@ -108,14 +108,8 @@ class Forecaster(nn.Module):
     def __init__(self, config: ForecasterConfig) -> None:
         super().__init__()
         self.config = config
-        rnn_kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
-        self.rnn = _RNN_CLASSES[config.cell](
-            input_size=config.features,
-            hidden_size=config.hidden,
-            num_layers=config.layers,
-            batch_first=True,
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            **rnn_kwargs,
+        self.rnn = recurrent_layers(
+            config.cell, config.features, config.hidden, config.layers, config.dropout
         )
         self.head = nn.Linear(config.hidden, 2)
 

@@ -63,20 +63,29 @@ class ModelConfig:
         return asdict(self)
 
 
+def recurrent_layers(
+    cell: str, features: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False
+) -> nn.Module:
+    """PyTorch's RNN, GRU or LSTM, batch first, as every model here stacks it (and the exporter maps it)."""
+    extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+    return _RNN_CLASSES[cell](
+        input_size=features,
+        hidden_size=hidden,
+        num_layers=layers,
+        batch_first=True,
+        bidirectional=bidirectional,
+        # PyTorch applies dropout between stacked layers only, never after the last.
+        dropout=dropout if layers > 1 else 0.0,
+        **extra,
+    )
+
+
 class SequenceClassifier(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        rnn_kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
-        self.rnn = _RNN_CLASSES[config.cell](
-            input_size=config.features,
-            hidden_size=config.hidden,
-            num_layers=config.layers,
-            batch_first=True,
-            bidirectional=config.bidirectional,
-            # PyTorch applies dropout between stacked layers only, never after the last.
-            dropout=config.dropout if config.layers > 1 else 0.0,
-            **rnn_kwargs,
+        self.rnn = recurrent_layers(
+            config.cell, config.features, config.hidden, config.layers, config.dropout, config.bidirectional
         )
         summary = config.hidden * config.directions
         self.norm: nn.Module = nn.LayerNorm(summary) if config.layer_norm else nn.Identity()
