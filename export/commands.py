@@ -203,8 +203,13 @@ def models_command(repository: Path) -> None:
         numbers = contract.list_versions(repository, name)
         for number in numbers:
             default = "default" if number == numbers[-1] else ""
+            folder = contract.version_dir(repository, name, number)
+            if not (folder / contract.METADATA_FILE).exists():  # a graph seqserve did not write
+                source = "declaration.json" if (folder / "declaration.json").is_file() else "inferred at load"
+                table.add_row(name, str(number), default, contract.DECLARED, f"graph ({source})", *["-"] * 4)
+                continue
             try:
-                info = contract.read_model_info(contract.version_dir(repository, name, number))
+                info = contract.read_model_info(folder)
             except contract.ContractError as exc:
                 broken += 1
                 table.add_row(name, str(number), default, f"[red]unreadable: {exc}[/red]", *["-"] * 5)

@@ -91,3 +91,21 @@ def test_models_flags_an_unreadable_version(model_repository, writable_repositor
     result = runner.invoke(app, ["models", "--repository", str(writable_repository)])
     assert result.exit_code == 1
     assert "unreadable" in result.stdout and "bms-gru" in result.stdout
+
+
+def test_models_lists_a_declared_graph_beside_the_exports(model_repository: Path, tmp_path: Path) -> None:
+    """A version with no model.json is a declared graph (served from its declaration.json, or from what the
+    graph's names say), not an unreadable one."""
+    import shutil
+
+    from bench import declared_models
+
+    repository = Path(shutil.copytree(model_repository, tmp_path / "repository"))
+    declared_models.vad(repository / "vad" / "1")
+    declared_models.frame_model(repository / "frames" / "1")
+    listing = runner.invoke(app, ["models", "--repository", str(repository)], env={"COLUMNS": "200"})
+    assert listing.exit_code == 0, listing.output
+    rows = {line.split("│")[1].strip(): line for line in listing.stdout.splitlines() if line.count("│") > 5}
+    assert "declared" in rows["vad"] and "graph (declaration.json)" in rows["vad"]
+    assert "declared" in rows["frames"] and "graph (inferred at load)" in rows["frames"]
+    assert "unreadable" not in listing.stdout
