@@ -5,7 +5,9 @@ The engine runs a call and hands the kind the graph's answer outputs (every outp
 for the call's rows, with each row's length
 and its state after its last step; the kind makes each row's answer from them. A stream keeps its latest
 answer, and a kind whose answers are not per step (a many-to-one classifier) says so: the stream's final
-answer is then its latest, and a checkpoint carries it.
+answer is then its latest, and a checkpoint carries it. The kind of a frame model (named tensors: the
+declaration refuses any other rendering for one) also says how several frames' answers make a chunk's
+(`frames`).
 
 The server's wiring gives the repository a `KindFor` (`seqserve.service.kinds.kind_for`), so no engine
 module imports a kind.
