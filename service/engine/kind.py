@@ -2,10 +2,10 @@
 rows of inputs and state; a kind (`service/kinds/`) says what a row's answer is.
 
 The engine runs a call and hands the kind the graph's answer outputs (every output that is not a state's)
-for the call's rows, with each row's length
-and its state after its last step; the kind makes each row's answer from them. A stream keeps its latest
-answer, and a kind whose answers are not per step (a many-to-one classifier) says so: the stream's final
-answer is then its latest, and a checkpoint carries it. The kind of a frame model (named tensors: the
+for the call's rows, with each row's length and its state after its last step; the kind makes each row's
+answer from them. A stream keeps its latest answer, and a kind whose answers are not per step (a
+many-to-one classifier) says so: the stream's final answer is then its latest, and a checkpoint carries
+it. The kind of a frame model (named tensors: the
 declaration refuses any other rendering for one) also says how several frames' answers make a chunk's
 (`frames`).
 
