@@ -87,8 +87,10 @@ def write_version(
         text = json.dumps(declaration, indent=2) + "\n"
         write_synced(staging / declarations.DECLARATION_FILE, text.encode())
         sync_folder(staging)
-        _replace(staging, folder)
+        retired = move_into_place(staging, folder)
         sync_folder(folder.parent)
+        if retired is not None:
+            shutil.rmtree(retired)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -118,9 +120,10 @@ def sync_folder(path: Path) -> None:
         os.close(descriptor)
 
 
-def _replace(staging: Path, folder: Path) -> None:
-    """Rename `staging` to `folder`; an existing folder (--force) steps aside first and goes once the new
-    one is in place, or comes back if the rename fails."""
+def move_into_place(staging: Path, folder: Path) -> Path | None:
+    """Rename `staging` to `folder`. An existing folder steps aside first (a folder cannot be renamed over a
+    non-empty one) and its new path is returned for the caller to remove, or comes back if the rename
+    fails."""
     retired = folder.with_name(f".old-{folder.name}-{uuid.uuid4().hex}") if folder.exists() else None
     if retired is not None:
         folder.rename(retired)
@@ -130,5 +133,4 @@ def _replace(staging: Path, folder: Path) -> None:
         if retired is not None:
             retired.rename(folder)
         raise
-    if retired is not None:
-        shutil.rmtree(retired)
+    return retired

@@ -20,7 +20,7 @@ import onnx
 from seqserve import contract
 from seqserve import declaration as declarations
 from seqserve.contract import ModelInfo
-from seqserve.export.declared_version import sync_folder, write_synced
+from seqserve.export.declared_version import move_into_place, sync_folder, write_synced
 from seqserve.export.errors import ExportInputError
 
 log = logging.getLogger(__name__)
@@ -75,20 +75,9 @@ def _stage(staging: Path, files: VersionFiles) -> ModelInfo:
 
 def _move_into_place(staging: Path, target: Path, force: bool) -> Path | None:
     """Rename `staging` to `target`; an existing target (force) steps aside and its new path is returned."""
-    retired = None
-    if target.exists():
-        if not force:
-            raise ExportInputError(f"{target} appeared while exporting; pass --force to replace it")
-        # A folder cannot be renamed over a non-empty one, so the old version steps aside first.
-        retired = target.with_name(f".old-{target.name}-{uuid.uuid4().hex}")
-        target.rename(retired)
-    try:
-        staging.rename(target)
-    except BaseException:
-        if retired is not None:
-            retired.rename(target)
-        raise
-    return retired
+    if target.exists() and not force:
+        raise ExportInputError(f"{target} appeared while exporting; pass --force to replace it")
+    return move_into_place(staging, target)
 
 
 def write_versions(
