@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from seqserve.service.client.answers import Answer as Answer
     from seqserve.service.client.answers import Classification as Classification
     from seqserve.service.client.answers import Ended as Ended
+    from seqserve.service.client.answers import Forecast as Forecast
     from seqserve.service.client.answers import ModelInfo as ModelInfo
     from seqserve.service.client.client import AsyncClient as AsyncClient
     from seqserve.service.client.streams import AsyncStream as AsyncStream
@@ -27,6 +28,7 @@ _CLIENT = {
     "AsyncStream": "seqserve.service.client.streams",
     "Answer": "seqserve.service.client.answers",
     "Ended": "seqserve.service.client.answers",
+    "Forecast": "seqserve.service.client.answers",
     "Classification": "seqserve.service.client.answers",
     "ModelInfo": "seqserve.service.client.answers",
 }

@@ -362,6 +362,9 @@ def serve(
     max_generate_tokens: Annotated[
         int, typer.Option(help="Most tokens one Generate call may ask for (language models).", min=1)
     ] = 2048,
+    max_forecast_steps: Annotated[
+        int, typer.Option(help="Most steps one forecast may ask for (forecasters).", min=1)
+    ] = 2016,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, generate, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

@@ -7,6 +7,7 @@ See docs/design.md section 2. This module imports only the standard library so t
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -299,6 +300,25 @@ def forecaster_declaration(info: ModelInfo) -> dict[str, Any]:
         "lengths": INPUT_LENGTHS,
         "outputs": [{"name": name, "batch_axis": 0, "time_axis": 1} for name in (OUTPUT_LOC, OUTPUT_SCALE)],
     }
+
+
+def calendar_clock(start_unix_s: float, forecast: dict[str, Any]) -> float:
+    """A forecaster stream's initial `clock` (its calendar position, in steps) when its first observation
+    is at `start_unix_s`: steps since the model's `calendar_origin` (phase 0 of every period), every `step_seconds`,
+    reduced modulo the periods' common cycle when they are whole steps (float32 keeps the phase exact). 0
+    for a model without a calendar."""
+    import datetime
+
+    step, origin, periods = (forecast.get(k) for k in ("step_seconds", "calendar_origin", "periods"))
+    if not step or not origin or not periods:
+        return 0.0
+    at = datetime.datetime.fromisoformat(origin)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=datetime.UTC)
+    steps = (start_unix_s - at.timestamp()) / step
+    if all(float(p).is_integer() for p in periods):
+        return float(steps % math.lcm(*(int(p) for p in periods)))
+    return float(steps)
 
 
 # --- Repository layout (Triton's): <repo>/<model>/<version>/model.onnx + model.json -----------------

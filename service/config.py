@@ -48,6 +48,7 @@ class ServerConfig:
     auth_tokens_file: Path | None = None
     max_streams_per_token: int = 0  # 0: only max_streams bounds a token's streams
     max_generate_tokens: int = 2048  # most tokens one Generate call may ask for
+    max_forecast_steps: int = 2016  # most steps one forecast may ask for (6 weeks of half-hours)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -64,6 +65,7 @@ class ServerConfig:
             "workers": self.workers,
             "checkpoint_ttl_s": self.checkpoint_ttl_s,
             "max_generate_tokens": self.max_generate_tokens,
+            "max_forecast_steps": self.max_forecast_steps,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -151,3 +151,22 @@ class GenerationEnd:
 def generation_end(ended: pb.GenerateEnded, pieces: int) -> GenerationEnd:
     reason = pb.GenerateStopReason.Name(ended.reason).removeprefix("GENERATE_STOP_REASON_").lower()
     return GenerationEnd(reason, ended.tokens, ended.stop, pieces)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A forecaster's next `horizon` values: each step's Normal(mean, scale^2) and the quantiles asked."""
+
+    from_step: int  # observations the forecast follows (the stream step of mean[0])
+    mean: np.ndarray  # float32 [horizon]
+    scale: np.ndarray  # float32 [horizon]
+    quantiles: dict[float, np.ndarray]  # level -> float32 [horizon], in the order asked
+
+    @classmethod
+    def from_message(cls, forecast: pb.Forecast) -> Forecast:
+        return cls(
+            forecast.from_step,
+            np.asarray(forecast.mean, dtype=np.float32),
+            np.asarray(forecast.scale, dtype=np.float32),
+            {q.level: np.asarray(q.values, dtype=np.float32) for q in forecast.quantiles},
+        )

@@ -25,6 +25,7 @@ from seqserve.errors import ClientClosed, error_for
 from seqserve.service.client.answers import (
     Answer,
     Classification,
+    Forecast,
     GenerationEnd,
     ModelInfo,
     generation_end,
@@ -32,11 +33,14 @@ from seqserve.service.client.answers import (
 from seqserve.service.client.channels import ClientSecurity, open_channel
 from seqserve.service.client.messages import (
     CLASSIFY,
+    FORECAST,
     GENERATE,
     GET_MODEL,
     HEALTH_CHECK,
     LIST_MODELS,
     STREAM,
+    forecast_ask,
+    forecast_series,
     health_request,
     health_status,
     sequence_message,
@@ -73,6 +77,9 @@ class _Target:
         )
         self.classify = channel.unary_unary(
             CLASSIFY, request_serializer=serialize, response_deserializer=pb.ClassifyResponse.FromString
+        )
+        self.forecast = channel.unary_unary(
+            FORECAST, request_serializer=serialize, response_deserializer=pb.ForecastResponse.FromString
         )
         self.generate = channel.unary_stream(
             GENERATE, request_serializer=serialize, response_deserializer=pb.GenerateResponse.FromString
@@ -200,12 +207,14 @@ class AsyncClient:
         probabilities: bool = False,
         final_only: bool = False,
         idle_timeout_s: float | None = None,
+        start_unix_s: float | None = None,
         timeout: float | None = None,
     ) -> AsyncStream:
         """A stream to `model`; it opens on the first send. `checkpoint_every`: a signed checkpoint with
         every Nth answer (the server needs a state key), so a resume resends at most N chunks.
         `probabilities`: every class's probability with each label. `final_only`: chunks answered with
-        empty answers, the label only at end. `timeout`: the whole stream's deadline."""
+        empty answers, the label only at end. `start_unix_s` (forecasters): the time of the first
+        observation, which sets the calendar's phase. `timeout`: the whole stream's deadline."""
         check_options(checkpoint_every, idle_timeout_s)
         opening = pb.StreamOpen(
             model=model, version=version, include_scores=probabilities,
@@ -213,6 +222,8 @@ class AsyncClient:
             idle_timeout_ms=0 if idle_timeout_s is None else max(1, round(idle_timeout_s * 1000)),
             checkpoint_every_chunks=checkpoint_every,
         )  # fmt: skip
+        if start_unix_s is not None:
+            opening.start_unix_s = start_unix_s
         methods = [target.stream() for target in self._targets()]
         return AsyncStream(methods, opening, self._deadline(timeout), self._check_open)
 
@@ -252,6 +263,34 @@ class AsyncClient:
         """One whole sequence's answer (Classify of one)."""
         found = await self.classify(model, [x], version=version, probabilities=probabilities, timeout=timeout)
         return found[0]
+
+    async def forecast(
+        self,
+        model: str,
+        histories: Sequence[np.ndarray | Sequence[float]],
+        *,
+        horizon: int,
+        quantiles: Sequence[float] = (),
+        start_unix_s: Sequence[float | None] | None = None,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> list[Forecast]:
+        """A forecaster's next `horizon` values after each history (float [steps], oldest first), in one
+        call: one Forecast per history. `start_unix_s`: each history's first time (the calendar phase)."""
+        starts = list(start_unix_s) if start_unix_s is not None else [None] * len(histories)
+        if len(starts) != len(histories):
+            raise ValueError(f"{len(starts)} start times for {len(histories)} histories; expected one each")
+        request = pb.ForecastRequest(
+            model=model, version=version, ask=forecast_ask(horizon, quantiles),
+            series=[forecast_series(h, start) for h, start in zip(histories, starts, strict=True)],
+        )  # fmt: skip
+        deadline = self._deadline(timeout)
+
+        async def call(target: _Target) -> pb.ForecastResponse:
+            response: pb.ForecastResponse = await target.forecast(request, timeout=deadline)
+            return response
+
+        return [Forecast.from_message(f) for f in (await self._unary(call)).forecasts]
 
     def generate(
         self,

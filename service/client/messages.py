@@ -21,6 +21,7 @@ CLASSIFY = SERVICE + "Classify"
 LIST_MODELS = SERVICE + "ListModels"
 GET_MODEL = SERVICE + "GetModel"
 GENERATE = SERVICE + "Generate"
+FORECAST = SERVICE + "Forecast"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 _FLOAT32 = np.dtype("<f4")
@@ -107,3 +108,20 @@ def health_status(raw: bytes) -> str:
 def status_error(error: grpc.aio.AioRpcError) -> SeqserveError:
     """The seqserve.errors exception for a failed call: its status code's name and the server's message."""
     return error_for(error.code().name, error.details() or "")
+
+
+def forecast_ask(horizon: int, quantiles: Sequence[float]) -> pb.ForecastAsk:
+    return pb.ForecastAsk(horizon=horizon, quantiles=list(quantiles))
+
+
+def forecast_series(history: np.ndarray | Sequence[float], start_unix_s: float | None) -> pb.ForecastSeries:
+    """One history, float [steps] (or [steps, 1]) oldest first; refused before any call when not 1-D."""
+    values = np.asarray(history, dtype=np.float32)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"history has shape {values.shape}: expected [steps] observations")
+    series = pb.ForecastSeries(values=values.tolist())
+    if start_unix_s is not None:
+        series.start_unix_s = start_unix_s
+    return series

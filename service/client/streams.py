@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 
 from seqserve.errors import ClientClosed, InvalidArgument, SeqserveError, error_for
-from seqserve.service.client.answers import Answer, Ended, ModelInfo
-from seqserve.service.client.messages import END, chunk_request, open_request
+from seqserve.service.client.answers import Answer, Ended, Forecast, ModelInfo
+from seqserve.service.client.messages import END, chunk_request, forecast_ask, open_request
 from seqserve.v1 import seqserve_pb2 as pb
 
 StreamMethod = grpc.aio.StreamStreamMultiCallable[bytes, pb.StreamResponse]
@@ -173,6 +173,28 @@ class AsyncStream:
                 yield answer
         finally:
             writer.cancel()
+
+    async def forecast(self, horizon: int, quantiles: Sequence[float] = ()) -> Forecast:
+        """A forecaster's next `horizon` values from the stream's state as it stands (which the forecast
+        leaves untouched). Read every chunk's answer first."""
+        self._usable()
+        if self._delivered < self._sent:
+            raise ValueError(
+                f"{self._sent - self._delivered} chunk answer(s) not read yet; read them before a forecast"
+            )
+        request = pb.StreamRequest(forecast=forecast_ask(horizon, quantiles)).SerializeToString()
+        while True:
+            try:
+                call = self._call or await self._connect()
+                async with self._writing:
+                    await self._write(call, request)
+                response = await self._read(call)
+                if not response.HasField("forecast"):
+                    raise self._ended_early(response)
+                self._progress += 1
+                return Forecast.from_message(response.forecast)
+            except _Failed as failed:
+                await self._move(failed)
 
     async def end(self) -> Ended:
         """End the stream; the final answer (many-to-one: the label after the last step)."""

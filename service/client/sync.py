@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
 
-from seqserve.service.client.answers import Answer, Classification, Ended, GenerationEnd, ModelInfo
+import numpy as np
+
+from seqserve.service.client.answers import (
+    Answer,
+    Classification,
+    Ended,
+    Forecast,
+    GenerationEnd,
+    ModelInfo,
+)
 from seqserve.service.client.channels import ClientSecurity
 from seqserve.service.client.client import AsyncClient, AsyncGeneration
 from seqserve.service.client.loop import run_on_loop
@@ -79,6 +88,7 @@ class Client:
         probabilities: bool = False,
         final_only: bool = False,
         idle_timeout_s: float | None = None,
+        start_unix_s: float | None = None,
         timeout: float | None = None,
     ) -> Stream:
         """A stream to `model` (see AsyncClient.stream); use it in `with`."""
@@ -86,7 +96,8 @@ class Client:
         async def make() -> AsyncStream:
             return self._client.stream(
                 model, version=version, checkpoint_every=checkpoint_every, probabilities=probabilities,
-                final_only=final_only, idle_timeout_s=idle_timeout_s, timeout=timeout,
+                final_only=final_only, idle_timeout_s=idle_timeout_s, start_unix_s=start_unix_s,
+                timeout=timeout,
             )  # fmt: skip
 
         return Stream(run_on_loop(make()))
@@ -119,6 +130,30 @@ class Client:
         """One whole sequence's answer (Classify of one)."""
         return run_on_loop(
             self._client.predict(model, x, version=version, probabilities=probabilities, timeout=timeout)
+        )
+
+    def forecast(
+        self,
+        model: str,
+        histories: Sequence[np.ndarray | Sequence[float]],
+        *,
+        horizon: int,
+        quantiles: Sequence[float] = (),
+        start_unix_s: Sequence[float | None] | None = None,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> list[Forecast]:
+        """A forecaster's next `horizon` values after each history, in one call (see AsyncClient)."""
+        return run_on_loop(
+            self._client.forecast(
+                model,
+                histories,
+                horizon=horizon,
+                quantiles=quantiles,
+                start_unix_s=start_unix_s,
+                version=version,
+                timeout=timeout,
+            )  # fmt: skip
         )
 
     def generate(
@@ -187,6 +222,10 @@ class Stream:
     def answers(self, chunks: Iterable[Chunk]) -> Iterator[Answer]:
         """Every chunk's answer, in order, with chunks written ahead of their answers."""
         return _blocking(self._stream.answers(chunks))
+
+    def forecast(self, horizon: int, quantiles: Sequence[float] = ()) -> Forecast:
+        """The next `horizon` values from the stream's state, which stays as it was (forecasters)."""
+        return run_on_loop(self._stream.forecast(horizon, quantiles))
 
     def end(self) -> Ended:
         """End the stream; the final answer."""

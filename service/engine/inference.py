@@ -158,12 +158,12 @@ class InferenceEngine:
         held_state = [(s.dtype.name, s.shape) for s in (*snapshot.states, *snapshot.carry)]
         zero_carry = [c for c in served.runtime.zero_carry or () if c is not None]
         served_state = [(s.dtype.name, s.shape) for s in (*served.runtime.zero_state, *zero_carry)]
-        classes = None if snapshot.answer is None else snapshot.answer[1].shape[-1]
+        kept = None if snapshot.answer is None else snapshot.answer[1].shape[-1]
         if (
             info.sha256 != held.sha256
             or held_state != served_state
             or len(snapshot.constants) != len(served.runtime.declaration.constants)
-            or classes not in (None, info.classes)
+            or kept not in (None, served.kind.kept_size)
             or not served.streamable
         ):
             raise BadResumeToken(
@@ -181,7 +181,7 @@ class InferenceEngine:
         if self.keys is None or not model.streamable:
             return None
         info = model.runtime.info
-        last = None if model.kind.answers_every_step else stream.last
+        last = stream.last if model.kind.keeps_answer else None
         expires_at = int(time.time() + self.config.checkpoint_ttl_s)
         snapshot = StreamSnapshot(
             model=checkpoints.ModelIdentity(info.name, info.version, info.sha256),

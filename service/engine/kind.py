@@ -23,7 +23,8 @@ import numpy as np
 from seqserve.declaration import Declaration
 
 States = tuple[np.ndarray, ...]
-# What a checkpoint keeps of a stream's latest answer: label index, scores and logits (each [classes]).
+# What a checkpoint keeps of a stream's latest answer: an index and two float32 vectors of `kept_size`
+# (a classifier's label index, scores and logits).
 KeptAnswer = tuple[int, np.ndarray, np.ndarray]
 
 
@@ -38,6 +39,11 @@ class ModelKind(Protocol):
     # Every step answered with its chunk (many-to-many, a language model); else one running answer per
     # chunk, the latest being the stream's final answer (many-to-one).
     answers_every_step: bool
+    # A checkpoint carries the stream's latest answer (`kept_answer`): a many-to-one classifier's running
+    # label, a forecaster's next-value distribution (where its forecasts start). `kept_size` is the
+    # length of each of the kept vectors, which a resume checks against the served model.
+    keeps_answer: bool
+    kept_size: int
 
     def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> RowAnswer:
         """A lone row's answer: `outputs` are the call's answer outputs by name, batch axis of 1 still on."""
@@ -51,7 +57,7 @@ class ModelKind(Protocol):
         ...
 
     def kept_answer(self, answer: RowAnswer) -> KeptAnswer:
-        """What a checkpoint carries of a stream's latest answer (kinds whose answers are not per step)."""
+        """What a checkpoint carries of a stream's latest answer (kinds that keep one)."""
         ...
 
     def restored_answer(self, kept: KeptAnswer, states: States) -> RowAnswer:

@@ -107,6 +107,7 @@ class ModelMetrics:
     batch_size: HotHistogram
     checkpoints: Counter
     resumes: Counter
+    forecast_steps: HotCounter
 
     def totals(self) -> ModelTotals:
         return ModelTotals(
@@ -167,6 +168,10 @@ class ServiceMetrics:
         )
         self.checkpoints = Counter(
             "seqserve_checkpoints", "State checkpoints issued (every Nth chunk, drain, idle timeout).",
+            _MODEL, registry=r,
+        )  # fmt: skip
+        self.forecast_steps = Counter(
+            "seqserve_forecast_steps", "Forecast steps answered (forecasts on streams and Forecast calls).",
             _MODEL, registry=r,
         )  # fmt: skip
         self.resumes = Counter(
@@ -241,6 +246,7 @@ class ServiceMetrics:
             batch_size=HotHistogram(self.batch_size.labels(*labels)),
             checkpoints=self.checkpoints.labels(*labels),
             resumes=self.resumes.labels(*labels),
+            forecast_steps=HotCounter(self.forecast_steps.labels(*labels)),
         )
 
     def resume_refused(self, reason: str) -> None:

@@ -27,8 +27,6 @@ from seqserve.contract import (
     ContractError,
     ModelInfo,
     declaration_for,
-    input_names,
-    output_names,
 )
 from seqserve.declaration import Declaration, GraphTensor
 from seqserve.service.engine import layout
@@ -109,7 +107,14 @@ class ModelRuntime:
     def _check_signature(self, model_path: Path) -> None:
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
-        want_in, want_out = input_names(self.info.cell, self.info.task), output_names(self.info.cell)
+        # The names seqserve's exporter writes for this task (contract.declaration_for says them all).
+        written = declaration_for(self.info)
+        want_in = (
+            *(i["name"] for i in written["inputs"]),
+            *(s["input"] for s in written["states"]),
+            written["lengths"],
+        )
+        want_out = (*(o["name"] for o in written["outputs"]), *(s["output"] for s in written["states"]))
         if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(want_out):
             raise ContractError(
                 f"{model_path}: inputs {got_in} / outputs {got_out}, the contract for a {self.info.cell} "

@@ -21,6 +21,7 @@ from seqserve.service.engine import (
     StreamState,
 )
 from seqserve.service.frontends import seqserve_v1_converters as converters
+from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds import language_model as generation
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -63,18 +64,25 @@ class _StreamCall:
             else None,
         )
         self.labels = stream.model.runtime.info.labels
+        if first.open.HasField("start_unix_s") and not first.open.resume_token:
+            forecasting.start_at(stream, first.open.start_unix_s)
         await self.context.write(converters.opened(stream, bool(first.open.resume_token)))
         while True:
             request = await self._read()
             kind = None if request is grpc.aio.EOF else request.WhichOneof("kind")
             if kind == "chunk":
                 await self._chunk(request.chunk)
+            elif kind == "forecast":
+                answer = await forecasting.forecast_stream(
+                    self.engine, stream, converters.forecast_ask(request.forecast)
+                )
+                await self.context.write(pb.StreamResponse(forecast=converters.forecast(answer)))
             elif kind == "open":
                 raise OutOfOrder(f"open sent twice on stream {stream.id}; a stream is opened once")
             elif kind == "end" or request is grpc.aio.EOF:  # a half-close without end ends the stream too
                 break
             else:
-                raise InvalidChunk("empty StreamRequest; expected open, chunk or end")
+                raise InvalidChunk("empty StreamRequest; expected open, chunk, forecast or end")
         final = await self.engine.end(stream)
         # A cancelled client also reads as EOF here; its write fails, so the stream counts as cancelled.
         await self.context.write(
@@ -208,6 +216,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.GetModelResponse:  # noqa: N802
         model = self.engine.repository.resolve(request.model, request.version)
         return pb.GetModelResponse(model=converters.model_info(model))
+
+    async def Forecast(
+        self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForecastResponse:  # noqa: N802
+        model = self.engine.repository.resolve(request.model, request.version)
+        answers = await forecasting.forecast_histories(
+            self.engine, model, converters.histories(request), converters.forecast_ask(request.ask)
+        )
+        return pb.ForecastResponse(
+            model=converters.model_info(model), forecasts=[converters.forecast(a) for a in answers]
+        )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         model = self.engine.repository.resolve(request.model, request.version)

@@ -16,6 +16,7 @@ from seqserve.service.engine import (
 )
 from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
+from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds import language_model as generation
 from seqserve.service.kinds.classifier import RowResult
 from seqserve.service.kinds.tensors import TensorAnswer, check_inputs
@@ -50,7 +51,7 @@ def values_array(
     if 0 < steps <= (max_steps or steps) and len(values) == 4 * steps * features:
         x = np.frombuffer(values, dtype=_FLOAT32).reshape(steps, features)
         if all_finite(x):
-            return x
+            return x.reshape(steps) if model.kind.name == forecasting.Forecaster.name else x
     raise _problem(steps, values, model, f"{kind} {index}", max_steps)
 
 
@@ -171,6 +172,27 @@ def fill_outputs(
         fill_steps(result.results, model.kind.classified(answer, name), last_step, labels, include_scores)
 
 
+def forecast_ask(ask: pb.ForecastAsk) -> forecasting.ForecastAsk:
+    return forecasting.ForecastAsk(ask.horizon, tuple(ask.quantiles))
+
+
+def histories(request: pb.ForecastRequest) -> list[forecasting.History]:
+    return [
+        forecasting.History(
+            np.fromiter(series.values, dtype=_FLOAT32, count=len(series.values)),
+            series.start_unix_s if series.HasField("start_unix_s") else None,
+        )
+        for series in request.series
+    ]
+
+
+def forecast(answer: forecasting.ForecastAnswer) -> pb.Forecast:
+    message = pb.Forecast(from_step=answer.from_step, mean=answer.mean.tolist(), scale=answer.scale.tolist())
+    for level, values in zip(answer.levels, answer.quantiles, strict=True):
+        message.quantiles.add(level=level, values=values.tolist())
+    return message
+
+
 def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:
     return generation.GenerateParams(
         prompt=request.prompt,
@@ -215,7 +237,17 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         default_version=model.default,
         vocabulary=info.vocabulary,
         **(_declared_info(model) if model.declared else {}),
+        **(_forecast_info(info.forecast) if info.forecast else {}),
     )
+
+
+def _forecast_info(forecast: dict[str, object]) -> dict[str, object]:
+    return {
+        "forecast_horizon": forecast.get("horizon", 0),
+        "forecast_distribution": forecast.get("distribution", ""),
+        "forecast_calendar_origin": forecast.get("calendar_origin") or "",
+        "forecast_step_seconds": forecast.get("step_seconds") or 0.0,
+    }
 
 
 def _declared_info(model: ServedModel) -> dict[str, object]:

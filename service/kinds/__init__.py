@@ -11,6 +11,7 @@ from __future__ import annotations
 from seqserve.declaration import Declaration
 from seqserve.service.engine.kind import ModelKind
 from seqserve.service.kinds.classifier import Classifier
+from seqserve.service.kinds.forecaster import Forecaster
 from seqserve.service.kinds.language_model import LanguageModel
 from seqserve.service.kinds.tensors import Tensors
 
@@ -20,4 +21,6 @@ def kind_for(declaration: Declaration) -> ModelKind:
         return LanguageModel.of(declaration)
     if declaration.rendering == "classifier":
         return Classifier.of(declaration)
+    if declaration.rendering == "forecaster":
+        return Forecaster(declaration)
     return Tensors(declaration)

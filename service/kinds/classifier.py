@@ -65,15 +65,17 @@ class Classifier:
 
     name = "classifier"
 
-    def __init__(self, output: str, answers_every_step: bool) -> None:
+    def __init__(self, output: str, answers_every_step: bool, classes: int) -> None:
         self.output = output
         self.answers_every_step = answers_every_step
+        self.keeps_answer = not answers_every_step  # the running label
+        self.kept_size = classes
 
     @classmethod
     def of(cls, declaration: Declaration) -> Classifier:
         """The classifier over the declaration's output with labels."""
         scored = next(o for o in declaration.outputs if o.labels)
-        return cls(scored.name, scored.time_axis is not None)
+        return cls(scored.name, scored.time_axis is not None, len(scored.labels))
 
     def answer_one(self, outputs: dict[str, np.ndarray], states: States) -> RowResult:
         logits = outputs[self.output]

@@ -29,6 +29,8 @@ class TensorAnswer:
 class Tensors:
     name = "tensors"
     answers_every_step = True
+    keeps_answer = False
+    kept_size = 0
 
     def __init__(self, declaration: Declaration) -> None:
         # (name, batch axis, time axis after the batch axis is taken out, or None)

@@ -39,6 +39,7 @@ def serve_command(
     auth_tokens_file: Path | None,
     max_streams_per_token: int,
     max_generate_tokens: int,
+    max_forecast_steps: int,
 ) -> None:
     options = dict(locals())
     import asyncio
