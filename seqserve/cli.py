@@ -469,12 +469,49 @@ def predict(
         typer.Option(help="File for the predictions, .jsonl or .csv (default: JSON Lines on stdout)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+    horizon: Annotated[int, typer.Option(help="Forecasters: steps to forecast.", min=1)] = 48,
+    quantiles: Annotated[
+        str, typer.Option(help="Forecasters: quantile levels, comma-separated.")
+    ] = "0.1,0.5,0.9",
+    plot: Annotated[Path | None, typer.Option(help="Forecasters: also draw the forecasts (.png).")] = None,
 ) -> None:
-    """Predict offline, no server: labels and probabilities per sequence (or per step) for your data."""
+    """Predict offline, no server: labels and probabilities per sequence (or per step) for your data; a
+    forecaster's forecasts of each series in a history CSV (--data), as `seqserve forecast` writes them."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.service.offline import predict_command
 
     predict_command(**options)
+
+
+@app.command()
+def forecast(
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="Forecaster name.")] = ...,
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
+    data: Annotated[
+        Path, typer.Option(help="History CSV: timestamp,value (one series) or series,timestamp,value.")
+    ] = ...,
+    horizon: Annotated[
+        int, typer.Option(help="Steps to forecast after each series' last value.", min=1)
+    ] = 48,
+    quantiles: Annotated[str, typer.Option(help="Quantile levels, comma-separated.")] = "0.1,0.5,0.9",
+    output: Annotated[
+        Path | None, typer.Option(help="Forecast CSV: series,timestamp,mean,q<level>... (default: stdout).")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw history, forecast and band (.png).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+    tls: TlsFlag = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
+    token: Token = None,
+) -> None:
+    """Forecast each series of a history file with a forecaster on the server (one Forecast call)."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.client.commands import forecast_command
+
+    forecast_command(**options)
 
 
 @app.command()

@@ -14,8 +14,17 @@ import typer
 from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.predictions import SequencePrediction, softmax
-from seqserve.service.engine.errors import ModelNotFound
+from seqserve.service.engine import layout
+from seqserve.service.engine.errors import ModelNotFound, ServiceError
 from seqserve.service.engine.runtime import ModelRuntime
+from seqserve.service.kinds.forecaster import (
+    ForecastAnswer,
+    ForecastAsk,
+    History,
+    answer_of,
+    check_histories,
+    clocked,
+)
 
 
 def open_model(repository: Path, model: str, version: int = 0, device: str = "cpu") -> ModelRuntime:
@@ -68,6 +77,63 @@ def predict(
     return [answer for answer in answers if answer is not None]
 
 
+def forecast(runtime: ModelRuntime, histories: list[History], ask: ForecastAsk) -> list[ForecastAnswer]:
+    """A forecaster's rollout over every history at once, as the server computes it: the histories in one
+    call from the initial state (each at its calendar phase), then one call per further step with each
+    row's mean fed back."""
+    check_histories(runtime.info, histories, ask, max_steps=ask.horizon)
+    axes = tuple(state.batch_axis for state in runtime.declaration.states)
+    rows = [clocked(runtime, runtime.zero_state, history.start_unix_s) for history in histories]
+    states = layout.stack_states(rows, axes)
+    lengths = np.array([len(h.values) for h in histories], dtype=np.int32)
+    y = np.zeros((len(histories), int(lengths.max())), dtype=np.float32)
+    for row, history in enumerate(histories):
+        y[row, : lengths[row]] = history.values
+    loc = np.empty((len(histories), ask.horizon), dtype=np.float32)
+    scale = np.empty_like(loc)
+    outputs, states = runtime.run((y,), states, lengths)
+    last = np.arange(len(histories)), lengths - 1
+    loc[:, 0], scale[:, 0] = outputs[contract.OUTPUT_LOC][last], outputs[contract.OUTPUT_SCALE][last]
+    one_step = np.ones(len(histories), dtype=np.int32)
+    for step in range(1, ask.horizon):
+        outputs, states = runtime.run((np.ascontiguousarray(loc[:, step - 1 : step]),), states, one_step)
+        loc[:, step], scale[:, step] = (
+            outputs[contract.OUTPUT_LOC][:, 0],
+            outputs[contract.OUTPUT_SCALE][:, 0],
+        )
+    return [
+        answer_of(int(lengths[row]), loc[row], scale[row], ask.quantiles) for row in range(len(histories))
+    ]
+
+
+def _forecast_file(
+    runtime: ModelRuntime,
+    data: Path | None,
+    horizon: int,
+    quantiles: str,
+    output: Path | None,
+    plot: Path | None,
+) -> str:
+    from seqserve import forecasts
+
+    if data is None:
+        raise ValueError(f"model {runtime.info.name} is a forecaster: give its history CSV with --data")
+    histories = forecasts.read_histories(data)
+    names, stamps, values = histories
+    ask = ForecastAsk(horizon, forecasts.parse_levels(quantiles))
+    answers = forecast(
+        runtime,
+        [
+            History(v.astype(np.float32), forecasts.start_unix_s(s))
+            for v, s in zip(values, stamps, strict=True)
+        ],
+        ask,
+    )
+    return forecasts.finish(
+        output, plot, histories, [(a.mean, dict(zip(a.levels, a.quantiles, strict=True))) for a in answers]
+    )
+
+
 def predict_command(
     repository: Path,
     model: str,
@@ -78,6 +144,9 @@ def predict_command(
     seed: int,
     output: Path | None,
     force: bool,
+    horizon: int = 48,
+    quantiles: str = "0.1,0.5,0.9",
+    plot: Path | None = None,
 ) -> None:
     """Offline: the model in this process, predictions to a file (or JSON Lines on stdout)."""
     from seqserve.console import fail
@@ -90,9 +159,12 @@ def predict_command(
     output = checked_output(output, force)
     try:
         runtime = open_model(repository, model, version)
+        if runtime.info.task == contract.FORECAST:
+            typer.echo(_forecast_file(runtime, data, horizon, quantiles, output, plot), err=output is None)
+            return
         data_labels, sequences, targets = load_split(dataset, data, split, seed)
         answers = predict(runtime, sequences, in_model_order(targets, data_labels, runtime.info.labels))
-    except (ModelNotFound, ContractError, DataError, ValueError, OSError) as exc:
+    except (ServiceError, ContractError, DataError, ValueError, OSError) as exc:
         fail(str(exc))
     info = runtime.info
     per_step = info.task == "many_to_many"

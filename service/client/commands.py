@@ -163,3 +163,35 @@ def generate_command(
     result = _run_client(run())
     sys.stdout.write("\n")
     typer.echo(f"[{result.tokens} characters, stopped: {result.reason}]", err=True)
+
+
+def forecast_command(
+    target: str,
+    model: str,
+    version: int,
+    data: Path,
+    horizon: int,
+    quantiles: str,
+    output: Path | None,
+    plot: Path | None,
+    force: bool,
+    **security: Any,
+) -> None:
+    """Forecast every series of a history CSV with one Forecast call; write the CSV (and the picture)."""
+    from seqserve import forecasts
+    from seqserve.service.client.client import AsyncClient
+
+    output = checked_output(output, force)
+
+    async def run() -> str:
+        levels = forecasts.parse_levels(quantiles)
+        histories = forecasts.read_histories(data)
+        names, stamps, values = histories
+        async with AsyncClient(target, security=_security(security)) as client:
+            answers = await client.forecast(
+                model, values, horizon=horizon, quantiles=levels, version=version,
+                start_unix_s=[forecasts.start_unix_s(s) for s in stamps],
+            )  # fmt: skip
+        return forecasts.finish(output, plot, histories, [(a.mean, a.quantiles) for a in answers])
+
+    typer.echo(_run_client(run()), err=output is None)

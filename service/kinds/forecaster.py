@@ -33,6 +33,7 @@ from seqserve.service.engine.errors import Draining, InvalidChunk, LimitExceeded
 from seqserve.service.engine.inference import InferenceEngine
 from seqserve.service.engine.kind import KeptAnswer, States
 from seqserve.service.engine.repository import ServedModel
+from seqserve.service.engine.runtime import ModelRuntime
 from seqserve.service.engine.state import StreamState
 from seqserve.service.kinds.tensors import TensorAnswer, Tensors
 
@@ -83,12 +84,12 @@ def _last(answer: TensorAnswer) -> tuple[float, float]:
     return float(answer.tensors[contract.OUTPUT_LOC][-1]), float(answer.tensors[contract.OUTPUT_SCALE][-1])
 
 
-def check_ask(model: ServedModel, ask: ForecastAsk, max_steps: int) -> None:
+def check_ask(info: contract.ModelInfo, ask: ForecastAsk, max_steps: int) -> None:
     """Raises what is wrong with a forecast request, and what was expected."""
-    info = model.runtime.info
     if info.task != contract.FORECAST:
         raise WrongTask(
-            f"model {model.key} is a {info.task} model; a forecast needs a forecaster (task forecast)"
+            f"model {info.name}:{info.version} is a {info.task} model; a forecast needs a forecaster "
+            "(task forecast)"
         )
     if ask.horizon < 1:
         raise InvalidChunk(f"horizon is {ask.horizon}; expected 1 to {max_steps} steps")
@@ -101,7 +102,18 @@ def check_ask(model: ServedModel, ask: ForecastAsk, max_steps: int) -> None:
             raise InvalidChunk(f"quantile {index} is {level}; expected a level strictly between 0 and 1")
 
 
-def check_history(model: ServedModel, history: History, index: int) -> None:
+def check_histories(
+    info: contract.ModelInfo, histories: list[History], ask: ForecastAsk, max_steps: int
+) -> None:
+    """Raises what is wrong with a request to forecast whole histories."""
+    check_ask(info, ask, max_steps)
+    if not histories:
+        raise InvalidChunk("no series; expected at least 1 history to forecast from")
+    for index, history in enumerate(histories):
+        _check_history(history, index)
+
+
+def _check_history(history: History, index: int) -> None:
     values = history.values
     if values.size == 0:
         raise InvalidChunk(f"series {index} has no observations; expected at least 1")
@@ -120,19 +132,19 @@ def start_at(stream: StreamState, start_unix_s: float) -> None:
             f"start_unix_s given for model {stream.model.key}, a {info.task} model; only a forecaster "
             "(task forecast) has a calendar"
         )
-    stream.states = _clocked(stream.model, stream.states, start_unix_s)
+    stream.states = clocked(stream.model.runtime, stream.states, start_unix_s)
 
 
-def _clocked(model: ServedModel, states: States, start_unix_s: float | None) -> States:
+def clocked(runtime: ModelRuntime, states: States, start_unix_s: float | None) -> States:
+    """A state row with its calendar clock at the phase of `start_unix_s` (None: as it was)."""
     if start_unix_s is None:
         return states
-    forecast = model.runtime.info.forecast
     if not math.isfinite(start_unix_s):
         raise InvalidChunk(f"start_unix_s is {start_unix_s}; expected a finite Unix time")
-    names = [state.input for state in model.runtime.declaration.states]
+    names = list(runtime.state_names)
     if contract.INPUT_CLOCK not in names:
         return states
-    clock = contract.calendar_clock(start_unix_s, forecast)
+    clock = contract.calendar_clock(start_unix_s, runtime.info.forecast)
     index = names.index(contract.INPUT_CLOCK)
     changed = list(states)
     changed[index] = np.full_like(states[index], clock)
@@ -158,7 +170,9 @@ async def _roll_out(
     return loc, scale
 
 
-def _answer(from_step: int, loc: np.ndarray, scale: np.ndarray, levels: tuple[float, ...]) -> ForecastAnswer:
+def answer_of(
+    from_step: int, loc: np.ndarray, scale: np.ndarray, levels: tuple[float, ...]
+) -> ForecastAnswer:
     z = np.array([NormalDist().inv_cdf(level) for level in levels], dtype=np.float32)
     quantiles = loc[np.newaxis] + z[:, np.newaxis] * scale[np.newaxis]
     return ForecastAnswer(from_step, loc, scale, quantiles.astype(np.float32), levels)
@@ -166,11 +180,11 @@ def _answer(from_step: int, loc: np.ndarray, scale: np.ndarray, levels: tuple[fl
 
 async def forecast_stream(engine: InferenceEngine, stream: StreamState, ask: ForecastAsk) -> ForecastAnswer:
     """The next `ask.horizon` values of an open stream, from its state as it stands, which stays as it was."""
-    check_ask(stream.model, ask, engine.config.max_forecast_steps)
+    check_ask(stream.model.runtime.info, ask, engine.config.max_forecast_steps)
     if stream.last is None:
         raise OutOfOrder(f"stream {stream.id} has no observation yet; send a chunk before asking a forecast")
     loc, scale = await _roll_out(stream.model, stream.last, stream.states, stream.key, ask.horizon, stream)
-    return _answer(stream.steps, loc, scale, ask.quantiles)
+    return answer_of(stream.steps, loc, scale, ask.quantiles)
 
 
 async def forecast_histories(
@@ -178,11 +192,7 @@ async def forecast_histories(
 ) -> list[ForecastAnswer]:
     """Each history run from the model's initial state, then rolled forward: one stream of the state store
     each while it runs (so the stream limit, metrics and drain apply), all rows of the same calls."""
-    check_ask(model, ask, engine.config.max_forecast_steps)
-    if not histories:
-        raise InvalidChunk("no series; expected at least 1 history to forecast from")
-    for index, history in enumerate(histories):
-        check_history(model, history, index)
+    check_histories(model.runtime.info, histories, ask, engine.config.max_forecast_steps)
     if engine.store.draining:
         raise Draining("server is shutting down and takes no new requests; retry on another replica")
     idle_timeout_s, caller = engine.idle_timeout_s(0), current_caller()
@@ -192,7 +202,7 @@ async def forecast_histories(
         stream = engine.store.open(model, idle_timeout_s, caller)
         reason = "error"
         try:
-            states = _clocked(model, model.runtime.zero_state, history.start_unix_s)
+            states = clocked(model.runtime, model.runtime.zero_state, history.start_unix_s)
             model.metrics.steps.inc(history.values.shape[0])
             first = await model.batcher.infer(history.values, states, stream, key)
             loc, scale = await _roll_out(model, first, first.states, key, ask.horizon, stream)
@@ -202,6 +212,6 @@ async def forecast_histories(
             raise
         finally:
             engine.store.close(stream, reason)
-        return _answer(history.values.shape[0], loc, scale, ask.quantiles)
+        return answer_of(history.values.shape[0], loc, scale, ask.quantiles)
 
     return list(await asyncio.gather(*(one(history) for history in histories)))
