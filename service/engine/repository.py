@@ -73,6 +73,12 @@ class ServedModel:
         return self.runtime.info.task == contract.DECLARED
 
     @functools.cached_property
+    def named_tensors(self) -> bool:
+        """Its requests and answers are named tensors on the KServe V2 door: a declared graph, a forecaster
+        (`y` in, `loc` and `scale` out)."""
+        return self.runtime.info.task in (contract.DECLARED, contract.FORECAST)
+
+    @functools.cached_property
     def output_shapes(self) -> dict[str, list[int]]:
         """Each answer output's shape less its batch axis, as the graph declares it (-1: varies)."""
         graph = {o.name: o.shape for o in self.runtime.session.get_outputs()}

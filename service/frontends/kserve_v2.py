@@ -36,7 +36,9 @@ from seqserve.service.engine import (
 )
 from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.frontends.status import status_code
+from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds.classifier import RowResult
+from seqserve.service.kinds.tensors import TensorAnswer
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,11 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         control = converters.sequence_control(request)
         in_sequence = control.sequence_id is not None
         max_steps = self.engine.config.max_chunk_steps if in_sequence else None
+        ask = converters.forecast_ask(request, model)
+        if ask is not None:
+            forecasting.check_ask(model.runtime.info, ask, self.engine.config.max_forecast_steps)
         x = converters.input_array(request, model, in_sequence, max_steps)
-        outputs = converters.requested_outputs(request, model)
+        outputs = converters.requested_outputs(request, model, ask)
         admitted = _Admitted(request, model, outputs, in_sequence, received)
         if in_sequence:
             if answered is None:
@@ -131,13 +136,27 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 on_answer = admitted.settle
             else:
                 on_answer = functools.partial(answered, admitted)
+            if ask is not None:
+                on_answer = _then_forecast(model, ask, on_answer)
             sequence_id, start, end = control
             self.engine.sequences.submit(model, sequence_id, start, end, x[0], on_answer)
+        elif ask is not None:
+            start_unix_s = converters.forecast_start(request)
+            histories = [forecasting.History(row[0], start_unix_s) for row in x]
+            admitted.pending = asyncio.ensure_future(self._forecasts(model, histories, ask))
+            if answered is not None:
+                admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
         else:
             admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
             if answered is not None:
                 admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
         return admitted
+
+    async def _forecasts(
+        self, model: ServedModel, histories: list[forecasting.History], ask: forecasting.ForecastAsk
+    ) -> list[TensorAnswer]:
+        answers = await forecasting.forecast_histories(self.engine, model, histories, ask)
+        return [TensorAnswer(converters.forecast_tensors(answer), ()) for answer in answers]
 
     def _model(self, name: str, version: str) -> ServedModel:
         return self.engine.repository.resolve(name, converters.version_number(version))
@@ -308,6 +327,33 @@ class _InferStream:
                 self._make_room()
             await write(response)
             done(STREAM_RESPONSE, code)
+
+
+def _then_forecast(
+    model: ServedModel, ask: forecasting.ForecastAsk, on_answer: Callable[[Any, BaseException | None], None]
+) -> Callable[[Any, BaseException | None], None]:
+    """A sequence request that asks a forecast: its chunk's answer, then the forecast from the state after
+    it, as one answer (the chunk's outputs and the forecast's); the sequence's next request does not wait
+    for the forecast, which works on its own reference to that state."""
+
+    def answered(answer: Any, error: BaseException | None) -> None:
+        if error is not None:
+            on_answer(answer, error)
+            return
+        rollout = asyncio.ensure_future(forecasting.forecast_after(model, answer, ask))
+
+        def joined(done: asyncio.Future) -> None:
+            forecast, failed = outcome(done)
+            if failed is not None:
+                on_answer(None, failed)
+                return
+            on_answer(
+                TensorAnswer({**answer.tensors, **converters.forecast_tensors(forecast)}, answer.states), None
+            )
+
+        rollout.add_done_callback(joined)
+
+    return answered
 
 
 def _unimplemented(name: str):

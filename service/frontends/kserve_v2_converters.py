@@ -25,6 +25,7 @@ from seqserve.declaration import V2_DATATYPES
 from seqserve.service.engine import InvalidChunk, LimitExceeded, ModelTotals, SequenceId, ServedModel
 from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
+from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds.classifier import RowResult
 from seqserve.service.kinds.tensors import check_inputs
 
@@ -114,7 +115,7 @@ def input_array(
 ) -> np.ndarray | list[tuple[np.ndarray, ...]]:
     """float32 [batch, steps, features] from the request's one input; anything off raises what and why.
     A declared graph's request carries its named inputs: one chunk per batch row (`declared_rows`)."""
-    if model.declared:
+    if model.named_tensors:
         return declared_rows(request, model, in_sequence, max_steps)
     inputs = request.inputs
     tensor = inputs[0] if len(inputs) == 1 else None
@@ -199,11 +200,17 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
-def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> Requested:
-    """The outputs the client named, in its order; none named means all of them, as Triton does."""
+def requested_outputs(
+    request: pb.ModelInferRequest, model: ServedModel, ask: forecasting.ForecastAsk | None = None
+) -> Requested:
+    """The outputs the client named, in its order; none named means all of them, as Triton does. A forecast
+    request's are the forecast's (after the chunk's own, in a sequence)."""
     outputs = request.outputs
-    if model.declared:
+    if model.named_tensors:
         names = model.runtime.answer_names
+        if ask is not None:
+            in_sequence = sequence_control(request).sequence_id is not None
+            names = (*names, *FORECAST_OUTPUTS) if in_sequence else FORECAST_OUTPUTS
         unknown = [o.name for o in outputs if o.name not in names]
         if unknown:
             raise InvalidChunk(
@@ -221,6 +228,57 @@ def requested_outputs(request: pb.ModelInferRequest, model: ServedModel) -> Requ
             )
         requested.append(_classified(output, model) if output.parameters else name)
     return tuple(requested)
+
+
+# A forecaster's forecast on the V2 door: request parameters in, these outputs back (docs/triton.md).
+FORECAST_HORIZON, FORECAST_QUANTILES, FORECAST_START = (
+    "forecast_horizon",
+    "forecast_quantiles",
+    "start_unix_s",
+)
+FORECAST_OUTPUTS = ("forecast_mean", "forecast_scale", "forecast_quantiles")
+
+
+def forecast_ask(request: pb.ModelInferRequest, model: ServedModel) -> forecasting.ForecastAsk | None:
+    """The request's forecast parameters (None when it asks none); a bad one raises what and why."""
+    params = request.parameters
+    horizon = params.get(FORECAST_HORIZON)
+    if horizon is None:
+        for name in (FORECAST_QUANTILES, FORECAST_START):
+            if name in params:
+                raise InvalidChunk(f"parameter {name} without {FORECAST_HORIZON}; give the horizon too")
+        return None
+    kind = horizon.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidChunk(f"parameter {FORECAST_HORIZON} is a {kind}; expected an integer")
+    levels: tuple[float, ...] = ()
+    quantiles = params.get(FORECAST_QUANTILES)
+    if quantiles is not None:
+        if quantiles.WhichOneof("parameter_choice") != "string_param":
+            raise InvalidChunk(f'parameter {FORECAST_QUANTILES} must be a string such as "0.1,0.5,0.9"')
+        try:
+            levels = tuple(float(p) for p in quantiles.string_param.split(",") if p.strip())
+        except ValueError as exc:
+            raise InvalidChunk(
+                f"parameter {FORECAST_QUANTILES} is {quantiles.string_param!r}; expected numbers separated "
+                "by commas, such as 0.1,0.5,0.9"
+            ) from exc
+    return forecasting.ForecastAsk(int(getattr(horizon, kind)), levels)
+
+
+def forecast_start(request: pb.ModelInferRequest) -> float | None:
+    start = request.parameters.get(FORECAST_START)
+    if start is None:
+        return None
+    kind = start.WhichOneof("parameter_choice")
+    if kind not in ("double_param", "int64_param", "uint64_param"):
+        raise InvalidChunk(f"parameter {FORECAST_START} is a {kind}; expected a number (Unix seconds)")
+    return float(getattr(start, kind))
+
+
+def forecast_tensors(answer: forecasting.ForecastAnswer) -> dict[str, np.ndarray]:
+    """A forecast as named outputs: mean and scale [horizon], quantiles [horizon, levels]."""
+    return dict(zip(FORECAST_OUTPUTS, (answer.mean, answer.scale, answer.quantiles.T.copy()), strict=True))
 
 
 def _classified(
@@ -287,7 +345,7 @@ def fill_infer_response(
     rows' answers one after another [batch, ...]. Raw bytes are the rows' arrays back to back, which is
     the stacked array's C order, so nothing is stacked. A declared graph's: its named outputs, batch first."""
     info = model.runtime.info
-    if model.declared:
+    if model.named_tensors:
         _fill_tensors(response, request, model, rows, names)
         return
     many_to_many = info.task == "many_to_many"
@@ -410,7 +468,7 @@ def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataR
     response = pb.ModelMetadataResponse(
         name=info.name, versions=[str(v) for v in versions], platform=PLATFORM
     )
-    if model.declared:
+    if model.named_tensors:
         inputs, outputs = _declared_dims(model)
         for name, datatype, dims in inputs:
             response.inputs.add(name=name, datatype=datatype, shape=dims)
@@ -434,7 +492,7 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
         name=info.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
         default_model_filename="model.onnx",
     )  # fmt: skip
-    if model.declared:
+    if model.named_tensors:
         inputs, outputs = _declared_dims(model)
         for name, datatype, dims in inputs:
             config.input.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)

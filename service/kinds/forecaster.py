@@ -187,6 +187,13 @@ async def forecast_stream(engine: InferenceEngine, stream: StreamState, ask: For
     return answer_of(stream.steps, loc, scale, ask.quantiles)
 
 
+async def forecast_after(model: ServedModel, answer: TensorAnswer, ask: ForecastAsk) -> ForecastAnswer:
+    """The next `ask.horizon` values after a row's answer (a sequence request's chunk), from its state."""
+    key = model.runtime.declaration.constant_key({})
+    loc, scale = await _roll_out(model, answer, answer.states, key, ask.horizon, None)
+    return answer_of(0, loc, scale, ask.quantiles)
+
+
 async def forecast_histories(
     engine: InferenceEngine, model: ServedModel, histories: list[History], ask: ForecastAsk
 ) -> list[ForecastAnswer]:

@@ -361,3 +361,51 @@ def test_forecast_and_predict_commands_write_the_same_csv(
               "--horizon", "65"],
     )  # fmt: skip
     assert result.exit_code != 0 and "--max-forecast-steps" in result.output
+
+
+def test_kserve_v2_forecasts_with_tritonclient(forecast_server: ServerThread) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url=forecast_server.target)
+
+    def infer(y: np.ndarray, **options: object):
+        tensor = grpcclient.InferInput("y", list(y.shape), "FP32")
+        tensor.set_data_from_numpy(y.astype(np.float32))
+        return client.infer("fc-gru", [tensor], **options)
+
+    histories = np.stack([SERIES[:80], SERIES[40:120]])
+    result = infer(histories, parameters={"forecast_horizon": 7, "forecast_quantiles": "0.1,0.9"})
+    assert result.as_numpy("forecast_mean").shape == (2, 7) and result.as_numpy("loc") is None
+    assert result.as_numpy("forecast_quantiles").shape == (2, 7, 2)
+    for row, history in enumerate(histories):
+        loc, scale = reference("fc-gru", history, 7)
+        np.testing.assert_allclose(result.as_numpy("forecast_mean")[row], loc, rtol=1e-4)
+        np.testing.assert_allclose(result.as_numpy("forecast_scale")[row], scale, rtol=1e-4)
+        np.testing.assert_allclose(
+            result.as_numpy("forecast_quantiles")[row, :, 1],
+            loc + NormalDist().inv_cdf(0.9) * scale,
+            rtol=1e-4,
+        )
+    # A sequence: chunks answered with loc and scale; a forecast asked with a chunk starts after it.
+    infer(SERIES[None, :30], sequence_id=77, sequence_start=True)
+    result = infer(SERIES[None, 30:50], sequence_id=77, parameters={"forecast_horizon": 5})
+    assert result.as_numpy("loc").shape == (1, 20)
+    np.testing.assert_allclose(
+        result.as_numpy("forecast_mean")[0], reference("fc-gru", SERIES[:50], 5)[0], rtol=1e-4
+    )
+    result = infer(SERIES[None, 50:60], sequence_id=77, sequence_end=True, parameters={"forecast_horizon": 3})
+    np.testing.assert_allclose(
+        result.as_numpy("forecast_mean")[0], reference("fc-gru", SERIES[:60], 3)[0], rtol=1e-4
+    )
+    for parameters, message in (
+        ({"forecast_horizon": 0}, "horizon is 0"),
+        ({"forecast_horizon": 65}, "--max-forecast-steps"),
+        ({"forecast_horizon": 3, "forecast_quantiles": "0.5,x"}, "expected numbers separated"),
+        ({"forecast_quantiles": "0.5"}, "without forecast_horizon"),
+        ({"forecast_horizon": "3"}, "expected an integer"),
+    ):
+        with pytest.raises(InferenceServerException) as raised:
+            infer(histories, parameters=parameters)
+        assert message in raised.value.message(), raised.value.message()
+    client.close()
