@@ -31,6 +31,7 @@ from bench.bench_model import (
     write_bench_model,
 )
 from bench.declared import measure as measure_declared
+from bench.forecast import measure as measure_forecast
 from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
@@ -123,6 +124,10 @@ def main(
             declared = measure_declared(
                 Path(work) / "declared-repository", config.declared_streams, config.duration_s, out / "tmp"
             )
+            run.advance("forecasts (from the stream, a window, a client loop)")
+            forecast = measure_forecast(
+                Path(work) / "forecast-repository", config.forecast_streams, config.duration_s, out / "tmp"
+            )
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
@@ -134,6 +139,7 @@ def main(
         Checkpoints(checkpoints),
         generation,
         declared,
+        forecast,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)

@@ -67,6 +67,8 @@ class BenchConfig:
     generation_hidden: int = 384
     # Declared-graph rows (bench/declared.py): concurrent streams, seqserve and the per-stream loop.
     declared_streams: tuple[int, ...] = (1, 16, 64)
+    # Forecast rows (bench/forecast.py): concurrent clients, each way of getting a forecast.
+    forecast_streams: tuple[int, ...] = (1, 16, 64)
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -87,6 +89,7 @@ class BenchConfig:
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
         declared = 1
+        forecast = 1
         return (
             4
             + 4
@@ -99,6 +102,7 @@ class BenchConfig:
             + checkpoints
             + generation
             + declared
+            + forecast
         )
 
 
@@ -121,6 +125,7 @@ QUICK = BenchConfig(
     generation_tokens=10,
     generation_hidden=16,
     declared_streams=(1, 4),
+    forecast_streams=(1, 4),
 )
 
 
