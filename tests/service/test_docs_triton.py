@@ -33,7 +33,8 @@ AIO_RECIPE = (
 @pytest.fixture(scope="module")
 def examples() -> list[str]:
     blocks = code_blocks("triton.md", "python")
-    assert len(blocks) == 2, "docs/triton.md should hold the sync and the aio example"
+    # The third, a forecast, runs in tests/service/test_forecast.py beside a forecaster.
+    assert len(blocks) == 3, "docs/triton.md should hold the sync, the aio and the forecast example"
     return blocks
 
 

@@ -409,3 +409,24 @@ def test_kserve_v2_forecasts_with_tritonclient(forecast_server: ServerThread) ->
             infer(histories, parameters=parameters)
         assert message in raised.value.message(), raised.value.message()
     client.close()
+
+
+def test_the_documented_tritonclient_forecast_prints_the_rollout(
+    forecast_server: ServerThread, tmp_path: Path
+) -> None:
+    from .docs_examples import code_blocks, run_python_example
+
+    code = code_blocks("triton.md", "python")[2]
+    history = SERIES[:120]
+    stamps = [datetime.datetime.fromtimestamp(ORIGIN_S + i * STEP_S, datetime.UTC) for i in range(120)]
+    (tmp_path / "history.csv").write_text(
+        "timestamp,value\n" + "".join(f"{t.isoformat()},{v}\n" for t, v in zip(stamps, history, strict=True))
+    )
+    assert '"taylor-gru"' in code
+    lines = run_python_example(
+        code.replace('"taylor-gru"', '"fc-gru"'), forecast_server.target, tmp_path / "f.py"
+    )
+    printed = np.array(" ".join(lines).replace("[", " ").replace("]", " ").split(), dtype=np.float64)
+    loc, scale = reference("fc-gru", history, 48)
+    np.testing.assert_allclose(printed[:48], loc, rtol=1e-4)
+    np.testing.assert_allclose(printed[48:], loc + NormalDist().inv_cdf(0.9) * scale, rtol=1e-4)
