@@ -86,6 +86,6 @@ def test_model_config_labels_are_a_json_list_that_keeps_commas(info: ModelInfo) 
     """The example reads the names with json.loads: a label with a comma in it stays one label."""
     labels = ["walking, fast", *info.labels[1:]]
     runtime = SimpleNamespace(info=replace(info, labels=labels), batch_note="")
-    model = SimpleNamespace(runtime=runtime, streamable=True, declared=False)
+    model = SimpleNamespace(runtime=runtime, streamable=True, declared=False, named_tensors=False)
     config = model_config(model, idle_timeout_s=30.0)
     assert json.loads(config.parameters["seqserve.labels"].string_value) == labels
