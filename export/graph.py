@@ -60,9 +60,13 @@ def _reorder_gates(tensor: torch.Tensor, cell: str) -> np.ndarray:
 
 
 def _layer_weights(model: SequenceClassifier, layer: int) -> _LayerWeights:
-    cell = model.config.cell
-    params = dict(model.rnn.named_parameters())
-    suffixes = [f"_l{layer}", f"_l{layer}_reverse"][: model.config.directions]
+    return rnn_weights(model.rnn, model.config.cell, layer)
+
+
+def rnn_weights(rnn: torch.nn.RNNBase, cell: str, layer: int = 0) -> _LayerWeights:
+    """ONNX initializers of one layer of a PyTorch RNN/GRU/LSTM module, both directions if it has two."""
+    params = dict(rnn.named_parameters())
+    suffixes = [f"_l{layer}", f"_l{layer}_reverse"][: 2 if rnn.bidirectional else 1]
     W = np.stack([_reorder_gates(params[f"weight_ih{s}"], cell) for s in suffixes])
     R = np.stack([_reorder_gates(params[f"weight_hh{s}"], cell) for s in suffixes])
     # ONNX's B is [Wb, Rb] per direction; PyTorch keeps the two biases apart, in the same roles.
@@ -101,6 +105,20 @@ class _GraphBuilder:
         return outputs[0]
 
 
+def rnn_attributes(cell: str, hidden: int, bidirectional: bool) -> dict[str, object]:
+    """Attributes of the ONNX RNN/GRU/LSTM node that computes what PyTorch's module of `cell` computes."""
+    attrs: dict[str, object] = {
+        "hidden_size": hidden,
+        "direction": "bidirectional" if bidirectional else "forward",
+    }
+    if cell == "gru":
+        # PyTorch resets after the recurrent matmul: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+        attrs["linear_before_reset"] = 1
+    if cell == "rnn":
+        attrs["activations"] = ["Tanh"] * (2 if bidirectional else 1)
+    return attrs
+
+
 def _recurrent_layers(g: _GraphBuilder, model: SequenceClassifier, x_tbf: str) -> tuple[str, str]:
     """Adds one RNN op per layer and the hn (, cn) outputs; returns the last layer's Y and Y_h."""
     config = model.config
@@ -121,20 +139,11 @@ def _recurrent_layers(g: _GraphBuilder, model: SequenceClassifier, x_tbf: str) -
             for state in contract.state_inputs(cell)
         ]
         outputs = [f"Y_l{layer}", f"Y_h_l{layer}"] + ([f"Y_c_l{layer}"] if cell == "lstm" else [])
-        attrs: dict[str, object] = {
-            "hidden_size": config.hidden,
-            "direction": "bidirectional" if config.bidirectional else "forward",
-        }
-        if cell == "gru":
-            # PyTorch resets after the recurrent matmul: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
-            attrs["linear_before_reset"] = 1
-        if cell == "rnn":
-            attrs["activations"] = ["Tanh"] * d
         g.node(
             _OP_TYPE[cell],
             [layer_input, w, r, b, contract.INPUT_LENGTHS, *initial],
             outputs,
-            **attrs,
+            **rnn_attributes(cell, config.hidden, config.bidirectional),
         )
         y, y_h = outputs[0], outputs[1]
         for state, final in zip(contract.state_inputs(cell), outputs[1:], strict=True):

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -28,10 +28,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class VersionFiles:
-    """One version to write: the serialized graph and its model.json record (sha256 is filled in here)."""
+    """One version to write: the serialized graph and its model.json record (sha256 is filled in here).
+    A model of several graphs (a seq2seq's encoder and decoder step) gives `graphs`, file name -> graph,
+    in place of `model`: they are written in that order, sha256 is of their bytes in that order, and no
+    declaration.json is written (a declaration describes one graph)."""
 
-    model: onnx.ModelProto
+    model: onnx.ModelProto | None
     info: ModelInfo
+    graphs: dict[str, onnx.ModelProto] = field(default_factory=dict)
 
 
 def check_repository(repository: Path) -> Path:
@@ -62,13 +66,20 @@ def check_version_free(repository: Path, name: str, version: int, force: bool) -
 
 def _stage(staging: Path, files: VersionFiles) -> ModelInfo:
     """Write one version into the empty folder `staging`; returns the info with its sha256 filled in."""
-    data = files.model.SerializeToString()
-    info = replace(files.info, sha256=hashlib.sha256(data).hexdigest())
-    write_synced(staging / contract.MODEL_FILE, data)
+    graphs = files.graphs or {contract.MODEL_FILE: files.model}
+    digest = hashlib.sha256()
+    for file_name, graph in graphs.items():
+        if graph is None:
+            raise ValueError(f"{files.info.name} v{files.info.version}: no graph given for {file_name}")
+        data = graph.SerializeToString()
+        digest.update(data)
+        write_synced(staging / file_name, data)
+    info = replace(files.info, sha256=digest.hexdigest())
     write_synced(staging / contract.METADATA_FILE, (info.to_json() + "\n").encode())
-    # What the server reads to know the graph's states and inputs: the same map for every graph it serves.
-    declaration = json.dumps(contract.declaration_for(info), indent=2) + "\n"
-    write_synced(staging / declarations.DECLARATION_FILE, declaration.encode())
+    if not files.graphs:
+        # What the server reads to know the graph's states and inputs: the same map for every graph it serves.
+        declaration = json.dumps(contract.declaration_for(info), indent=2) + "\n"
+        write_synced(staging / declarations.DECLARATION_FILE, declaration.encode())
     sync_folder(staging)
     return info
 

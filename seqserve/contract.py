@@ -30,6 +30,17 @@ INPUT_LAGS, OUTPUT_LAGS = "lags", "lags_out"  # float32 [batch, memory], oldest 
 INPUT_CLOCK, OUTPUT_CLOCK = "clock", "clock_out"  # float32 [batch, 1], steps observed
 INPUT_LEVEL, OUTPUT_LEVEL = "level", "level_out"  # float32 [batch, 1], running mean of |value|
 OUTPUT_LOC, OUTPUT_SCALE = "loc", "scale"  # float32 [batch, time]: the next value ~ Normal(loc, scale^2)
+# A sequence-to-sequence model (training/seq2seq.py) is two graphs in one version, ENCODER_FILE and
+# DECODER_FILE in place of model.onnx. The encoder takes `tokens` [batch, time] and `lengths`, and answers
+# `memory` and the decoder's first state as hn (, cn) [1, batch, hidden]; the decoder step takes the
+# previous output token, h0 (, c0), memory and lengths (the memory's valid steps), and answers
+# log-probabilities over the output vocabulary, hn (, cn) and the attention weights.
+SEQ2SEQ = "seq2seq"
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder_step.onnx"
+OUTPUT_MEMORY = INPUT_MEMORY = "memory"  # float32 [batch, time, memory]; zero past a row's length
+INPUT_PREVIOUS = "previous"  # int64 [batch], the output token chosen at the step before (start token first)
+OUTPUT_LOG_PROBS = "log_probs"  # float32 [batch, output vocabulary]
+OUTPUT_ATTENTION = "attention"  # float32 [batch, time], each row sums to 1 over its valid steps
 
 Cell = Literal["rnn", "gru", "lstm"]
 Task = Literal["many_to_one", "many_to_many", "language_model"]
@@ -46,7 +57,7 @@ LANGUAGE_MODEL = "language_model"
 DECLARED = "declared"
 DECLARED_CELL = "graph"
 FORECAST = "forecast"
-MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL, DECLARED, FORECAST)
+MODEL_TASKS: tuple[str, ...] = (*TASKS, LANGUAGE_MODEL, DECLARED, FORECAST, SEQ2SEQ)
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 # Parity tolerance between PyTorch and ONNX (and between chunked and whole runs), float32.
@@ -126,6 +137,11 @@ class ModelInfo:
     vocabulary: list[str] = field(default_factory=list)
     # Forecasters only: lags, periods, season, memory (the lags state's length), horizon (of training).
     forecast: dict[str, Any] = field(default_factory=dict)
+    # Sequence-to-sequence only (the input vocabulary is `vocabulary`, the output one `labels`, index =
+    # token id): encoder_hidden, memory, embedding, attention, start, end, pad, graphs (name -> file).
+    # `hidden` and `layers` are the decoder's, `bidirectional` the encoder's; sha256 is of the graphs'
+    # bytes, encoder then decoder step.
+    seq2seq: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -154,6 +170,9 @@ class ModelInfo:
                     f"{self.features}, labels {self.labels!r}, forecast {self.forecast!r}"
                 )
             return
+        if self.task == SEQ2SEQ:
+            self._check_seq2seq()
+            return
         if len(self.labels) < 2:
             raise ContractError(f"a classifier needs at least 2 labels, got {self.labels!r}")
         if self.task == LANGUAGE_MODEL:
@@ -175,10 +194,26 @@ class ModelInfo:
                 f"{self.bidirectional}, features={self.features}"
             )
 
+    def _check_seq2seq(self) -> None:
+        details = self.seq2seq
+        for name, tokens in (("vocabulary", self.vocabulary), ("labels", self.labels)):
+            if len(tokens) < 3 or len(set(tokens)) != len(tokens):
+                raise ContractError(
+                    f"a seq2seq model's {name} {tokens!r}: expected 3 or more distinct tokens"
+                )
+        expected = (details.get("pad"), details.get("start"), details.get("end"))
+        if (self.vocabulary[0], *self.labels[:2]) != expected or not details.get("memory"):
+            raise ContractError(
+                f"a seq2seq model pads its input with token 0 and starts and ends its output with tokens 0 "
+                f"and 1, and says its memory size: got vocabulary[0] {self.vocabulary[0]!r}, labels[:2] "
+                f"{self.labels[:2]!r}, seq2seq {details!r}"
+            )
+
     @property
     def streamable(self) -> bool:
-        """A bidirectional model needs the whole sequence, so it answers only at end of stream."""
-        return not self.bidirectional
+        """A bidirectional model needs the whole sequence, so it answers only at end of stream; a seq2seq
+        model answers once its input is whole."""
+        return not self.bidirectional and self.task != SEQ2SEQ
 
     @property
     def directions(self) -> int:
@@ -189,8 +224,9 @@ class ModelInfo:
         return len(self.labels)
 
     def state_shape(self, batch: int) -> tuple[int, int, int]:
-        """Shape of each state tensor (h0, and c0 for LSTM) for `batch` rows."""
-        return (self.layers * self.directions, batch, self.hidden)
+        """Shape of each state tensor (h0, and c0 for LSTM) for `batch` rows (a seq2seq: its decoder's)."""
+        directions = 1 if self.task == SEQ2SEQ else self.directions
+        return (self.layers * directions, batch, self.hidden)
 
     @property
     def is_language_model(self) -> bool:
@@ -202,6 +238,8 @@ class ModelInfo:
             del data["vocabulary"]  # every model that is not a language model keeps its model.json as it was
         if not self.forecast:
             del data["forecast"]
+        if not self.seq2seq:
+            del data["seq2seq"]
         return data
 
     def to_json(self) -> str:
@@ -262,6 +300,11 @@ def declaration_for(info: ModelInfo) -> dict[str, Any]:
     beside model.json, and a version without one gets this: one mechanism serves every graph."""
     if info.task == FORECAST:
         return forecaster_declaration(info)
+    if info.task == SEQ2SEQ:
+        raise ContractError(
+            f"{info.name}: a seq2seq version is two graphs ({ENCODER_FILE}, {DECODER_FILE}); a declaration "
+            "describes one"
+        )
     states = [
         {"input": name, "output": output, "batch_axis": 1}
         for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)

@@ -1,0 +1,177 @@
+"""Exporting a seq2seq run: build its two graphs, prove parity with PyTorch, write one version.
+
+Parity, on test words of the run's own split (`PARITY_WORDS` of them, in batches of mixed lengths): the
+encoder's memory and first state; then every step of a teacher-forced decode (each backend fed the
+reference's tokens and carrying its own state), comparing log-probabilities, state and attention weights;
+then whole greedy decodes, which must give the same outputs word for word. Log-probabilities reach -30 and
+below, where float32's spacing is ~2e-6, so they count relative to max(1, |reference|) as a language
+model's logits do (docs/design.md section 2); states, memory and attention weights are bounded by 1 and
+count absolutely. Tolerance `contract.PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqserve import contract
+from seqserve.contract import ModelInfo
+from seqserve.export import repository as repo
+from seqserve.export.errors import ExportError, ExportInputError
+from seqserve.export.graph import set_metadata
+from seqserve.export.seq2seq_decode import OnnxSeq2Seq
+from seqserve.export.seq2seq_graph import build_decoder_step, build_encoder
+from seqserve.training.g2p_data import Lexicon, load_g2p
+from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.seq2seq import SEQ2SEQ, Seq2Seq, from_payload
+from seqserve.training.seq2seq_decode import decode_words
+from seqserve.vocabularies import END, PAD, START
+
+log = logging.getLogger(__name__)
+PARITY_WORDS = 512
+PARITY_BATCH = 64
+
+
+def _worst(got: np.ndarray, want: np.ndarray, relative: bool = False) -> float:
+    scale = np.maximum(1.0, np.abs(want)) if relative else 1.0
+    return float(np.max(np.abs(got - want) / scale)) if want.size else 0.0
+
+
+def _teacher_forced(model: Seq2Seq, session: OnnxSeq2Seq, words: list[str], references: list[tuple]) -> dict:
+    """Largest differences over the encoder and every teacher-forced decoder step of one batch."""
+    tokens = session.tokens
+    letters, lengths = tokens.input_batch(words)
+    x, n = torch.from_numpy(letters), torch.from_numpy(lengths)
+    with torch.no_grad():
+        memory_t, state_t = model.encode(x, n)
+    memory_o, state_o = session.encode(letters, lengths)
+    worst = {
+        "memory": _worst(memory_o, memory_t.numpy()),
+        "state": max(_worst(o, t.numpy()) for o, t in zip(state_o, state_t, strict=True)),
+        "log_probs": 0.0,
+        "log_probs_absolute": 0.0,
+        "attention": 0.0,
+    }
+    targets = [tokens.encode_output(r) for r in references]
+    steps = max(len(t) for t in targets) + 1
+    previous = np.full((len(words), steps), tokens.start, dtype=np.int64)
+    for row, target in enumerate(targets):
+        previous[row, 1 : len(target) + 1] = target
+    for t in range(steps):
+        with torch.no_grad():
+            log_probs_t, state_t, attention_t = model.step(
+                torch.from_numpy(previous[:, t]), state_t, memory_t, n
+            )
+        log_probs_o, state_o, attention_o = session.step(previous[:, t], state_o, memory_o, lengths)
+        worst["log_probs"] = max(worst["log_probs"], _worst(log_probs_o, log_probs_t.numpy(), relative=True))
+        worst["log_probs_absolute"] = max(
+            worst["log_probs_absolute"], _worst(log_probs_o, log_probs_t.numpy())
+        )
+        worst["attention"] = max(worst["attention"], _worst(attention_o, attention_t.numpy()))
+        worst["state"] = max(
+            worst["state"], *(_worst(o, s.numpy()) for o, s in zip(state_o, state_t, strict=True))
+        )
+    return worst
+
+
+def check_seq2seq_parity(model: Seq2Seq, session: OnnxSeq2Seq, lexicon: Lexicon) -> dict:
+    """Teacher-forced step parity and greedy-decode equality on the words of `lexicon` (its first
+    pronunciation as the teacher). Returns {'max_abs_diff', 'tolerance', 'passed', ...}."""
+    words = list(lexicon)
+    worst: dict[str, float] = {}
+    for first in range(0, len(words), PARITY_BATCH):
+        batch = words[first : first + PARITY_BATCH]
+        found = _teacher_forced(model, session, batch, [lexicon[w][0] for w in batch])
+        worst = {k: max(v, worst.get(k, 0.0)) for k, v in found.items()}
+    torch_greedy = [found[0].output for found in decode_words(model, session.tokens, words)]
+    onnx_greedy = [found[0].output for found in session.translate(words)]
+    differing = sum(a != b for a, b in zip(torch_greedy, onnx_greedy, strict=True))
+    gated = max(v for k, v in worst.items() if k != "log_probs_absolute")
+    return {
+        "max_abs_diff": gated,
+        "tolerance": contract.PARITY_TOLERANCE,
+        "passed": gated <= contract.PARITY_TOLERANCE and differing == 0,
+        "words": len(words),
+        "greedy_outputs_differing": differing,
+        "log_probs_relative_to": "max(1, |reference|)",
+        **worst,
+    }
+
+
+def seq2seq_info(model: Seq2Seq, name: str, version: int) -> ModelInfo:
+    config = model.config
+    return ModelInfo(
+        name=name,
+        version=version,
+        task=contract.SEQ2SEQ,
+        cell=config.cell,
+        layers=1,
+        hidden=config.hidden,
+        bidirectional=True,
+        features=1,
+        labels=list(config.phonemes),
+        vocabulary=list(config.letters),
+        seq2seq={
+            "encoder_hidden": config.encoder_hidden,
+            "memory": config.memory,
+            "embedding": config.embedding,
+            "attention": "multiplicative",
+            "pad": PAD,
+            "start": START,
+            "end": END,
+            "graphs": {"encoder": contract.ENCODER_FILE, "decoder_step": contract.DECODER_FILE},
+        },
+    )
+
+
+def is_seq2seq_run(run_dir: Path) -> bool:
+    """True when the run folder's checkpoint is a seq2seq model's (anything unreadable is left to the
+    export of classifiers, which names what is wrong)."""
+    try:
+        payload = torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is the other export's to report
+        return False
+    return isinstance(payload, dict) and payload.get("kind") == SEQ2SEQ
+
+
+def parity_words(payload: dict, limit: int = PARITY_WORDS) -> Lexicon:
+    """The first `limit` test words of the run's own split (rebuilt from its data reference)."""
+    reference = payload["data"]
+    data, _ = load_g2p(reference["dataset"], reference["seed"], reference.get("limit"))
+    return dict(list(data.test.items())[:limit])
+
+
+def export_seq2seq(
+    run_dir: Path, repository: Path, name: str | None = None, version: int | None = None, force: bool = False
+) -> tuple[Path, ModelInfo]:
+    """Build, check and write one seq2seq run as a version of `repository`: encoder.onnx,
+    decoder_step.onnx and model.json."""
+    run_dir = Path(run_dir)
+    repository = repo.check_repository(Path(repository))
+    payload = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    model = from_payload(payload)
+    name = contract.check_model_name(name or run_dir.resolve().name)
+    version = version or repo.next_version(repository, name)
+    repo.check_version_free(repository, name, version, force)
+    info = seq2seq_info(model, name, version)
+    encoder, decoder = build_encoder(model, info), build_decoder_step(model, info)
+    session = OnnxSeq2Seq(encoder.SerializeToString(), decoder.SerializeToString(), info)
+    try:
+        words = parity_words(payload)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ExportInputError(f"{run_dir}: its data cannot be loaded for parity: {exc}") from exc
+    parity = check_seq2seq_parity(model, session, words)
+    if not parity["passed"]:
+        raise ExportError(f"{name}: parity with PyTorch failed: {parity}")
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    info.parity = parity
+    info.test_metrics = metrics.get("test", {})
+    for graph in (encoder, decoder):
+        set_metadata(graph, info)
+    files = repo.VersionFiles(None, info, {contract.ENCODER_FILE: encoder, contract.DECODER_FILE: decoder})
+    return repo.write_versions(repository, [files], force=force)[0]

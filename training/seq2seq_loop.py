@@ -1,0 +1,272 @@
+"""Training a grapheme-to-phoneme Seq2Seq and writing its run folder.
+
+Batches: every (word, pronunciation) pair of the training split, shuffled each epoch and then stably sorted
+by the word's length, cut into batches of `batch_size` and taken in a shuffled order: little padding, and
+different neighbours every epoch. Teacher forcing: the decoder reads the start token and the reference,
+the loss is the mean negative log-likelihood of the reference's phonemes and the end token. Adam, gradient
+clipping, the learning rate halved after an epoch whose validation WER did not improve, early stopping on
+validation WER (greedy decoding) with the best epoch's weights kept. Then the test split, greedy and beam.
+
+CPU time (resource.getrusage) and wall time are measured around training, with the load average before
+and after: the machine is shared, and wall time says little without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqserve.beam_search import SearchOptions
+from seqserve.training.g2p_data import G2PSplits, Lexicon, load_g2p
+from seqserve.training.g2p_metrics import error_rates
+from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.seq2seq import Seq2Seq, Seq2SeqConfig, checkpoint_payload, parameter_count
+from seqserve.training.seq2seq_decode import decode_words
+from seqserve.vocabularies import Tokens
+
+logger = logging.getLogger(__name__)
+TEST_WORDS_FILE = "test_words.txt"
+IGNORE = -100  # target of a padded step
+
+
+@dataclass
+class Seq2SeqTrainConfig:
+    """Everything `seqserve train --task seq2seq` takes; the defaults are the budget README figures use."""
+
+    out: Path
+    dataset: str = "cmudict"
+    cell: str = "gru"
+    embedding: int = 64
+    encoder_hidden: int = 256
+    hidden: int = 256
+    dropout: float = 0.2
+    batch_size: int = 256
+    lr: float = 3e-3
+    clip: float = 1.0
+    epochs: int = 12
+    patience: int = 3
+    beam: int = 4
+    limit: int | None = None  # use this many words of the dictionary (quick runs, tests)
+    seed: int = 0
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Pairs:
+    """A split's (word, pronunciation) pairs as token ids."""
+
+    letters: list[list[int]]
+    phonemes: list[list[int]]
+
+    @classmethod
+    def of(cls, lexicon: Lexicon, tokens: Tokens) -> Pairs:
+        pairs = [(w, p) for w, prons in lexicon.items() for p in prons]
+        return cls([tokens.encode_input(w) for w, _ in pairs], [tokens.encode_output(p) for _, p in pairs])
+
+
+def batch_tensors(
+    pairs: Pairs, rows: np.ndarray, tokens: Tokens
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """letters [B, Tx], lengths [B], decoder input [B, Ty] (start, reference; padded with start) and
+    targets [B, Ty] (reference, end; padded with IGNORE)."""
+    letters = [pairs.letters[i] for i in rows]
+    phonemes = [pairs.phonemes[i] for i in rows]
+    lengths = torch.tensor([len(x) for x in letters])
+    x = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    steps = max(len(p) for p in phonemes) + 1
+    previous = torch.full((len(rows), steps), tokens.start, dtype=torch.long)
+    target = torch.full((len(rows), steps), IGNORE, dtype=torch.long)
+    for row, (ids, pron) in enumerate(zip(letters, phonemes, strict=True)):
+        x[row, : len(ids)] = torch.tensor(ids)
+        previous[row, 1 : len(pron) + 1] = torch.tensor(pron)
+        target[row, : len(pron) + 1] = torch.tensor([*pron, tokens.end])
+    return x, lengths, previous, target
+
+
+def epoch_batches(pairs: Pairs, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    shuffled = rng.permutation(len(pairs.letters))
+    by_length = shuffled[np.argsort([len(pairs.letters[i]) for i in shuffled], kind="stable")]
+    batches = [by_length[i : i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_epoch(
+    model: Seq2Seq,
+    optimiser: torch.optim.Optimizer,
+    pairs: Pairs,
+    tokens: Tokens,
+    config: Seq2SeqTrainConfig,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    model.train()
+    max_norm = config.clip if config.clip > 0 else math.inf
+    total, count, norms = 0.0, 0, []
+    for rows in epoch_batches(pairs, config.batch_size, rng):
+        letters, lengths, previous, target = batch_tensors(pairs, rows, tokens)
+        log_probs = model(letters, lengths, previous)
+        loss = torch.nn.functional.nll_loss(
+            log_probs.reshape(-1, log_probs.shape[-1]), target.reshape(-1), ignore_index=IGNORE
+        )
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        optimiser.step()
+        steps = int((target != IGNORE).sum())
+        total += loss.item() * steps
+        count += steps
+    return {"train_loss": total / count, "grad_norm_mean": float(np.mean(norms))}
+
+
+def evaluate(
+    model: Seq2Seq, tokens: Tokens, lexicon: Lexicon, options: SearchOptions | None = None
+) -> tuple[dict, list[tuple[str, ...]]]:
+    """Error rates of greedy (options None) or beam decoding over a split, and the outputs."""
+    words = list(lexicon)
+    decoded = decode_words(model, tokens, words, options)
+    outputs = [found[0].output for found in decoded]
+    return error_rates(outputs, [lexicon[w] for w in words]).as_percent(), outputs
+
+
+def fit(model: Seq2Seq, data: G2PSplits, tokens: Tokens, config: Seq2SeqTrainConfig) -> dict:
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    pairs = Pairs.of(data.train, tokens)
+    history, best_wer, best_state, best_epoch = [], math.inf, None, 0
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        record = {"epoch": epoch, "lr": optimiser.param_groups[0]["lr"]}
+        record |= train_epoch(model, optimiser, pairs, tokens, config, rng)
+        validation, _ = evaluate(model, tokens, data.validation)
+        record |= {
+            "validation_wer_percent": validation["wer_percent"],
+            "validation_per_percent": validation["per_percent"],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d: loss %.4f, validation WER %.2f %% PER %.2f %% (%.0f s)", epoch, record["train_loss"],
+            validation["wer_percent"], validation["per_percent"], record["seconds"],
+        )  # fmt: skip
+        if validation["wer_percent"] < best_wer:
+            best_wer, best_epoch = validation["wer_percent"], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            for group in optimiser.param_groups:
+                group["lr"] /= 2
+            if epoch - best_epoch >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"history": history, "best_epoch": best_epoch, "epochs": len(history)}
+
+
+def build_model(config: Seq2SeqTrainConfig, data: G2PSplits) -> Seq2Seq:
+    return Seq2Seq(
+        Seq2SeqConfig(
+            letters=data.letters,
+            phonemes=data.phonemes,
+            cell=config.cell,
+            embedding=config.embedding,
+            encoder_hidden=config.encoder_hidden,
+            hidden=config.hidden,
+            dropout=config.dropout,
+        )
+    )
+
+
+def sample_outputs(lexicon: Lexicon, greedy: list, beam: list, count: int = 20) -> list[dict]:
+    """The first `count` test words (alphabetical, so the same for every run of a split)."""
+    return [
+        {
+            "word": word,
+            "references": [" ".join(p) for p in lexicon[word]],
+            "greedy": " ".join(greedy[i]),
+            "beam": " ".join(beam[i]),
+        }
+        for i, word in enumerate(list(lexicon)[:count])
+    ]
+
+
+def train_seq2seq(config: Seq2SeqTrainConfig) -> dict:
+    """Train, test and write the run folder: checkpoint.pt, metrics.json, test_words.txt, curves.png,
+    attention.png."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    data, report = load_g2p(config.dataset, config.seed, config.limit)
+    tokens = Tokens(data.letters, data.phonemes)
+    model = build_model(config, data)
+    logger.info("training a %s seq2seq on %s: %s", config.cell, config.dataset, data.sizes())
+    load_before = os.getloadavg()
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    fitted = fit(model, data, tokens, config)
+    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    load_after = os.getloadavg()
+    greedy, greedy_out = evaluate(model, tokens, data.test)
+    beam, beam_out = evaluate(model, tokens, data.test, SearchOptions(beam=config.beam))
+    metrics = {
+        "dataset": config.dataset,
+        "task": "seq2seq",
+        "sizes": data.sizes(),
+        "read": {
+            "lines": report.lines,
+            "comments": report.comments,
+            "dropped_words": len(report.dropped_words),
+            "stress_duplicates": report.stress_duplicates,
+            "words": report.words,
+            "pronunciations": report.pronunciations,
+        },
+        "test": {"greedy": greedy, f"beam_{config.beam}": beam},
+        "train_cpu_seconds": round(cpu, 1),
+        "train_wall_seconds": round(wall, 1),
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+        "cpu_count": os.cpu_count(),
+        "threads": config.threads,
+        "parameters": parameter_count(model),
+        "config": config.to_dict(),
+        "test_samples": sample_outputs(data.test, greedy_out, beam_out),
+        **fitted,
+    }
+    write_run(Path(config.out), model, data, metrics, config)
+    return metrics
+
+
+def write_run(
+    run_dir: Path, model: Seq2Seq, data: G2PSplits, metrics: dict, config: Seq2SeqTrainConfig
+) -> None:
+    from seqserve.training.seq2seq_plots import plot_attention, plot_curves
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    reference = {"dataset": config.dataset, "seed": config.seed, "limit": config.limit}
+    training = {k: v for k, v in metrics.items() if k not in ("history", "test_samples")}
+    torch.save(
+        checkpoint_payload(model, {"data": reference, "training": training}), run_dir / CHECKPOINT_FILE
+    )
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    (run_dir / TEST_WORDS_FILE).write_text("".join(f"{word}\n" for word in data.test))
+    plot_curves(metrics["history"], run_dir / "curves.png")
+    tokens = Tokens(data.letters, data.phonemes)
+    plot_attention(model, tokens, attention_words(data.test), run_dir / "attention.png")
+
+
+def attention_words(lexicon: Lexicon, count: int = 4) -> list[str]:
+    """A few test words of 6 to 10 letters, spread over the alphabet (the same for every run of a split)."""
+    candidates = [w for w in lexicon if 6 <= len(w) <= 10 and w.isalpha()] or list(lexicon)
+    step = max(1, len(candidates) // count)
+    return candidates[::step][:count]
