@@ -253,7 +253,9 @@ class BenchRun:
             return [
                 *(sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository)),
                 *("--port", "0", "--metrics-port", "0", "--device", self.device, "--grace-s", "1"),
+                # Throughput and idle streams past any admission bound: no stream may be refused here.
                 *("--max-streams", str(max(20_000, 2 * self.config.idle_streams))),
+                *("--max-accept-delay-ms", "0"),
                 *("--inference-threads", str(INFERENCE_THREADS)),
             ]
         return [

@@ -8,10 +8,13 @@ RSS, its open streams and the p99 chunk latency of the window are sampled. Repor
 the first minute (least squares, MB/min; target < 1), streams left open once all clients are done (must
 be 0), errors on good streams (must be 0), p99 over time.
 
-Overload (`--overload-s`, 60): `--overload-streams` (2,000) streams each send 8-step chunks as fast as the
-server answers (one in flight per stream) on `--overload-clients` client processes, one connection per 250
-streams. Reported: chunks and steps per second, p50/p99, RSS peak, errors on good streams, the server's own
-count of outcomes, and that every stream is freed after. `--duration-s 0` runs the overload alone.
+Overload (`--overload-s`, 60): `--overload-streams` (2,000) streams, opened at once, each send 8-step chunks
+as fast as the server answers (one in flight per stream) on `--overload-clients` client processes, one
+connection per 250 streams. Each stream is served, refused at its open (RESOURCE_EXHAUSTED: how fast, and
+whether with a retry hint), or never answered inside the window (then cancelled). Reported: those counts,
+chunks and steps per second, p50/p99, the wait for an open's answer, RSS peak, errors on good streams, the
+server's own count of outcomes, and that every stream is freed after. `--duration-s 0` runs the overload
+alone; `--serve-arg` passes flags to the server (a bound to measure).
 
 The server is a `seqserve serve` subprocess over a seeded GRU (bench/bench_model.py); RSS is read from
 /proc. Writes `<out>/soak.json` and `<out>/soak.png`.
@@ -55,6 +58,8 @@ STREAMS_PER_CHANNEL = 250  # one HTTP/2 connection per this many overload stream
 # without this option every overload stream of a process rode one connection whatever the channel count.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 END = pb.StreamRequest(end=pb.StreamEnd()).SerializeToString()
+# The trailer in which a server says how long to wait before retrying (gRPC's retry design, A6).
+PUSHBACK = "grpc-retry-pushback-ms"
 
 
 @dataclass
@@ -183,7 +188,7 @@ def _scrape(server: ServerProcess) -> dict[str, float]:
         if line.startswith("#") or not line:
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in ("seqserve_streams_active", "seqserve_state_bytes"):
+        if name in ("seqserve_streams_active", "seqserve_state_bytes", "seqserve_accept_delay_seconds"):
             sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
         elif name == "seqserve_requests_total":  # the server's own count, by rpc and code
             sums[line.rsplit(" ", 1)[0]] = float(line.rsplit(" ", 1)[1])
@@ -260,21 +265,31 @@ async def soak(server: ServerProcess, model: str, duration_s: float, streams: in
 
 
 async def _overload_stream(channel: grpc.aio.Channel, model: str, until: float, seed: int, out: dict) -> None:
+    """One overload stream: opened, then chunks as fast as answered until the window ends. An open the
+    server refuses counts as refused (with the time it took and its retry hint); one with no answer when
+    the window ends is cancelled and counts as never answered."""
     rng = random.Random(seed)
     chunk = _chunk(rng, OVERLOAD_CHUNK)
     call = channel.stream_stream(STREAM)()
-    stage = "opening"
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(_open(call, model), max(until - started, 0.001))
+    except TimeoutError:
+        call.cancel()
+        out["never_answered"] += 1
+        return
+    except grpc.aio.AioRpcError:
+        await _refused(call, time.perf_counter() - started, out)
+        return
+    out["open_waits"].append(time.perf_counter() - started)  # mostly waiting to be accepted
+    stage = "sending"
     chunks = 0
     try:
-        started = time.perf_counter()
-        await _open(call, model)
-        out["open_waits"].append(time.perf_counter() - started)  # mostly waiting to be accepted
-        stage = "sending"
         while time.perf_counter() < until:
-            started = time.perf_counter()
+            sent = time.perf_counter()
             await call.write(chunk)
             await call.read()
-            out["latencies"].append(time.perf_counter() - started)
+            out["latencies"].append(time.perf_counter() - sent)
             chunks += 1
         stage = "ending"
         await _half_close(call, send_end=True)
@@ -288,8 +303,26 @@ async def _overload_stream(channel: grpc.aio.Channel, model: str, until: float, 
             out["errors_seen"].append(f"{code.name} while {stage}: {await call.details()}")
 
 
+async def _refused(call: grpc.aio.StreamStreamCall, seconds: float, out: dict) -> None:
+    """An open that ended before it was answered: a refusal (RESOURCE_EXHAUSTED) or an error."""
+    code = await call.code()
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        out["errors"] += 1
+        if len(out["errors_seen"]) < 10:
+            out["errors_seen"].append(f"{code.name} while opening: {await call.details()}")
+        return
+    out["refusals"].append(seconds)
+    trailers = dict(await call.trailing_metadata() or ())
+    out["with_pushback"] += PUSHBACK in trailers
+    if len(out["refusals_seen"]) < 3:
+        out["refusals_seen"].append(f"{await call.details()} [{PUSHBACK}={trailers.get(PUSHBACK)}]")
+
+
 async def _overload_process(target: str, model: str, streams: int, until: float, seed: int) -> dict:
-    out: dict = {"latencies": [], "open_waits": [], "errors": 0, "errors_seen": [], "without_a_chunk": 0}
+    out: dict = {
+        "latencies": [], "open_waits": [], "refusals": [], "refusals_seen": [], "with_pushback": 0,
+        "never_answered": 0, "errors": 0, "errors_seen": [], "without_a_chunk": 0,
+    }  # fmt: skip
     count = max(1, streams // STREAMS_PER_CHANNEL)
     channels = [grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)]
     await asyncio.gather(
@@ -308,19 +341,24 @@ def _overload_worker(target: str, model: str, streams: int, duration_s: float, s
     return out
 
 
+def _joined(parts: list[dict], key: str) -> list:
+    return [item for part in parts for item in part[key]]
+
+
 def overload(server: ServerProcess, model: str, duration_s: float, streams: int, clients: int) -> dict:
     share = [streams // clients + (i < streams % clients) for i in range(clients)]
-    peak, rss = 0.0, []
+    peak, rss, delays = 0.0, [], []
     with multiprocessing.get_context("spawn").Pool(clients) as pool:
         work = [(server.target, model, n, duration_s, 1000 * i) for i, n in enumerate(share)]
         pending = [pool.apply_async(_overload_worker, arguments) for arguments in work]
         while not all(p.ready() for p in pending):
             rss.append(rss_mb(server.pid))
             peak = max(peak, rss[-1])
+            delays.append(_scrape(server).get("seqserve_accept_delay_seconds", float("nan")))
             time.sleep(1.0)
         parts = [p.get() for p in pending]
-    latencies = [s for part in parts for s in part["latencies"]]
-    open_waits = [s for part in parts for s in part["open_waits"]]
+    latencies, open_waits = _joined(parts, "latencies"), _joined(parts, "open_waits")
+    refusals = _joined(parts, "refusals")
     chunks_per_s = sum(len(part["latencies"]) / part["window_s"] for part in parts)
     held = asyncio.run(_settled(server))
     return {
@@ -332,15 +370,27 @@ def overload(server: ServerProcess, model: str, duration_s: float, streams: int,
         "steps_per_s": round(chunks_per_s * OVERLOAD_CHUNK, 1),
         "p50_ms": round(_p(latencies, 50), 2),
         "p99_ms": round(_p(latencies, 99), 2),
+        # Every stream is one of: served (its open answered), refused (RESOURCE_EXHAUSTED at open), never
+        # answered (no answer to its open inside the window), or an error.
+        "streams_served": len(open_waits),
+        "streams_refused": len(refusals),
+        "streams_never_answered": sum(part["never_answered"] for part in parts),
         # From the first write to the open's answer: on a saturated server, mostly the wait to be accepted.
         "open_wait_p50_ms": round(_p(open_waits, 50), 1),
         "open_wait_p99_ms": round(_p(open_waits, 99), 1),
         "open_wait_max_ms": round(max(open_waits, default=float("nan")) * 1000, 1),
+        "refusal_p50_ms": round(_p(refusals, 50), 1),
+        "refusal_max_ms": round(max(refusals, default=float("nan")) * 1000, 1),
+        "refusals_with_pushback": sum(part["with_pushback"] for part in parts),
+        "refusals_seen": _joined(parts, "refusals_seen")[:3],
+        # The server's own accept delay (seqserve_accept_delay_seconds), read once a second.
+        "accept_delay_p50_ms": round(_p([d for d in delays if d == d], 50), 1),
+        "accept_delay_max_ms": round(max((d for d in delays if d == d), default=float("nan")) * 1000, 1),
         "streams_without_a_chunk": sum(part["without_a_chunk"] for part in parts),
         "rss_peak_mb": round(peak, 1),
         "rss_after_mb": round(rss_mb(server.pid), 1),
         "errors_on_good_streams": sum(part["errors"] for part in parts),
-        "errors_seen": [e for part in parts for e in part["errors_seen"]][:10],
+        "errors_seen": _joined(parts, "errors_seen")[:10],
         "streams_left_open_after": held.get("seqserve_streams_active", 0.0),
         "server_requests_total": {k: v for k, v in held.items() if k.startswith("seqserve_requests_total")},
         "state_bytes_left_after": held.get("seqserve_state_bytes", 0.0),
@@ -387,6 +437,10 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"serve this repository (its model {MODEL!r} or --model) instead of exporting the seeded GRU",
     )
     parser.add_argument("--model", default=MODEL, help=f"the model to stream to ({FEATURES} features)")
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], metavar="ARG",
+        help="one more argument for `seqserve serve` (repeat it: --serve-arg=--max-streams --serve-arg=200)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -397,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
             repository = Path(work) / "repository"
             write_bench_model(repository, Path(work), seed=args.seed, name=args.model, hidden=64, layers=1)
         command = [sys.executable, "-m", "seqserve.cli", "serve", "--repository", str(repository),
-                   "--port", "0", "--metrics-port", "0"]  # fmt: skip
+                   "--port", "0", "--metrics-port", "0", *args.serve_arg]  # fmt: skip
         with running_server(command, args.out / "soak-server.log") as server:
             result = {}
             if args.duration_s > 0:

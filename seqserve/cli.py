@@ -290,7 +290,15 @@ def serve(
             min=0.0,
         ),
     ] = 2.0,
-    max_streams: Annotated[int, typer.Option(help="Most open streams at once.", min=1)] = 20000,
+    max_streams: Annotated[int, typer.Option(help="Most open streams at once.", min=1)] = 200,
+    max_accept_delay_ms: Annotated[
+        float,
+        typer.Option(
+            help="Refuse new streams (RESOURCE_EXHAUSTED, with a retry hint) while a new call waits longer "
+            "than this to be accepted, as measured over the last 0.5 s; 0 never refuses for it.",
+            min=0.0,
+        ),
+    ] = 100.0,
     max_chunk_steps: Annotated[int, typer.Option(help="Most time steps in one chunk.", min=1)] = 4096,
     max_message_bytes: Annotated[int, typer.Option(help="Largest request message.", min=1024)] = 4 << 20,
     idle_timeout_s: Annotated[float, typer.Option(help="Default idle timeout of a stream.")] = 30.0,

@@ -19,7 +19,9 @@ class ServerConfig:
     device: str = "cpu"
     max_batch: int = 64
     max_delay_ms: float = 2.0
-    max_streams: int = 20000
+    max_streams: int = 200  # the overload run in docs/operations.md chose it
+    # Past this accept delay (measured by service/server/accept_delay.py) new streams are refused; 0: never.
+    max_accept_delay_ms: float = 100.0
     max_chunk_steps: int = 4096
     max_message_bytes: int = 4 << 20
     idle_timeout_s: float = 30.0
@@ -72,6 +74,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if self.inline_max_us < 0:
             raise ValueError(f"inline_max_us must be >= 0, got {self.inline_max_us}")
+        if self.max_accept_delay_ms < 0:
+            raise ValueError(f"max_accept_delay_ms must be >= 0, got {self.max_accept_delay_ms}")
         if self.poll_repository_s < 0:
             raise ValueError(f"poll_repository_s must be >= 0, got {self.poll_repository_s}")
         if self.max_delay_ms < 0 or self.grace_s < 0:

@@ -4,6 +4,7 @@ and a bearer token on every call. The load client, the CLI and the health probe 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,21 @@ from typing import Any
 import grpc
 
 TOKEN_ENV = "SEQSERVE_TOKEN"  # what the CLI's --token reads when not given
+
+# gRPC's retry policy (gRFC A6) for a seqserve.v1 Stream refused at its open, as docs/operations.md
+# recommends: pass it as the channel option ("grpc.service_config", STREAM_RETRY_POLICY). A server at a
+# bound refuses RESOURCE_EXHAUSTED with grpc-retry-pushback-ms, which the client waits before the next
+# attempt; behind HAProxy 2.6 that refusal reaches the client as CANCELLED. Only a call that got no response
+# headers is retried: an opened stream never is.
+STREAM_RETRY_POLICY = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "seqserve.v1.InferenceService", "method": "Stream"}],
+        "retryPolicy": {
+            "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
+            "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "CANCELLED"],
+        },
+    }],
+})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ it). The front doors use only the names below; the server's wiring builds the en
 from seqserve.service.engine import errors
 from seqserve.service.engine.checkpoints import IssuedCheckpoint, StateKeys
 from seqserve.service.engine.errors import (
+    AtCapacity,
     BadResumeToken,
     Draining,
     IdleTimeout,
@@ -31,6 +32,7 @@ from seqserve.service.engine.state import IDLE_TIMEOUT, SHUTDOWN, StateStore, St
 __all__ = [
     "IDLE_TIMEOUT",
     "SHUTDOWN",
+    "AtCapacity",
     "BadResumeToken",
     "Draining",
     "IdleTimeout",

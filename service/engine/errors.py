@@ -32,6 +32,16 @@ class LimitExceeded(ServiceError):
     max size."""
 
 
+class AtCapacity(LimitExceeded):
+    """A new stream refused for want of room, not for anything in the request: the server's open-stream
+    limit, a token's, or its accept delay. The same stream may be served elsewhere now, or here later:
+    `retry_after_ms` is how long a client should wait before it sends the stream again."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class IdleTimeout(ServiceError):
     """No message from the client within the stream's idle timeout."""
 

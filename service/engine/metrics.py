@@ -207,6 +207,13 @@ class ServiceMetrics:
             )
         else:
             self.model_info = Info("seqserve_model", info_help, _MODEL, registry=r)
+        # Set by the server's probe (service/server/accept_delay.py); the largest over --workers processes.
+        self.accept_delay = Gauge(
+            "seqserve_accept_delay_seconds",
+            "How long a new call waits at least to be accepted: the least lateness of the server's probe "
+            "over the last 0.5 s (--max-accept-delay-ms refuses new streams past it).",
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
         # `token` is the token's name from the operator's tokens file (bounded), never the token itself.
         self.token_streams_active = Gauge(
             "seqserve_token_streams_active", "Open streams per bearer token name.", ("token",),

@@ -21,7 +21,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from seqserve.service.engine.checkpoints import IssuedCheckpoint
-from seqserve.service.engine.errors import Draining, LimitExceeded
+from seqserve.service.engine.errors import AtCapacity, Draining
 from seqserve.service.engine.kind import RowAnswer
 from seqserve.service.engine.repository import ServedModel
 
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = "idle_timeout"
 SHUTDOWN = "shutdown"
+# The retry hint of a stream refused for want of room (gRPC's grpc-retry-pushback-ms): the accept delay is
+# judged over windows of about this length (service/server/accept_delay.py), so a retry sooner meets the same
+# verdict here; through a proxy it goes to the next replica after the same wait.
+RETRY_AFTER_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +88,13 @@ class StateStore:
         id_prefix: str = "",
         max_streams_per_caller: int = 0,
         caller_streams: Gauge | None = None,
+        max_accept_delay_s: float = 0.0,
     ) -> None:
         self.max_streams = max_streams
+        # Past this accept delay new streams are refused (0: never). The server's wiring measures the delay
+        # and keeps `accept_delay_s` current; the store only compares.
+        self.max_accept_delay_s = max_accept_delay_s
+        self.accept_delay_s = 0.0
         self.id_prefix = id_prefix  # tells the workers of `--workers N` apart in stream ids
         # A token's own bound, so one client cannot take every slot; 0: none. Counted per caller name.
         self.max_streams_per_caller = max_streams_per_caller
@@ -105,17 +114,7 @@ class StateStore:
     def open(self, model: ServedModel, idle_timeout_s: float, caller: str | None = None) -> StreamState:
         if self._draining:
             raise Draining("server is shutting down and opens no new streams; retry on another replica")
-        if len(self._streams) >= self.max_streams:
-            raise LimitExceeded(
-                f"too many open streams: {len(self._streams)} open, the server's limit is "
-                f"{self.max_streams}; retry on another replica, or here once streams end"
-            )
-        limit = self.max_streams_per_caller
-        if caller is not None and limit and self._per_caller[caller] >= limit:
-            raise LimitExceeded(
-                f"too many open streams for token {caller!r}: {self._per_caller[caller]} open, the limit per "
-                f"token is {limit} (--max-streams-per-token)"
-            )
+        self._admit(caller)
         loop = asyncio.get_running_loop()
         stream = StreamState(
             id=f"{self.id_prefix}s{next(self._ids)}",
@@ -139,6 +138,29 @@ class StateStore:
         model.metrics.streams_active.inc()
         model.metrics.state_bytes.inc(nbytes)
         return stream
+
+    def _admit(self, caller: str | None) -> None:
+        """Refuse a new stream past a bound (AtCapacity, with the retry hint); return if it may open."""
+        if len(self._streams) >= self.max_streams:
+            raise AtCapacity(
+                f"too many open streams: {len(self._streams)} open, the server's limit is "
+                f"{self.max_streams} (--max-streams); retry on another replica, or here once streams end",
+                RETRY_AFTER_MS,
+            )
+        if self.max_accept_delay_s and self.accept_delay_s > self.max_accept_delay_s:
+            raise AtCapacity(
+                f"server at capacity: new calls wait at least {self.accept_delay_s * 1000:.0f} ms to be "
+                f"accepted, over the server's limit of {self.max_accept_delay_s * 1000:g} ms "
+                f"(--max-accept-delay-ms); retry on another replica, or here in {RETRY_AFTER_MS} ms",
+                RETRY_AFTER_MS,
+            )
+        limit = self.max_streams_per_caller
+        if caller is not None and limit and self._per_caller[caller] >= limit:
+            raise AtCapacity(
+                f"too many open streams for token {caller!r}: {self._per_caller[caller]} open, the limit per "
+                f"token is {limit} (--max-streams-per-token)",
+                RETRY_AFTER_MS,
+            )
 
     def close(self, stream: StreamState, reason: str) -> None:
         """Free the stream's state and count why it ended; a second call does nothing."""

@@ -5,8 +5,9 @@ an unhelpful status with a server-side traceback. Here the method handlers are b
 descriptor with no deserializer (the handler receives the raw bytes), and the wrapper parses them: bytes
 over the size limit are RESOURCE_EXHAUSTED, bytes that do not parse are INVALID_ARGUMENT naming the RPC,
 logged at WARNING without a traceback. The same wrapper maps domain errors
-(`seqserve.service.engine.errors`) to their status once (`status.py`), and anything unexpected to
-INTERNAL with its traceback logged, for every RPC.
+(`seqserve.service.engine.errors`) to their status and trailers once (`status.py`: a stream refused for
+want of room carries the retry hint), and anything unexpected to INTERNAL with its traceback logged, for
+every RPC.
 
 grpc's own receive limit is set to `receive_ceiling(limit)`, above the configured limit, so a message over
 the limit reaches this wrapper and its refusal is counted by `recording.RecordingInterceptor` like any
@@ -26,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from seqserve.service.engine import LimitExceeded, ServiceError, UnparsableRequest
-from seqserve.service.frontends.status import status_code
+from seqserve.service.frontends.status import status_code, trailers
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ async def _mapped(rpc: str, context: grpc.aio.ServicerContext, run: Callable[[],
     except grpc.aio.AbortError:
         raise
     except ServiceError as error:
-        await context.abort(status_code(error), str(error))
+        await context.abort(status_code(error), str(error), trailers(error))
     except NotImplementedError:  # a generated base-class method the servicer does not override
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not implemented by this server")
     except Exception as error:

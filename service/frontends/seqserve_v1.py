@@ -41,10 +41,8 @@ class _StreamCall:
         self.labels: list[str] = []
 
     async def run(self) -> None:
-        # Response headers first, so a refusal travels as trailers after them: HAProxy 2.6 turns a
-        # trailers-only refusal of a stream the client still writes into CANCELLED, and this one less
-        # often (docs/operations.md, Running many replicas).
-        await self.context.send_initial_metadata(())
+        # No response headers before the open is decided: a refusal goes out as trailers only, which a
+        # client's retry policy may retry (gRPC's retry design; docs/operations.md, Running many replicas).
         first = await self.context.read()
         if first is grpc.aio.EOF:
             return

@@ -20,6 +20,7 @@ def serve_command(
     max_batch: int,
     max_delay_ms: float,
     max_streams: int,
+    max_accept_delay_ms: float,
     max_chunk_steps: int,
     max_message_bytes: int,
     idle_timeout_s: float,

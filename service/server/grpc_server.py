@@ -29,6 +29,7 @@ from seqserve.service.frontends.recording import RecordingInterceptor
 from seqserve.service.frontends.registration import add_service, receive_ceiling
 from seqserve.service.frontends.seqserve_v1 import InferenceServicer
 from seqserve.service.kinds import kind_for
+from seqserve.service.server.accept_delay import AcceptDelay
 from seqserve.service.server.auth import TOKENS_ENV, BearerTokenInterceptor, ReloadingTokens, TokenError
 from seqserve.service.server.tls import CertificateFiles, ReloadingCertificates
 from seqserve.v1 import seqserve_pb2
@@ -108,6 +109,7 @@ class RunningServer:
     executor: ThreadPoolExecutor
     metrics_http: WSGIServer | None
     poller: asyncio.Task | None = None
+    accept_delay: asyncio.Task | None = None  # keeps store.accept_delay_s current (--max-accept-delay-ms)
     certificates: ReloadingCertificates | None = None  # with TLS: the files it serves, reloaded on change
 
     @property
@@ -128,8 +130,9 @@ class RunningServer:
     async def drain(self) -> None:
         """Health NOT_SERVING, no new streams, open ones get the grace period, the rest end with SHUTDOWN."""
         log.info("draining: %d open streams get %.1f s to finish", self.store.open_count, self.config.grace_s)
-        if self.poller is not None:
-            self.poller.cancel()
+        for task in (self.poller, self.accept_delay):
+            if task is not None:
+                task.cancel()
         await self.health.enter_graceful_shutdown()
         self.store.begin_drain()
         if not await self.store.wait_empty(self.config.grace_s):
@@ -218,6 +221,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         config.stream_id_prefix,
         config.max_streams_per_token,
         metrics.token_streams_active,
+        config.max_accept_delay_ms / 1000,
     )
     keys = StateKeys.load(config.state_key_file)
     engine = InferenceEngine(repository, store, config, keys, metrics)
@@ -260,6 +264,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         metrics_http,
         certificates=certificates,
     )
+    if config.max_accept_delay_ms > 0:
+        probe = AcceptDelay(store, metrics.accept_delay)
+        running.accept_delay = asyncio.get_running_loop().create_task(probe.run())
     if config.poll_repository_s > 0:
         running.poller = asyncio.get_running_loop().create_task(
             poll_repository(repository, config.poll_repository_s)

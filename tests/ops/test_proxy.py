@@ -303,3 +303,56 @@ def test_overload_is_refused_at_once_and_the_proxy_spreads_it(cluster) -> None:
     through = asyncio.run_coroutine_threadsafe(open_at_once(proxy.target, 600, x), background_loop())
     served, refusals, codes = through.result(timeout=60)
     assert (served, len(refusals)) == (600, 0), (served, codes[:3])
+
+
+async def _opens(target: str, count: int, options: list) -> tuple[object, list, list[str]]:
+    """`count` streams opened one after another on a new connection and held: (channel, calls, codes)."""
+    import grpc
+
+    from seqserve.v1 import seqserve_pb2 as pb
+    from seqserve.v1.seqserve_pb2_grpc import InferenceServiceStub
+
+    channel = grpc.aio.insecure_channel(target, options=options)
+    stub, calls, codes = InferenceServiceStub(channel), [], []
+    for _ in range(count):
+        calls.append(stub.Stream())
+        await calls[-1].write(pb.StreamRequest(open=pb.StreamOpen(model=MODEL)))
+        try:
+            await calls[-1].read()
+            codes.append("OK")
+        except grpc.aio.AioRpcError as error:
+            codes.append(error.code().name)
+    return channel, calls, codes
+
+
+async def _with_first_replica_full(replicas: Replicas, proxy: HAProxy, options: list) -> list[str]:
+    """Two streams held straight on the first replica (its --max-streams), then four opened through the
+    proxy with `options`; their codes. Every stream is cancelled after."""
+    direct, held, codes = await _opens(replicas.targets[0], 2, [])
+    assert codes == ["OK", "OK"], codes
+    through, calls, codes = await _opens(proxy.target, 4, options)
+    for call in (*held, *calls):
+        call.cancel()
+    for channel in (direct, through):
+        await channel.close()
+    return codes
+
+
+def test_a_refused_open_is_retried_on_another_replica_by_the_client_retry_policy(cluster) -> None:
+    """HAProxy cannot retry a gRPC refusal (an HTTP 200); the client's documented retry policy does, through
+    the same address, and round robin sends the next attempt to the next replica."""
+    from seqserve.service.client.channels import STREAM_RETRY_POLICY
+
+    replicas, proxy = cluster("--max-streams", "2")  # the proxy's maxconn (200) lets a full replica refuse
+
+    def run(options: list) -> list[str]:
+        codes = asyncio.run_coroutine_threadsafe(
+            _with_first_replica_full(replicas, proxy, options), background_loop()
+        ).result(timeout=60)
+        for server in replicas.processes:
+            wait_for(lambda s=server: metric(s, "seqserve_streams_active") == 0, "every stream freed")
+        return codes
+
+    plain = run([])
+    assert "OK" in plain and set(plain) - {"OK"} and set(plain) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"}
+    assert run([("grpc.service_config", STREAM_RETRY_POLICY)]) == ["OK"] * 4

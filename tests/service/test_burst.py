@@ -1,7 +1,9 @@
 """A burst of stream opens while the event loop is busy: grpc core holds the calls the loop has not
 accepted yet, and by default sheds them at random beyond 1,000
 (service/server/grpc_server.py `pending_call_limit`).
-Every stream of the burst must open and end OK, and each must be counted."""
+Every stream of the burst must open and end OK, or be refused RESOURCE_EXHAUSTED by the server's accept
+delay bound while the burst keeps its loop behind (never shed by core: CANCELLED or INTERNAL), and each
+must be counted."""
 
 from __future__ import annotations
 
@@ -48,10 +50,10 @@ async def _burst(target: str) -> collections.Counter:
 
 
 def test_a_burst_of_opens_on_a_busy_loop_all_succeed(make_server) -> None:  # noqa: ANN001
-    server: ServerThread = make_server()
+    server: ServerThread = make_server(max_streams=BURST)  # core's queue, not the stream limit, is on test
     codes = server.call(_burst(server.target), timeout_s=120)
-    assert codes == {"OK": BURST}
-    counted = server.running.metrics.registry.get_sample_value(
-        "seqserve_requests_total", {"rpc": "Stream", "code": "OK"}
-    )
-    assert counted == BURST
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"} and codes["OK"] > BURST // 2, codes
+    registry = server.running.metrics.registry
+    for code in ("OK", "RESOURCE_EXHAUSTED"):
+        counted = registry.get_sample_value("seqserve_requests_total", {"rpc": "Stream", "code": code})
+        assert (counted or 0) == codes[code], code
