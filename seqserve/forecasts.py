@@ -55,17 +55,13 @@ def start_unix_s(stamps: list[str]) -> float | None:
 
 def future_stamps(stamps: list[str], horizon: int) -> list[str]:
     """The next `horizon` timestamps at the spacing of the last two (step numbers when not ISO 8601)."""
-    last = [_instant(s) for s in stamps[-2:]]
-    if len(last) == 2 and None not in last:
-        step = last[1] - last[0]
-        zoned = datetime.datetime.fromisoformat(stamps[-1]).tzinfo is not None
-        return [
-            (last[1] + step * k).isoformat()
-            if zoned
-            else (last[1] + step * k).replace(tzinfo=None).isoformat()
-            for k in range(1, horizon + 1)
-        ]
-    return [str(len(stamps) + k) for k in range(horizon)]
+    before, last = (_instant(s) for s in ([""] + stamps)[-2:])
+    if before is None or last is None:
+        return [str(len(stamps) + k) for k in range(horizon)]
+    step = last - before
+    zoned = datetime.datetime.fromisoformat(stamps[-1]).tzinfo is not None
+    future = (last + step * k for k in range(1, horizon + 1))
+    return [(t if zoned else t.replace(tzinfo=None)).isoformat() for t in future]
 
 
 def read_histories(path: Path) -> tuple[list[str], list[list[str]], list[np.ndarray]]:
@@ -98,8 +94,8 @@ def finish(
 def write_forecasts(output: Path | None, forecasts: list[SeriesForecast]) -> int:
     """One row per series and step; returns the rows written (to stdout when `output` is None)."""
     levels = list(forecasts[0].quantiles) if forecasts else []
-    handle = io.StringIO() if output is not None else sys.stdout
-    writer = csv.writer(handle, lineterminator="\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["series", "timestamp", "mean", *(f"q{level:g}" for level in levels)])
     rows = 0
     for forecast in forecasts:
@@ -108,7 +104,9 @@ def write_forecasts(output: Path | None, forecasts: list[SeriesForecast]) -> int
             writer.writerow([forecast.name, stamp, f"{float(forecast.mean[step]):.6g}", *quantiles])
             rows += 1
     if output is not None:
-        Path(output).write_text(handle.getvalue())
+        Path(output).write_text(buffer.getvalue())
+    else:
+        sys.stdout.write(buffer.getvalue())
     return rows
 
 

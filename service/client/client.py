@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import grpc
+import numpy as np
 
 from seqserve.errors import ClientClosed, error_for
 from seqserve.service.client.answers import (

@@ -42,7 +42,8 @@ def test_reflection_describes_the_api(server: ServerThread) -> None:
         services = set(database.get_services())
         method = database.FindFileContainingSymbol("seqserve.v1.InferenceService").service[0].method
     assert {"seqserve.v1.InferenceService", "grpc.health.v1.Health"} <= services
-    assert [m.name for m in method] == ["Stream", "Classify", "ListModels", "GetModel", "Generate", "Forecast"]
+    served = ["Stream", "Classify", "ListModels", "GetModel", "Generate", "Forecast"]
+    assert [m.name for m in method] == served
 
 
 def test_list_and_get_models_describe_every_version(server: ServerThread) -> None:
