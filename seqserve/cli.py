@@ -92,8 +92,8 @@ def train(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="Shipped data set: japanese_vowels, basic_motions_stream, or shakespeare_chars (a character "
-            "language model)."
+            help="Shipped data set: japanese_vowels, basic_motions_stream, shakespeare_chars (a character "
+            "language model), or cmudict (grapheme to phoneme: a seq2seq model)."
         ),
     ] = None,
     data: Annotated[
@@ -108,7 +108,7 @@ def train(
         typer.Option(
             help="many_to_one or many_to_many (default: what the data holds), or forecast: a probabilistic "
             "forecaster (--dataset taylor or m1_yearly, or a --data CSV of timestamp,value or "
-            "series,timestamp,value)."
+            "series,timestamp,value), or seq2seq: an attention encoder-decoder (--dataset cmudict)."
         ),
     ] = None,
     horizon: Annotated[
@@ -122,7 +122,9 @@ def train(
     hidden: Annotated[
         int | None,
         typer.Option(
-            help="Hidden units per layer and direction (default 64; 384 for a language model).", min=1
+            help="Hidden units per layer and direction (default 64; 384 for a language model; 256 for a "
+            "seq2seq decoder, whose encoder reads each way with half).",
+            min=1,
         ),
     ] = None,
     bidirectional: Annotated[
@@ -134,9 +136,14 @@ def train(
         ),
     ] = False,
     dropout: Annotated[
-        float,
-        typer.Option(help="Dropout between stacked layers (needs --layers 2 or more).", min=0.0, max=0.95),
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="Dropout between stacked layers (needs --layers 2 or more; default 0); a seq2seq model's "
+            "on embeddings, memory and attentional vector (default 0.2).",
+            min=0.0,
+            max=0.95,
+        ),
+    ] = None,
     layer_norm: Annotated[
         bool | None,
         typer.Option(
@@ -148,14 +155,16 @@ def train(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Most epochs (early stopping usually ends sooner); default 60, 6 for a language model.",
+            help="Most epochs (early stopping usually ends sooner); default 60, 6 for a language model, "
+            "10 for a seq2seq model.",
             min=1,
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Sequences per training batch (default 32; 64 parallel text streams for a language model).",
+            help="Sequences per training batch (default 32; 64 parallel text streams for a language model; "
+            "256 words for a seq2seq model).",
             min=1,
         ),
     ] = None,
@@ -169,7 +178,12 @@ def train(
         typer.Option(help="Language models: characters per truncated-BPTT window (default 128).", min=2),
     ] = None,
     embedding: Annotated[
-        int | None, typer.Option(help="Language models: embedding size of a character (default 64).", min=1)
+        int | None,
+        typer.Option(help="Language models and seq2seq: embedding size of a token (default 64).", min=1),
+    ] = None,
+    beam: Annotated[
+        int | None,
+        typer.Option(help="Seq2seq: beam width of the test decode beside greedy (default 4).", min=1),
     ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Language models: stop after this many optimiser steps.", min=1)
@@ -373,6 +387,12 @@ def serve(
     max_forecast_steps: Annotated[
         int, typer.Option(help="Most steps one forecast may ask for (forecasters).", min=1)
     ] = 2016,
+    max_beam: Annotated[
+        int, typer.Option(help="Widest beam one Translate may ask for (sequence-to-sequence models).", min=1)
+    ] = 16,
+    max_decode_steps: Annotated[
+        int, typer.Option(help="Most output tokens one Translate may ask for per input (seq2seq).", min=1)
+    ] = 200,
 ) -> None:
     """Serve every model in a repository over gRPC (streaming, classify, generate, health, reflection)."""
     options = dict(locals())  # before the import, which would add itself to locals()

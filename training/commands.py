@@ -47,8 +47,13 @@ def train_command(force: bool = False, **kwargs) -> None:
     if given.get("task") == "forecast":
         _train_forecaster(given)
         return
+    if given.get("task") == "seq2seq" or (given.get("dataset") == "cmudict" and "task" not in given):
+        _train_seq2seq(given)
+        return
     if "horizon" in given:
         _fail("--horizon applies to forecasters only (--task forecast)")
+    if "beam" in given:
+        _fail("--beam applies to seq2seq models only (--task seq2seq)")
     if is_text(kwargs.get("dataset"), kwargs.get("data")):
         _train_language_model(given)
         return
@@ -107,6 +112,42 @@ def _train_forecaster(given: dict) -> None:
         f"{model['coverage_80']:.3f} ({naive['coverage_80']:.3f}); {metrics['epochs']} epochs (best "
         f"{metrics['best_epoch']}), {metrics['train_cpu_seconds']:.0f} s CPU, "
         f"{metrics['train_wall_seconds']:.0f} s wall -> {given['out']}"
+    )
+
+
+# What a seq2seq model takes of `seqserve train`'s flags; the others are refused when given.
+_SEQ2SEQ_FLAGS = (
+    "out", "dataset", "cell", "hidden", "embedding", "dropout", "clip", "epochs", "batch_size", "lr",
+    "patience", "beam", "seed", "threads",
+)  # fmt: skip
+
+
+def _train_seq2seq(given: dict) -> None:
+    from seqserve.training.datasets import DataError
+    from seqserve.training.seq2seq_loop import Seq2SeqTrainConfig, train_seq2seq
+
+    given.pop("task", None)
+    given.pop("bidirectional", None)  # the encoder always reads both ways; the flag's default is False
+    # Flags with a default count as given only when they differ from it.
+    defaults = {"chrono": 0, "layers": 1}
+    stray = [key for key in given if key not in _SEQ2SEQ_FLAGS and given[key] != defaults.get(key)]
+    if stray:
+        _fail(f"{', '.join('--' + key.replace('_', '-') for key in stray)} do not apply to a seq2seq model")
+    options = {key: value for key, value in given.items() if key in _SEQ2SEQ_FLAGS}
+    if "hidden" in options:
+        options["encoder_hidden"] = max(1, options["hidden"] // 2)
+    try:
+        metrics = train_seq2seq(Seq2SeqTrainConfig(**options))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    width, config = metrics["config"]["beam"], metrics["config"]
+    greedy, beam = metrics["test"]["greedy"], metrics["test"][f"beam_{width}"]
+    typer.echo(
+        f"{metrics['dataset']} {config['cell']} seq2seq, {greedy['words']} test words: greedy WER "
+        f"{greedy['wer_percent']:.2f} % PER {greedy['per_percent']:.2f} %, beam {width} WER "
+        f"{beam['wer_percent']:.2f} % PER {beam['per_percent']:.2f} %; {metrics['epochs']} epochs (best "
+        f"{metrics['best_epoch']}), {metrics['train_cpu_seconds']:.0f} s CPU, "
+        f"{metrics['train_wall_seconds']:.0f} s wall, {metrics['parameters']} parameters -> {given['out']}"
     )
 
 

@@ -11,8 +11,9 @@ ever trained on. Training uses every pronunciation; at test a word is right if t
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,17 @@ class ReadReport:
 
 
 def read_cmudict(path: Path | None = None) -> tuple[Lexicon, ReadReport]:
-    """Words (lower case) to their distinct stress-free pronunciations, in file order."""
-    path = Path(path) if path is not None else cmudict_path()
+    """Words (lower case) to their distinct stress-free pronunciations, in file order. Read once per
+    process and file version; the lexicon returned is a copy, the pronunciation lists are shared."""
+    path = (Path(path) if path is not None else cmudict_path()).resolve()
     if not path.is_file():
         raise DataError(f"{path}: not found; expected CMUdict's cmudict.dict (data/cmudict/)")
+    lexicon, report = _read(path, path.stat().st_mtime_ns)
+    return dict(lexicon), replace(report, dropped_words=list(report.dropped_words))
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: Path, mtime_ns: int) -> tuple[Lexicon, ReadReport]:
     lexicon: Lexicon = {}
     report = ReadReport()
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
