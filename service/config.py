@@ -51,6 +51,8 @@ class ServerConfig:
     max_streams_per_token: int = 0  # 0: only max_streams bounds a token's streams
     max_generate_tokens: int = 2048  # most tokens one Generate call may ask for
     max_forecast_steps: int = 2016  # most steps one forecast may ask for (6 weeks of half-hours)
+    max_beam: int = 16  # widest beam one Translate may ask for (each beam is a row of every step's call)
+    max_decode_steps: int = 200  # most output tokens one Translate may ask for per input
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -68,6 +70,8 @@ class ServerConfig:
             "checkpoint_ttl_s": self.checkpoint_ttl_s,
             "max_generate_tokens": self.max_generate_tokens,
             "max_forecast_steps": self.max_forecast_steps,
+            "max_beam": self.max_beam,
+            "max_decode_steps": self.max_decode_steps,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -41,6 +41,8 @@ def serve_command(
     max_streams_per_token: int,
     max_generate_tokens: int,
     max_forecast_steps: int,
+    max_beam: int,
+    max_decode_steps: int,
 ) -> None:
     options = dict(locals())
     import asyncio
