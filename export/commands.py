@@ -131,7 +131,7 @@ def export_command(
     from seqserve.export.errors import ExportInputError
     from seqserve.export.job import export_runs, steps_of
 
-    runs = _export_forecasters(runs, repository, name, version, force)
+    runs = _export_own_jobs(runs, repository, name, version, force)
     if not runs:
         return
     with ExitStack() as stack:
@@ -163,28 +163,47 @@ def export_command(
         raise typer.Exit(1)
 
 
-def _export_forecasters(
+def _forecaster_line(info: ModelInfo, path: Path) -> str:
+    return (
+        f"{info.name} v{info.version}: forecaster, parity with PyTorch {info.parity['max_abs_diff']:.1e} "
+        f"(in units of the series scale) -> {path}"
+    )
+
+
+def _seq2seq_line(info: ModelInfo, path: Path) -> str:
+    parity = info.parity
+    return (
+        f"{info.name} v{info.version}: seq2seq, encoder and decoder step, parity with PyTorch "
+        f"{parity['max_abs_diff']:.1e} at every teacher-forced step of {parity['words']} test words, greedy "
+        f"decodes equal -> {path}"
+    )
+
+
+def _export_own_jobs(
     runs: list[Path], repository: Path, name: str | None, version: int | None, force: bool
 ) -> list[Path]:
-    """Export the forecaster runs among `runs` (export/forecast_job.py); returns the other runs."""
+    """Export the forecaster and seq2seq runs among `runs` (export/forecast_job.py, seq2seq_job.py, one
+    version each); returns the other runs."""
     from seqserve.console import fail
     from seqserve.export.errors import ExportError, ExportInputError
     from seqserve.export.forecast_job import export_forecaster, is_forecaster_run
+    from seqserve.export.seq2seq_job import export_seq2seq, is_seq2seq_run
 
+    jobs = (
+        (is_forecaster_run, export_forecaster, _forecaster_line),
+        (is_seq2seq_run, export_seq2seq, _seq2seq_line),
+    )
     others = []
     for run in runs:
-        if not is_forecaster_run(run):
+        job = next((job for job in jobs if job[0](run)), None)
+        if job is None:
             others.append(run)
             continue
         try:
-            path, info = export_forecaster(run, repository, name, version, force)
+            path, info = job[1](run, repository, name, version, force)
         except (ExportError, ExportInputError) as exc:
             fail(str(exc))
-        console.print(
-            f"{info.name} v{info.version}: forecaster, parity with PyTorch {info.parity['max_abs_diff']:.1e} "
-            f"(in units of the series scale) -> {path}",
-            highlight=False,
-        )
+        console.print(job[2](info, path), highlight=False)
     return others
 
 
