@@ -1,12 +1,14 @@
 """Greedy and beam search over a decoder step, batched across words and beams (NumPy only).
 
 One search serves every backend: a step function (PyTorch in training, onnxruntime in export, the server's
-batcher later) takes the previous token of every live row, the rows' decoder states and, for each row, the
+batcher) takes the previous token of every live row, the rows' decoder states and, for each row, the
 word it belongs to; it returns the rows' log-probabilities over the output vocabulary and their new states.
 Each word keeps its own hypotheses (`WordBeam`, `WordGreedy`): it reads its rows' log-probabilities, says
 which of its rows go on (and with which token), and knows when it is done. `search` drives any number of
 words together, one step call per step for all of their rows; words may finish at different steps, so a
 word's answer never depends on which other words share its calls (tests/export/test_seq2seq_export.py).
+`advance` is one step's bookkeeping for any driver: `search` here, and the server's
+(service/kinds/seq2seq.py), which runs each step's rows through its batcher.
 
 States are arrays with the batch on axis 1 ([layers, rows, hidden], the contract's h0/c0 layout).
 
@@ -187,6 +189,21 @@ def take_rows(state: State, rows: np.ndarray) -> State:
     return tuple(np.take(s, rows, axis=STATE_BATCH_AXIS) for s in state)
 
 
+def advance(words: Sequence[Word], active: list[int], log_probs: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """One step's bookkeeping, whoever ran the step: `log_probs` [R, V] holds the rows of the `active`
+    words in order (each word's `rows` of them); each word takes its own. Returns the words still going
+    and, for each of their rows after this step, the index of its parent among this step's R rows."""
+    keep, going, offset = [], [], 0
+    for w in active:
+        rows = words[w].rows
+        parents = words[w].advance(log_probs[offset : offset + rows])
+        if not words[w].done:
+            keep.append(offset + parents)
+            going.append(w)
+        offset += rows
+    return going, np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+
+
 def search(step: StepFunction, state: State, words: Sequence[Word]) -> list[list[Hypothesis]]:
     """Run `words` together (state: one row per word, in order) until every one is done; one step call
     per step for all the live rows of all the words."""
@@ -195,17 +212,8 @@ def search(step: StepFunction, state: State, words: Sequence[Word]) -> list[list
     while active:
         previous = np.concatenate([words[w].previous for w in active])
         log_probs, state = step(previous, state, owner)
-        keep, going, offset = [], [], 0
-        for w in active:
-            rows = words[w].rows
-            parents = words[w].advance(log_probs[offset : offset + rows])
-            if not words[w].done:
-                keep.append(offset + parents)
-                going.append(w)
-            offset += rows
-        active = going
+        active, chosen = advance(words, active, log_probs)
         if active:
-            chosen = np.concatenate(keep)
             state = take_rows(state, chosen)
             owner = np.concatenate([np.full(words[w].rows, w, dtype=np.int64) for w in active])
     return [word.results() for word in words]

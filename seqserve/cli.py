@@ -502,13 +502,46 @@ def predict(
         str, typer.Option(help="Forecasters: quantile levels, comma-separated.")
     ] = "0.1,0.5,0.9",
     plot: Annotated[Path | None, typer.Option(help="Forecasters: also draw the forecasts (.png).")] = None,
+    beam: Annotated[int, typer.Option(help="Seq2seq: beam width; 1 is greedy search.", min=1)] = 4,
+    nbest: Annotated[int, typer.Option(help="Seq2seq: outputs per word, best first.", min=1)] = 1,
+    max_steps: Annotated[
+        int, typer.Option(help="Seq2seq: most output tokens per word; 0 is 2 x its length + 10.", min=0)
+    ] = 0,
+    length_penalty: Annotated[
+        float, typer.Option(help="Seq2seq: rank by score / ((5 + length) / 6) ** this; 0 is none.", min=0.0)
+    ] = 0.0,
 ) -> None:
     """Predict offline, no server: labels and probabilities per sequence (or per step) for your data; a
-    forecaster's forecasts of each series in a history CSV (--data), as `seqserve forecast` writes them."""
+    forecaster's forecasts of each series in a history CSV (--data), as `seqserve forecast` writes them; a
+    seq2seq model's outputs for a file of words (--data, one a line), as `seqserve translate` writes them."""
     options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve import translations
+
+    if translations.is_seq2seq(repository, model, version):
+        _predict_translations(options)
+        return
     from seqserve.service.offline import predict_command
 
+    for name in ("beam", "nbest", "max_steps", "length_penalty"):
+        del options[name]
     predict_command(**options)
+
+
+def _predict_translations(options: dict) -> None:
+    from seqserve.console import fail
+    from seqserve.export.seq2seq_predict import predict_command
+    from seqserve.predictions import OutputError
+
+    if options["dataset"] is not None or options["data"] is None:
+        fail(f"model {options['model']} is a seq2seq model: give its words with --data (one a line)")
+    keep = ("repository", "model", "version", "data", "output", "force", "beam", "nbest", "max_steps")
+    try:
+        text = predict_command(
+            **{name: options[name] for name in keep}, words=[], length_penalty=options["length_penalty"]
+        )
+    except (OutputError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(text, nl=False)
 
 
 @app.command()
@@ -540,6 +573,41 @@ def forecast(
     from seqserve.service.client.commands import forecast_command
 
     forecast_command(**options)
+
+
+@app.command()
+def translate(
+    words: Annotated[list[str] | None, typer.Argument(help="Words to translate (and/or --data).")] = None,
+    target: Annotated[str, typer.Option(help="Server address HOST:PORT.")] = "127.0.0.1:50051",
+    model: Annotated[str, typer.Option(help="Sequence-to-sequence model name.")] = ...,
+    version: Annotated[int, typer.Option(help="Pin a version; 0 is the server's default.")] = 0,
+    data: Annotated[Path | None, typer.Option(help="A file of inputs, one a line.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Write .jsonl (or .csv) instead of lines of input<TAB>output on stdout."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
+    beam: Annotated[int, typer.Option(help="Beam width; 1 is greedy search.", min=1)] = 4,
+    nbest: Annotated[int, typer.Option(help="Outputs per input, best first.", min=1)] = 1,
+    max_steps: Annotated[
+        int, typer.Option(help="Most output tokens per input; 0 is 2 x its length + 10.", min=0)
+    ] = 0,
+    length_penalty: Annotated[
+        float, typer.Option(help="Rank by score / ((5 + length) / 6) ** this; 0 is none.", min=0.0)
+    ] = 0.0,
+    tls: TlsFlag = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_server_name: TlsServerName = None,
+    token: Token = None,
+) -> None:
+    """Translate with a sequence-to-sequence model on the server (spelling to pronunciation): one line
+    per input, the input, a tab, the output's symbols separated by spaces."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.service.client.commands import translate_command
+
+    translate_command(**options)
 
 
 @app.command()

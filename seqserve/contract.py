@@ -23,11 +23,15 @@ OUTPUT_LOGITS = "logits"  # many_to_many, language_model [batch, time, classes];
 OUTPUT_HN = "hn"  # state at each row's last valid step, feed back as h0
 OUTPUT_CN = "cn"  # LSTM only, feed back as c0
 # A forecaster's graph (training/forecaster.py): raw values in, the next value's distribution out, and
-# everything it keeps of the past as state: h0/c0 as above plus the last raw values, a step count and the
-# running mean of |value| (its per-series scale), each paired with the output that continues it.
+# everything it keeps of the past as state: h0/c0 as above plus the last raw values, a step count, the
+# calendar clock and the running mean of |value| (its per-series scale), each paired with the output that
+# continues it.
 INPUT_Y = "y"  # float32 [batch, time], raw observations
 INPUT_LAGS, OUTPUT_LAGS = "lags", "lags_out"  # float32 [batch, memory], oldest first
-INPUT_CLOCK, OUTPUT_CLOCK = "clock", "clock_out"  # float32 [batch, 1], steps observed
+INPUT_COUNT, OUTPUT_COUNT = "count", "count_out"  # float32 [batch, 1], steps observed
+# float32 [batch, 1], the calendar phase of the next step, in steps mod the periods' cycle; a stream starts
+# at calendar_clock(its first observation's time), 0 at the model's calendar_origin.
+INPUT_CLOCK, OUTPUT_CLOCK = "clock", "clock_out"
 INPUT_LEVEL, OUTPUT_LEVEL = "level", "level_out"  # float32 [batch, 1], running mean of |value|
 OUTPUT_LOC, OUTPUT_SCALE = "loc", "scale"  # float32 [batch, time]: the next value ~ Normal(loc, scale^2)
 # A sequence-to-sequence model (training/seq2seq.py) is two graphs in one version, ENCODER_FILE and
@@ -322,8 +326,8 @@ def declaration_for(info: ModelInfo) -> dict[str, Any]:
 
 
 def forecaster_declaration(info: ModelInfo) -> dict[str, Any]:
-    """A forecaster's: h0/c0 on axis 1 and lags/clock/level on axis 0 as states, y [batch, time], lengths,
-    and loc/scale per step."""
+    """A forecaster's: h0/c0 on axis 1 and lags/count/clock/level on axis 0 as states, y [batch, time],
+    lengths, and loc/scale per step."""
     states = [
         {"input": name, "output": output, "batch_axis": 1}
         for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)
@@ -332,6 +336,7 @@ def forecaster_declaration(info: ModelInfo) -> dict[str, Any]:
         {"input": name, "output": output, "batch_axis": 0}
         for name, output in (
             (INPUT_LAGS, OUTPUT_LAGS),
+            (INPUT_COUNT, OUTPUT_COUNT),
             (INPUT_CLOCK, OUTPUT_CLOCK),
             (INPUT_LEVEL, OUTPUT_LEVEL),
         )
@@ -359,9 +364,16 @@ def calendar_clock(start_unix_s: float, forecast: dict[str, Any]) -> float:
     if at.tzinfo is None:
         at = at.replace(tzinfo=datetime.UTC)
     steps = (start_unix_s - at.timestamp()) / step
-    if all(float(p).is_integer() for p in periods):
-        return float(steps % math.lcm(*(int(p) for p in periods)))
-    return float(steps)
+    cycle = calendar_cycle(periods)
+    return float(steps % cycle) if cycle else float(steps)
+
+
+def calendar_cycle(periods: list[float] | tuple[float, ...]) -> int:
+    """The least common multiple of the calendar periods (where a forecaster's clock wraps), 0 when there
+    are none or one is not a whole number of steps (then the clock never wraps)."""
+    if not periods or not all(float(p).is_integer() for p in periods):
+        return 0
+    return math.lcm(*(int(p) for p in periods))
 
 
 # --- Repository layout (Triton's): <repo>/<model>/<version>/model.onnx + model.json -----------------

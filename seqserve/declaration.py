@@ -38,8 +38,11 @@ ORT_TYPES = {
 }  # fmt: skip
 
 # What an answer is made of: named tensors (any graph), or a classifier's labels and scores, or a
-# language model's next-token logits (seqserve's own exports).
-RENDERINGS = ("tensors", "classifier", "language_model", "forecaster")
+# language model's next-token logits (seqserve's own exports; a seq2seq's decoder step answers tensors that
+# its kind searches over).
+RENDERINGS = ("tensors", "classifier", "language_model", "forecaster", "seq2seq")
+# The renderings a frame model (no time axis) may have: its answers are tensors.
+FRAME_RENDERINGS = ("tensors", "seq2seq")
 
 
 class DeclarationError(ValueError):
@@ -82,7 +85,9 @@ class StreamInputDecl:
     dtype: str
     batch_axis: int
     time_axis: int | None
-    step_shape: tuple[int, ...]  # one step's shape as the client sends it (the tensor less batch and time)
+    # One step's shape as the client sends it (the tensor less batch and time); -1 marks a dim that differs
+    # between rows, which only a seq2seq decoder's contract-made declaration has (`resolve`).
+    step_shape: tuple[int, ...]
     # The last `context` items of the previous chunk along `context_axis` (of the graph tensor) are put
     # before the next one's: the graph sees context + new items (audio models: 64 + 512 samples).
     context: int = 0
@@ -356,10 +361,13 @@ def resolve(
     inputs: list[GraphTensor],
     outputs: list[GraphTensor],
     source: str = DECLARATION_FILE,
+    free_frame_dims: bool = False,
 ) -> Declaration:
     """The declaration of a graph: `data` (a declaration.json's object) with what it leaves out taken from
     the graph, or inferred whole from the graph when `data` is None. Every mistake raises
-    DeclarationError naming the field, the value and what the graph has."""
+    DeclarationError naming the field, the value and what the graph has. `free_frame_dims` lets a frame
+    input keep free dims (-1 in its step_shape): only for a declaration the contract makes, whose rows the
+    server makes itself (a seq2seq decoder's memory, as long as each word); a client's frames are fixed."""
     if data is None:
         data = infer(inputs, outputs, source)
     data = _object(data, source)
@@ -390,14 +398,14 @@ def resolve(
                 "[batch]"
             )
     stream_inputs = [
-        _stream_input(item, graph, f"{source}: inputs[{i}]")
+        _stream_input(item, graph, f"{source}: inputs[{i}]", free_frame_dims)
         for i, item in enumerate(_list(data, "inputs", source))
     ]
     if not stream_inputs:
         raise DeclarationError(
             f"{source}: inputs is empty; expected at least one input that carries the stream's data"
         )
-    if stream_inputs[0].time_axis is None and rendering != "tensors":
+    if stream_inputs[0].time_axis is None and rendering not in FRAME_RENDERINGS:
         raise DeclarationError(
             f"{source}: a frame model (no time axis) answers with tensors, not {rendering!r}"
         )
@@ -473,7 +481,7 @@ def _pattern_states(data: dict[str, Any], graph: _Graph, where: str) -> list[Sta
     return found
 
 
-def _stream_input(data: dict[str, Any], graph: _Graph, where: str) -> StreamInputDecl:
+def _stream_input(data: dict[str, Any], graph: _Graph, where: str, free_frame_dims: bool) -> StreamInputDecl:
     _object(data, where, _INPUT_FIELDS)
     name = _field(data, "name", where, str)
     tensor = graph.claim(name, "stream input")
@@ -486,7 +494,11 @@ def _stream_input(data: dict[str, Any], graph: _Graph, where: str) -> StreamInpu
         if time_axis == batch_axis:
             raise DeclarationError(f"{where}: time_axis and batch_axis are both {batch_axis}")
     skip = (batch_axis,) if time_axis is None else (batch_axis, time_axis)
-    step_shape = graph.fixed_dims(tensor, skip, where)
+    if free_frame_dims and time_axis is None:
+        kept = [dim for axis, dim in enumerate(tensor.shape) if axis not in skip]
+        step_shape = tuple(dim if isinstance(dim, int) else -1 for dim in kept)
+    else:
+        step_shape = graph.fixed_dims(tensor, skip, where)
     context = _field(data, "context", where, int, 0)
     context_axis = data.get("context_axis")
     if context:

@@ -20,7 +20,7 @@ class ModelInfo:
 
     name: str
     version: int
-    task: str  # "many_to_one", "many_to_many" or "language_model"
+    task: str  # "many_to_one", "many_to_many", "language_model", "forecast", "seq2seq" or "declared"
     cell: str
     layers: int
     hidden: int
@@ -34,7 +34,9 @@ class ModelInfo:
     test_accuracy: float
     execution_provider: str
     default_version: bool
-    vocabulary: tuple[str, ...] = ()  # language models: token id -> text
+    # Language models: token id -> text. Seq2seq models: the input characters (index = input token id,
+    # "<pad>" first), and `labels` the output symbols.
+    vocabulary: tuple[str, ...] = ()
 
     @classmethod
     def from_message(cls, info: pb.ModelInfo) -> ModelInfo:
@@ -169,4 +171,38 @@ class Forecast:
             np.asarray(forecast.mean, dtype=np.float32),
             np.asarray(forecast.scale, dtype=np.float32),
             {q.level: np.asarray(q.values, dtype=np.float32) for q in forecast.quantiles},
+        )
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One output of a translation: its symbols (a pronunciation's phonemes), the sum of the log-
+    probabilities of its tokens (end token included) and whether it ended (False: cut at max_steps)."""
+
+    output: tuple[str, ...]
+    score: float
+    finished: bool
+
+    @property
+    def text(self) -> str:
+        """The symbols joined by spaces, as `seqserve translate` prints them."""
+        return " ".join(self.output)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One input's answer to Translate: its hypotheses, best first (nbest of them)."""
+
+    input: str
+    hypotheses: tuple[Hypothesis, ...]
+
+    @property
+    def best(self) -> Hypothesis:
+        return self.hypotheses[0]
+
+    @classmethod
+    def from_message(cls, translation: pb.Translation) -> Translation:
+        return cls(
+            translation.input,
+            tuple(Hypothesis(tuple(h.output), h.score, h.finished) for h in translation.hypotheses),
         )

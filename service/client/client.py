@@ -29,6 +29,7 @@ from seqserve.service.client.answers import (
     Forecast,
     GenerationEnd,
     ModelInfo,
+    Translation,
     generation_end,
 )
 from seqserve.service.client.channels import ClientSecurity, open_channel
@@ -40,6 +41,7 @@ from seqserve.service.client.messages import (
     HEALTH_CHECK,
     LIST_MODELS,
     STREAM,
+    TRANSLATE,
     forecast_ask,
     forecast_series,
     health_request,
@@ -81,6 +83,9 @@ class _Target:
         )
         self.forecast = channel.unary_unary(
             FORECAST, request_serializer=serialize, response_deserializer=pb.ForecastResponse.FromString
+        )
+        self.translate = channel.unary_unary(
+            TRANSLATE, request_serializer=serialize, response_deserializer=pb.TranslateResponse.FromString
         )
         self.generate = channel.unary_stream(
             GENERATE, request_serializer=serialize, response_deserializer=pb.GenerateResponse.FromString
@@ -292,6 +297,34 @@ class AsyncClient:
             return response
 
         return [Forecast.from_message(f) for f in (await self._unary(call)).forecasts]
+
+    async def translate(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        beam: int = 4,
+        nbest: int = 1,
+        max_steps: int = 0,
+        length_penalty: float = 0.0,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> list[Translation]:
+        """A sequence-to-sequence model's outputs for each input (a word's pronunciation), searched on the
+        server in one call: one Translation per input, in order, with its `nbest` hypotheses best first.
+        `beam` 1 is greedy search; `max_steps` 0 lets each input take 2 x its length + 10 tokens;
+        `length_penalty` ranks by score / ((5 + length) / 6) ** length_penalty."""
+        request = pb.TranslateRequest(
+            model=model, version=version, inputs=list(inputs), beam_width=beam, nbest=nbest,
+            max_steps=max_steps, length_penalty=length_penalty,
+        )  # fmt: skip
+        deadline = self._deadline(timeout)
+
+        async def call(target: _Target) -> pb.TranslateResponse:
+            response: pb.TranslateResponse = await target.translate(request, timeout=deadline)
+            return response
+
+        return [Translation.from_message(t) for t in (await self._unary(call)).translations]
 
     def generate(
         self,

@@ -1,4 +1,4 @@
-"""`seqserve stream`, `classify`, `generate`: flags in, a load run against a server out.
+"""`seqserve stream`, `classify`, `generate`, `forecast`, `translate`: flags in, a load run or answers out.
 
 Only stdlib and typer at module top; the client and data modules load inside each command.
 """
@@ -195,3 +195,54 @@ def forecast_command(
         return forecasts.finish(output, plot, histories, [(a.mean, a.quantiles) for a in answers])
 
     typer.echo(_run_client(run()), err=output is None)
+
+
+# Inputs per Translate call, and calls in flight: a long --data file goes as many calls, whose rows the
+# server batches together, and no one call holds the whole file.
+TRANSLATE_BATCH, TRANSLATE_CALLS = 64, 4
+
+
+def translate_command(
+    target: str,
+    model: str,
+    version: int,
+    words: list[str] | None,
+    data: Path | None,
+    output: Path | None,
+    force: bool,
+    beam: int,
+    nbest: int,
+    max_steps: int,
+    length_penalty: float,
+    **security: Any,
+) -> None:
+    """Translate words (arguments and/or a file of one a line) on the server; print or write the results
+    (seqserve/translations.py)."""
+    import asyncio
+
+    from seqserve import translations
+    from seqserve.service.client.client import AsyncClient
+
+    output = checked_output(output, force)
+
+    async def run() -> list[translations.Result]:
+        inputs = translations.read_inputs(words or [], data)
+        batches = [inputs[i : i + TRANSLATE_BATCH] for i in range(0, len(inputs), TRANSLATE_BATCH)]
+        room = asyncio.Semaphore(TRANSLATE_CALLS)
+        async with AsyncClient(target, security=_security(security)) as client:
+
+            async def one(batch: list[str]) -> list[translations.Result]:
+                async with room:
+                    found = await client.translate(
+                        model, batch, beam=beam, nbest=nbest, max_steps=max_steps,
+                        length_penalty=length_penalty, version=version,
+                    )  # fmt: skip
+                return [(t.input, t.hypotheses) for t in found]
+
+            done = await asyncio.gather(*(one(batch) for batch in batches))
+        return [result for batch in done for result in batch]
+
+    results = _run_client(run())
+    sys.stdout.write(translations.write(results, output))
+    if output is not None:
+        typer.echo(f"wrote {len(results)} translations of {model} to {output}", err=True)

@@ -22,6 +22,7 @@ LIST_MODELS = SERVICE + "ListModels"
 GET_MODEL = SERVICE + "GetModel"
 GENERATE = SERVICE + "Generate"
 FORECAST = SERVICE + "Forecast"
+TRANSLATE = SERVICE + "Translate"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 _FLOAT32 = np.dtype("<f4")

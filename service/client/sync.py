@@ -24,6 +24,7 @@ from seqserve.service.client.answers import (
     Forecast,
     GenerationEnd,
     ModelInfo,
+    Translation,
 )
 from seqserve.service.client.channels import ClientSecurity
 from seqserve.service.client.client import AsyncClient, AsyncGeneration
@@ -151,6 +152,32 @@ class Client:
                 horizon=horizon,
                 quantiles=quantiles,
                 start_unix_s=start_unix_s,
+                version=version,
+                timeout=timeout,
+            )  # fmt: skip
+        )
+
+    def translate(
+        self,
+        model: str,
+        inputs: Sequence[str],
+        *,
+        beam: int = 4,
+        nbest: int = 1,
+        max_steps: int = 0,
+        length_penalty: float = 0.0,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> list[Translation]:
+        """A seq2seq model's n best outputs for each input, searched on the server (see AsyncClient)."""
+        return run_on_loop(
+            self._client.translate(
+                model,
+                inputs,
+                beam=beam,
+                nbest=nbest,
+                max_steps=max_steps,
+                length_penalty=length_penalty,
                 version=version,
                 timeout=timeout,
             )  # fmt: skip

@@ -159,11 +159,37 @@ class Batcher:
         now = time.perf_counter()
         if stream is not None:
             self._last_row_at[stream] = now
-        inputs = x if isinstance(x, tuple) else (x,)
-        steps = 1 if self._frames else inputs[0].shape[0]
-        self._pending.append(_Row(inputs, steps, states, key, future, now))
+        self._pending.append(self._row(x, states, key, future, now))
         self._maybe_dispatch()
         return future
+
+    def submit_many(
+        self, rows: list[tuple[tuple[np.ndarray, ...], States]], streams: list[object], key: tuple = ()
+    ) -> list[asyncio.Future[RowAnswer]]:
+        """Several rows (each its stream inputs' rows and its state rows) queued at once, and `streams`
+        (one hashable per row, as `submit`'s) all marked active before the batcher decides: the rows of
+        one request (a translation's words and beams) then share a call instead of the first going alone."""
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        for stream in streams:
+            self._last_row_at[stream] = now
+        futures = [loop.create_future() for _ in rows]
+        self._pending += [
+            self._row(x, states, key, f, now) for (x, states), f in zip(rows, futures, strict=True)
+        ]
+        self._maybe_dispatch()
+        return futures
+
+    def _row(
+        self,
+        x: np.ndarray | tuple[np.ndarray, ...],
+        states: States,
+        key: tuple,
+        future: asyncio.Future,
+        now: float,
+    ) -> _Row:
+        inputs = x if isinstance(x, tuple) else (x,)
+        return _Row(inputs, 1 if self._frames else inputs[0].shape[0], states, key, future, now)
 
     def forget(self, stream: object) -> None:
         """A stream has ended: stop waiting for its rows (else each restart of a short sequence leaves a

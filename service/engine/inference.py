@@ -30,6 +30,7 @@ from seqserve.service.engine.errors import (
     LimitExceeded,
     ModelNotFound,
     NoStateKey,
+    WrongTask,
 )
 from seqserve.service.engine.kind import RowAnswer
 from seqserve.service.engine.layout import Chunk, chunk_steps
@@ -92,6 +93,7 @@ class InferenceEngine:
         if resume_token:
             return self._resume(model, version, options, resume_token)
         served = self.repository.resolve(model, version)
+        self.check_client_rows(served, "a stream")
         if options.checkpoint_every_chunks:
             self._check_checkpointable(served, f"checkpoint_every_chunks={options.checkpoint_every_chunks}")
         key = _constant_key(served, constants or {})
@@ -99,6 +101,16 @@ class InferenceEngine:
         stream.options = options
         stream.key = key
         return stream
+
+    @staticmethod
+    def check_client_rows(model: ServedModel, what: str) -> None:
+        """A model of two graphs (seq2seq) runs only the rows its kind makes: a client's chunks or
+        sequences (`what`) have no graph to go to."""
+        if model.encoder is not None:
+            raise WrongTask(
+                f"model {model.key} is a sequence-to-sequence model: it answers whole inputs with Translate "
+                f"(seqserve.v1) or its `text` input (KServe V2), not {what}"
+            )
 
     def _check_checkpointable(self, served: ServedModel, asked: str) -> None:
         if self.keys is None:
@@ -271,6 +283,7 @@ class InferenceEngine:
     async def classify(self, model: ServedModel, sequences: list[Chunk]) -> list[RowAnswer]:
         if self.store.draining:
             raise Draining("server is shutting down and takes no new requests; retry on another replica")
+        self.check_client_rows(model, "Classify")
         model.metrics.steps.inc(sum(chunk_steps(x) for x in sequences))
         if model.frames or model.runtime.zero_carry is not None:  # a whole sequence runs as a stream would
             return list(

@@ -49,10 +49,12 @@ def row_states(states: tuple[np.ndarray, ...], axes: tuple[int, ...], index: int
 
 def batch_input(spec: StreamInputDecl, rows: list[np.ndarray], steps: int) -> np.ndarray:
     """The call's tensor of one stream input: rows zero-padded to `steps` along time, batch and time axes
-    where the graph has them."""
+    where the graph has them. Frames of different shapes (only rows the server makes: a seq2seq decoder's
+    memory, as long as each word) are zero-padded to the largest along each axis; such a graph masks by
+    its own lengths input."""
     first = rows[0]
     if spec.time_axis is None:
-        batch = np.stack(rows)
+        batch = np.stack(rows) if _same_shape(rows) else _padded_frames(rows)
         return batch if spec.batch_axis == 0 else np.moveaxis(batch, 0, spec.batch_axis)
     batch = np.zeros((len(rows), steps, *first.shape[1:]), dtype=first.dtype)
     for index, row in enumerate(rows):
@@ -60,6 +62,20 @@ def batch_input(spec: StreamInputDecl, rows: list[np.ndarray], steps: int) -> np
     if (spec.batch_axis, spec.time_axis) == (0, 1):
         return batch
     return np.ascontiguousarray(np.moveaxis(batch, (0, 1), (spec.batch_axis, spec.time_axis)))
+
+
+def _same_shape(rows: list[np.ndarray]) -> bool:
+    shape = rows[0].shape
+    return all(row.shape == shape for row in rows)
+
+
+def _padded_frames(rows: list[np.ndarray]) -> np.ndarray:
+    """[len(rows), *largest] with each row at the start of its slot along every axis, zeros elsewhere."""
+    largest = np.max([row.shape for row in rows], axis=0)
+    batch = np.zeros((len(rows), *largest), dtype=rows[0].dtype)
+    for index, row in enumerate(rows):
+        batch[(index, *(slice(0, n) for n in row.shape))] = row
+    return batch
 
 
 def one_input(spec: StreamInputDecl, row: np.ndarray) -> np.ndarray:

@@ -57,6 +57,10 @@ class ServedModel:
     open_streams: int = 0  # kept by the state store; a retired version unloads at 0
     open_generations: int = 0  # of those, Generate calls still stepping (service/kinds/language_model.py)
     retired: bool = False
+    # A model of two graphs (a seq2seq's encoder, beside its decoder step, which is `runtime` and `batcher`
+    # above): the encoder's own runtime and batcher, so its rows batch across requests too.
+    encoder: ModelRuntime | None = None
+    encoder_batcher: Batcher | None = None
 
     # Cached: read per request, and the runtime's info never changes.
     @functools.cached_property
@@ -189,9 +193,13 @@ class ModelRepository:
                 )
         else:  # a graph seqserve did not write: its declaration (or the graph's names) say the rest
             info = contract.declared(name, version, _sha256(path / MODEL_FILE))
-        config = self.config
-        declared = declarations.read(path)
-        runtime = ModelRuntime(info, path / MODEL_FILE, config.device, config.inference_threads, declared)
+        device, threads = self.config.device, self.config.inference_threads
+        encoder = None
+        if info.task == contract.SEQ2SEQ:  # two graphs, each declared by the contract
+            encoder = ModelRuntime(info, path / contract.ENCODER_FILE, device, threads)
+            runtime = ModelRuntime(info, path / contract.DECODER_FILE, device, threads)
+        else:
+            runtime = ModelRuntime(info, path / MODEL_FILE, device, threads, declarations.read(path))
         if info.task == contract.DECLARED and runtime.declaration.batchable:
             runtime.probe()
         bound = self.service_metrics.for_model(
@@ -199,18 +207,27 @@ class ModelRepository:
             runtime.declaration.batchable,
         )  # fmt: skip
         kind = self.kind_for(runtime.declaration)
+        served = ServedModel(runtime, kind, self._batcher(runtime, kind, bound), bound, default=False)
+        if encoder is not None:
+            served.encoder = encoder
+            served.encoder_batcher = self._batcher(encoder, self.kind_for(encoder.declaration), bound)
+        return served
+
+    def _batcher(self, runtime: ModelRuntime, kind: ModelKind, metrics: ModelMetrics) -> Batcher:
+        """A graph's batcher under the server's batching flags; its health is the model's."""
+        config = self.config
         batcher = Batcher(
             runtime,
             kind,
             self.executor,
-            bound,
+            metrics,
             config.max_batch,
             config.max_delay_ms / 1000.0,
             max_in_flight=config.calls_in_flight,
             inline_budget_s=config.inline_max_us / 1e6,
         )
         batcher.on_health_change = self._notify
-        return ServedModel(runtime, kind, batcher, bound, default=False)
+        return batcher
 
     @staticmethod
     def _log_loaded(served: ServedModel) -> None:
@@ -310,5 +327,9 @@ class ModelRepository:
 
     def serving(self) -> dict[str, bool]:
         """Per model: whether its default version is healthy (fewer failed calls in a row than the
-        batcher's threshold)."""
-        return {name: self.resolve(name).batcher.healthy for name in self._models}
+        batcher's threshold, on each of its graphs)."""
+        return {name: _healthy(self.resolve(name)) for name in self._models}
+
+
+def _healthy(served: ServedModel) -> bool:
+    return served.batcher.healthy and (served.encoder_batcher is None or served.encoder_batcher.healthy)

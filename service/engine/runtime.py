@@ -24,6 +24,7 @@ import onnxruntime as ort
 from seqserve import declaration as declarations
 from seqserve.contract import (
     DECLARED,
+    SEQ2SEQ,
     ContractError,
     ModelInfo,
     declaration_for,
@@ -74,12 +75,15 @@ class ModelRuntime:
         self.provider = self.session.get_providers()[0]
         if info.task != DECLARED:
             self._check_signature(model_path)
-            declared = declaration_for(info) if declared is None else declared
+            declared = declaration_for(info, model_path.name) if declared is None else declared
         graph_in, graph_out = (
             graph_tensors(self.session.get_inputs()),
             graph_tensors(self.session.get_outputs()),
         )
-        self.declaration: Declaration = declarations.resolve(declared, graph_in, graph_out, str(model_path))
+        # A seq2seq decoder's memory is as long as each word: its contract-made declaration leaves that free.
+        self.declaration: Declaration = declarations.resolve(
+            declared, graph_in, graph_out, str(model_path), free_frame_dims=info.task == SEQ2SEQ
+        )
         if info.task == DECLARED and self.declaration.rendering != "tensors":
             raise declarations.DeclarationError(
                 f"{model_path}: rendering {self.declaration.rendering!r} is for seqserve's own exports, "
@@ -108,13 +112,16 @@ class ModelRuntime:
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
         # The names seqserve's exporter writes for this task (contract.declaration_for says them all).
-        written = declaration_for(self.info)
+        written = declaration_for(self.info, model_path.name)
         want_in = (
             *(i["name"] for i in written["inputs"]),
-            *(s["input"] for s in written["states"]),
-            written["lengths"],
+            *(s["input"] for s in written.get("states", ())),
+            *([written["lengths"]] if written.get("lengths") else []),
         )
-        want_out = (*(o["name"] for o in written["outputs"]), *(s["output"] for s in written["states"]))
+        want_out = (
+            *(o["name"] for o in written["outputs"]),
+            *(s["output"] for s in written.get("states", ())),
+        )
         if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(want_out):
             raise ContractError(
                 f"{model_path}: inputs {got_in} / outputs {got_out}, the contract for a {self.info.cell} "

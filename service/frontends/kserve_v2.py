@@ -32,11 +32,13 @@ from seqserve.service.engine import (
     ServiceError,
     ServiceMetrics,
     Unsupported,
+    WrongTask,
     outcome,
 )
 from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.frontends.status import status_code
 from seqserve.service.kinds import forecaster as forecasting
+from seqserve.service.kinds import seq2seq
 from seqserve.service.kinds.classifier import RowResult
 from seqserve.service.kinds.tensors import TensorAnswer
 
@@ -123,6 +125,8 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name, request.model_version)
         control = converters.sequence_control(request)
         in_sequence = control.sequence_id is not None
+        if converters.is_translator(model):
+            return self._admit_translation(request, model, in_sequence, answered, received)
         max_steps = self.engine.config.max_chunk_steps if in_sequence else None
         ask = converters.forecast_ask(request, model)
         if ask is not None:
@@ -150,6 +154,29 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             admitted.pending = asyncio.ensure_future(self.engine.classify(model, list(x)))
             if answered is not None:
                 admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
+        return admitted
+
+    def _admit_translation(
+        self,
+        request: pb.ModelInferRequest,
+        model: ServedModel,
+        in_sequence: bool,
+        answered: Answered | None,
+        received: float,
+    ) -> _Admitted:
+        """A seq2seq request: its texts translated whole (no sequence: a translation keeps no state)."""
+        if in_sequence:
+            raise WrongTask(
+                f"model {model.key} is a seq2seq model: a request translates whole texts, it takes no "
+                "sequence_id"
+            )
+        texts = converters.translate_texts(request, model)
+        options = converters.translate_options(request)
+        outputs = converters.requested_outputs(request, model)
+        admitted = _Admitted(request, model, outputs, False, received)
+        admitted.pending = asyncio.ensure_future(seq2seq.translate(self.engine, model, texts, options))
+        if answered is not None:
+            admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
         return admitted
 
     async def _forecasts(

@@ -20,14 +20,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import serialize_byte_tensor
 
-from seqserve.contract import INPUT_X, OUTPUT_LOGITS
+from seqserve.contract import INPUT_X, OUTPUT_LOGITS, SEQ2SEQ
 from seqserve.declaration import V2_DATATYPES
 from seqserve.service.engine import InvalidChunk, LimitExceeded, ModelTotals, SequenceId, ServedModel
 from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
 from seqserve.service.kinds import forecaster as forecasting
+from seqserve.service.kinds import seq2seq
 from seqserve.service.kinds.classifier import RowResult
 from seqserve.service.kinds.tensors import check_inputs
+from seqserve.vocabularies import Translation
 
 OUTPUT_LABEL = "label"
 OUTPUT_SCORES = "scores"
@@ -206,6 +208,14 @@ def requested_outputs(
     """The outputs the client named, in its order; none named means all of them, as Triton does. A forecast
     request's are the forecast's (after the chunk's own, in a sequence)."""
     outputs = request.outputs
+    if is_translator(model):
+        unknown = [o.name for o in outputs if o.name not in TRANSLATE_OUTPUTS]
+        if unknown:
+            raise InvalidChunk(
+                f"requested output(s) {unknown} are not among model {model.key}'s outputs "
+                f"{list(TRANSLATE_OUTPUTS)}"
+            )
+        return tuple(o.name for o in outputs) or TRANSLATE_OUTPUTS
     if model.named_tensors:
         names = model.runtime.answer_names
         if ask is not None:
@@ -281,6 +291,121 @@ def forecast_tensors(answer: forecasting.ForecastAnswer) -> dict[str, np.ndarray
     return dict(zip(FORECAST_OUTPUTS, (answer.mean, answer.scale, answer.quantiles.T.copy()), strict=True))
 
 
+# A seq2seq model on the V2 door (docs/triton.md): one text a row in, each row's n best out (the output
+# symbols joined by spaces, and their scores), the search's options as request parameters.
+TEXT_INPUT, TEXT_OUTPUT, SCORE_OUTPUT = "text", "output", "score"
+TRANSLATE_OUTPUTS = (TEXT_OUTPUT, SCORE_OUTPUT)
+_TRANSLATE_PARAMETERS = {
+    "beam_width": "beam",
+    "nbest": "nbest",
+    "max_steps": "max_steps",
+    "length_penalty": "length_penalty",
+}
+
+
+def is_translator(model: ServedModel) -> bool:
+    return model.runtime.info.task == SEQ2SEQ
+
+
+def translate_texts(request: pb.ModelInferRequest, model: ServedModel) -> list[str]:
+    """The request's `text` input: BYTES [batch], one UTF-8 text a row."""
+    inputs = request.inputs
+    tensor = inputs[0] if len(inputs) == 1 else None
+    if tensor is None or tensor.name != TEXT_INPUT or tensor.datatype != "BYTES" or len(tensor.shape) != 1:
+        given = ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in inputs) or "none"
+        raise InvalidChunk(
+            f"request has inputs {given}; model {model.key} is a seq2seq model and takes one input "
+            f"{TEXT_INPUT!r} BYTES [batch], one text a row"
+        )
+    raw_contents = request.raw_input_contents
+    if raw_contents:
+        elements = _byte_elements(raw_contents[0])
+    else:
+        elements = list(tensor.contents.bytes_contents)
+    if len(elements) != tensor.shape[0]:
+        raise InvalidChunk(
+            f"input {TEXT_INPUT} has {len(elements)} elements for shape {list(tensor.shape)}; expected one "
+            "text a row"
+        )
+    texts = []
+    for row, element in enumerate(elements):
+        try:
+            texts.append(element.decode())
+        except UnicodeDecodeError as error:
+            raise InvalidChunk(f"input {TEXT_INPUT} row {row} is not UTF-8 text ({error})") from None
+    return texts
+
+
+def _byte_elements(raw: bytes) -> list[bytes]:
+    """A raw BYTES tensor: each element as a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        if offset + 4 + size > len(raw):
+            raise InvalidChunk(
+                f"input {TEXT_INPUT}'s raw contents end inside element {len(elements)} (its length says "
+                f"{size} bytes, {len(raw) - offset - 4} are left); expected each element as a 4-byte "
+                "little-endian length, then its bytes"
+            )
+        elements.append(raw[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return elements
+
+
+def translate_options(request: pb.ModelInferRequest) -> seq2seq.TranslateOptions:
+    """The search's request parameters; one left out takes TranslateOptions' default. length_penalty may
+    come as a string ("0.6"): tritonclient sends no float parameters."""
+    chosen: dict[str, float] = {}
+    for name, field in _TRANSLATE_PARAMETERS.items():
+        param = request.parameters.get(name)
+        if param is None:
+            continue
+        kind = param.WhichOneof("parameter_choice")
+        if kind in ("int64_param", "uint64_param"):
+            chosen[field] = getattr(param, kind)
+        elif name == "length_penalty" and kind in ("double_param", "string_param"):
+            try:
+                chosen[field] = float(getattr(param, kind))
+            except ValueError:
+                raise InvalidChunk(
+                    f"parameter {name} is {param.string_param!r}; expected a number such as 0.6"
+                ) from None
+        else:
+            want = "a number (or a string holding one)" if name == "length_penalty" else "an integer"
+            raise InvalidChunk(f"parameter {name} is a {kind}; expected {want}")
+    return seq2seq.TranslateOptions(**chosen)  # type: ignore[arg-type]
+
+
+def _fill_translations(
+    response: pb.ModelInferResponse,
+    request: pb.ModelInferRequest,
+    model: ServedModel,
+    found: list[list[Translation]],
+    names: Requested,
+) -> None:
+    """`output` BYTES [batch, nbest] (each hypothesis's symbols joined by spaces) and `score` FP32
+    [batch, nbest]."""
+    info = model.runtime.info
+    response.model_name, response.model_version, response.id = info.name, str(info.version), request.id
+    # A row with fewer hypotheses than the rest (its search ended with fewer than nbest) is padded with
+    # empty texts scored -inf.
+    nbest = max(len(row) for row in found)
+    rows = [
+        [(" ".join(h.output), h.score) for h in row] + [("", -np.inf)] * (nbest - len(row)) for row in found
+    ]
+    shape = (len(found), nbest)
+    for name in names:
+        if name == TEXT_OUTPUT:
+            texts = np.array([text.encode() for row in rows for text, _ in row], dtype=np.object_)
+            data = serialize_byte_tensor(texts).item()
+            datatype = "BYTES"
+        else:
+            data = np.array([score for row in rows for _, score in row], dtype="<f4").tobytes()
+            datatype = "FP32"
+        response.outputs.add(name=str(name), datatype=datatype, shape=shape)
+        response.raw_output_contents.append(data)
+
+
 def _classified(
     output: pb.ModelInferRequest.InferRequestedOutputTensor, model: ServedModel
 ) -> str | Classified:
@@ -345,6 +470,9 @@ def fill_infer_response(
     rows' answers one after another [batch, ...]. Raw bytes are the rows' arrays back to back, which is
     the stacked array's C order, so nothing is stacked. A declared graph's: its named outputs, batch first."""
     info = model.runtime.info
+    if is_translator(model):
+        _fill_translations(response, request, model, rows, names)  # type: ignore[arg-type]
+        return
     if model.named_tensors:
         _fill_tensors(response, request, model, rows, names)
         return
@@ -451,7 +579,12 @@ def _declared_dims(
     model: ServedModel,
 ) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
     """A declared graph's inputs and outputs as V2 shows them, batch first: [-1, -1 (steps), ...] or a
-    frame model's [-1, ...]."""
+    frame model's [-1, ...]; a seq2seq model's text in, n-best texts and scores out."""
+    if is_translator(model):
+        return [(TEXT_INPUT, "BYTES", [-1])], [
+            (TEXT_OUTPUT, "BYTES", [-1, -1]),
+            (SCORE_OUTPUT, "FP32", [-1, -1]),
+        ]
     declaration = model.runtime.declaration
     inputs = [
         (i.name, V2_DATATYPES[i.dtype], [-1, *([] if i.time_axis is None else [-1]), *i.sent_shape])
@@ -468,7 +601,7 @@ def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataR
     response = pb.ModelMetadataResponse(
         name=info.name, versions=[str(v) for v in versions], platform=PLATFORM
     )
-    if model.named_tensors:
+    if model.named_tensors or is_translator(model):
         inputs, outputs = _declared_dims(model)
         for name, datatype, dims in inputs:
             response.inputs.add(name=name, datatype=datatype, shape=dims)
@@ -492,7 +625,7 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
         name=info.name, platform=PLATFORM, backend="onnxruntime", max_batch_size=0,
         default_model_filename="model.onnx",
     )  # fmt: skip
-    if model.named_tensors:
+    if model.named_tensors or is_translator(model):
         inputs, outputs = _declared_dims(model)
         for name, datatype, dims in inputs:
             config.input.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)

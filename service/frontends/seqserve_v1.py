@@ -23,6 +23,7 @@ from seqserve.service.engine import (
 from seqserve.service.frontends import seqserve_v1_converters as converters
 from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds import language_model as generation
+from seqserve.service.kinds import seq2seq
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
@@ -185,6 +186,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:  # noqa: N802
         model = self.engine.repository.resolve(request.model, request.version)
+        self.engine.check_client_rows(model, "Classify")
         if not request.sequences:
             raise InvalidChunk("ClassifyRequest has no sequences; expected at least 1")
         sequences = [
@@ -224,6 +226,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
         return pb.ForecastResponse(
             model=converters.model_info(model), forecasts=[converters.forecast(a) for a in answers]
+        )
+
+    async def Translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:  # noqa: N802
+        model = self.engine.repository.resolve(request.model, request.version)
+        texts = list(request.inputs)
+        found = await seq2seq.translate(self.engine, model, texts, converters.translate_options(request))
+        return pb.TranslateResponse(
+            model=converters.model_info(model),
+            translations=[
+                converters.translation(text, n_best) for text, n_best in zip(texts, found, strict=True)
+            ],
         )
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802

@@ -18,9 +18,11 @@ from seqserve.service.frontends import tensors
 from seqserve.service.frontends.values import all_finite
 from seqserve.service.kinds import forecaster as forecasting
 from seqserve.service.kinds import language_model as generation
+from seqserve.service.kinds import seq2seq
 from seqserve.service.kinds.classifier import RowResult
 from seqserve.service.kinds.tensors import TensorAnswer, check_inputs
 from seqserve.v1 import seqserve_pb2 as pb
+from seqserve.vocabularies import Translation
 
 _FLOAT32 = np.dtype("<f4")
 _STOP_REASONS = {
@@ -191,6 +193,22 @@ def forecast(answer: forecasting.ForecastAnswer) -> pb.Forecast:
     for level, values in zip(answer.levels, answer.quantiles, strict=True):
         message.quantiles.add(level=level, values=values.tolist())
     return message
+
+
+def translate_options(request: pb.TranslateRequest) -> seq2seq.TranslateOptions:
+    return seq2seq.TranslateOptions(
+        beam=request.beam_width,
+        nbest=request.nbest,
+        max_steps=request.max_steps,
+        length_penalty=request.length_penalty,
+    )
+
+
+def translation(text: str, n_best: list[Translation]) -> pb.Translation:
+    return pb.Translation(
+        input=text,
+        hypotheses=[pb.Hypothesis(output=h.output, score=h.score, finished=h.finished) for h in n_best],
+    )
 
 
 def generate_params(request: pb.GenerateRequest) -> generation.GenerateParams:

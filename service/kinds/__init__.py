@@ -3,7 +3,8 @@ how the graph's outputs become an answer; the engine (`service/engine/`) batches
 which kind it runs (`service/engine/kind.py` is all it asks).
 
 `kind_for` is what the server's wiring hands the repository: a loaded graph's kind, from its declaration's
-rendering (seqserve's own classifiers and language models; named tensors for any other graph).
+rendering (seqserve's own classifiers, language models, forecasters and seq2seq decoders; named tensors
+for any other graph).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from seqserve.service.engine.kind import ModelKind
 from seqserve.service.kinds.classifier import Classifier
 from seqserve.service.kinds.forecaster import Forecaster
 from seqserve.service.kinds.language_model import LanguageModel
+from seqserve.service.kinds.seq2seq import Seq2Seq
 from seqserve.service.kinds.tensors import Tensors
 
 
@@ -23,4 +25,6 @@ def kind_for(declaration: Declaration) -> ModelKind:
         return Classifier.of(declaration)
     if declaration.rendering == "forecaster":
         return Forecaster(declaration)
+    if declaration.rendering == "seq2seq":  # a seq2seq's decoder step (its encoder answers tensors)
+        return Seq2Seq(declaration)
     return Tensors(declaration)

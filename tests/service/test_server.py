@@ -42,7 +42,7 @@ def test_reflection_describes_the_api(server: ServerThread) -> None:
         services = set(database.get_services())
         method = database.FindFileContainingSymbol("seqserve.v1.InferenceService").service[0].method
     assert {"seqserve.v1.InferenceService", "grpc.health.v1.Health"} <= services
-    served = ["Stream", "Classify", "ListModels", "GetModel", "Generate", "Forecast"]
+    served = ["Stream", "Classify", "ListModels", "GetModel", "Generate", "Forecast", "Translate"]
     assert [m.name for m in method] == served
 
 
