@@ -1,9 +1,11 @@
 """Exporting a forecaster run: build its graph, prove parity with PyTorch, write the version.
 
 Parity: the Taylor history (or each series of the run's data) is run through PyTorch whole and through
-onnxruntime in random chunks, state carried, and rows of different lengths batched together; loc and scale
-are compared in units of the series scale (a raw float32 loc near 30,000 MW has a spacing of 0.002, so an
-absolute 1e-5 would measure float32 itself), the states h/c and level/lags as they are. Tolerance
+onnxruntime in random chunks, state carried, and rows of different lengths batched together, then rolled
+out over the model's horizon from random calendar phases (`OnnxForecaster.forecast` against
+`training.forecaster.forecast`); loc and scale are compared in units of the series scale (a raw float32
+loc near 30,000 MW has a spacing of 0.002, so an absolute 1e-5 would measure float32 itself), the states
+h/c, count and clock as they are, lags and level in units of the series scale. Tolerance
 `contract.PARITY_TOLERANCE`.
 """
 
@@ -21,8 +23,8 @@ from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.export import repository as repo
 from seqserve.export.errors import ExportError, ExportInputError
-from seqserve.export.forecast_graph import build_forecaster
-from seqserve.training.forecaster import Forecaster, from_payload
+from seqserve.export.forecast_graph import FORECAST_STATES, build_forecaster
+from seqserve.training.forecaster import Forecaster, forecast, from_payload
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.series import load_series
 
@@ -32,33 +34,28 @@ PARITY_STEPS = 800
 
 
 class OnnxForecaster:
-    """One onnxruntime session of a forecaster graph: chunks in, loc/scale and the new states out."""
+    """One onnxruntime session of a forecaster graph: chunks in, loc/scale and the new states out; and the
+    forecast, the same deterministic mean rollout as `training.forecaster.rollout`."""
 
     def __init__(self, model_bytes: bytes, info: ModelInfo) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         self.info = info
-        self.state_names = [
-            *contract.state_inputs(info.cell),
-            contract.INPUT_LAGS,
-            contract.INPUT_CLOCK,
-            contract.INPUT_LEVEL,
-        ]
-        self.state_outputs = [
-            *contract.state_outputs(info.cell),
-            contract.OUTPUT_LAGS,
-            contract.OUTPUT_CLOCK,
-            contract.OUTPUT_LEVEL,
-        ]
+        self.state_names = [*contract.state_inputs(info.cell), *(name for name, _ in FORECAST_STATES)]
+        self.state_outputs = [*contract.state_outputs(info.cell), *(output for _, output in FORECAST_STATES)]
 
-    def initial_states(self, batch: int) -> dict[str, np.ndarray]:
+    def initial_states(self, batch: int, clock: float | np.ndarray = 0.0) -> dict[str, np.ndarray]:
+        """`batch` streams that have observed nothing, their calendar clocks at `clock` (a scalar or [B])."""
         states = {
             name: np.zeros(self.info.state_shape(batch), np.float32)
             for name in contract.state_inputs(self.info.cell)
         }
         states[contract.INPUT_LAGS] = np.zeros((batch, self.info.forecast["memory"]), np.float32)
-        states[contract.INPUT_CLOCK] = np.zeros((batch, 1), np.float32)
+        states[contract.INPUT_COUNT] = np.zeros((batch, 1), np.float32)
+        states[contract.INPUT_CLOCK] = np.broadcast_to(
+            np.asarray(clock, np.float32).reshape(-1, 1), (batch, 1)
+        ).copy()
         states[contract.INPUT_LEVEL] = np.zeros((batch, 1), np.float32)
         return states
 
@@ -76,6 +73,36 @@ class OnnxForecaster:
         outputs = self.session.run([contract.OUTPUT_LOC, contract.OUTPUT_SCALE, *self.state_outputs], feeds)
         return outputs[0], outputs[1], dict(zip(self.state_names, outputs[2:], strict=True))
 
+    def rollout(
+        self, first_loc: np.ndarray, first_scale: np.ndarray, states: dict[str, np.ndarray], horizon: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """loc, scale [B, horizon] of the next values: step 0 is `first_*` [B] (the answer at the last
+        observed step), each later step the graph's answer to the previous loc fed back as a one-step chunk
+        from `states` (the states after the last observed step)."""
+        if horizon < 1:
+            raise ValueError(f"horizon {horizon}; expected at least 1 step")
+        locs, scales = [np.asarray(first_loc, np.float32)], [np.asarray(first_scale, np.float32)]
+        for _ in range(horizon - 1):
+            loc, scale, states = self.step(locs[-1][:, None], states)
+            locs.append(loc[:, 0])
+            scales.append(scale[:, 0])
+        return np.stack(locs, axis=1), np.stack(scales, axis=1)
+
+    def forecast(
+        self,
+        history: np.ndarray,
+        horizon: int,
+        lengths: np.ndarray | None = None,
+        clock: float | np.ndarray = 0.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """loc, scale [B, horizon] after `history` [B, T] (rows padded to `lengths`), each read from a
+        stream's start at calendar phase `clock`: `training.forecaster.forecast` over onnxruntime."""
+        batch, steps = history.shape
+        lengths = np.full(batch, steps, np.int32) if lengths is None else np.asarray(lengths, np.int32)
+        loc, scale, states = self.step(history, self.initial_states(batch, clock), lengths)
+        rows = np.arange(batch)
+        return self.rollout(loc[rows, lengths - 1], scale[rows, lengths - 1], states, horizon)
+
 
 def _torch_run(model: Forecaster, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     with torch.no_grad():
@@ -91,8 +118,9 @@ def _torch_run(model: Forecaster, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def check_forecaster_parity(
     model: Forecaster, session: OnnxForecaster, series: list[np.ndarray], seed: int = 0
 ) -> dict:
-    """Max differences between PyTorch (whole) and onnxruntime (random chunks; and all rows batched with
-    different lengths). Returns {'max_abs_diff', 'tolerance', 'passed', ...}."""
+    """Max differences between PyTorch (whole) and onnxruntime (random chunks; all rows batched with
+    different lengths; and the forecast rollout after each row). Returns {'max_abs_diff', 'tolerance',
+    'passed', ...}."""
     rng = np.random.default_rng(seed)
     worst = {"loc_scale": 0.0, "states": 0.0, "batched": 0.0}
     for values in series:
@@ -135,6 +163,7 @@ def check_forecaster_parity(
                 worst["batched"],
                 float(np.max(np.abs(row_state - alone_state) / np.maximum(np.abs(alone_state), 1))),
             )
+    worst["rollout"] = _rollout_difference(model, session, padded, lengths, rng)
     max_diff = max(worst.values())
     return {
         "max_abs_diff": max_diff,
@@ -143,6 +172,33 @@ def check_forecaster_parity(
         "relative_to": "series scale",
         **worst,
     }
+
+
+def _rollout_difference(
+    model: Forecaster,
+    session: OnnxForecaster,
+    padded: np.ndarray,
+    lengths: np.ndarray,
+    rng: np.random.Generator,
+) -> float:
+    """Max difference, in units of the series scale, between the PyTorch and onnxruntime forecasts of every
+    row (batched, different lengths, random calendar phases) over the model's horizon (at least 8 steps)."""
+    horizon = max(8, int(session.info.forecast.get("horizon") or 0))
+    cycle = model.config.cycle
+    clocks = rng.integers(0, cycle, size=len(lengths)).astype(np.float32) if cycle else np.zeros(len(lengths))
+    with torch.no_grad():
+        want = forecast(
+            model,
+            torch.as_tensor(padded),
+            horizon,
+            torch.as_tensor(lengths),
+            model.initial_state(len(lengths), torch.as_tensor(clocks).reshape(-1, 1)),
+        )
+    loc, scale = session.forecast(padded, horizon, lengths, clocks)
+    unit = want.series_scale.numpy()
+    return max(
+        float(np.max(np.abs(got - ref.numpy()) / unit)) for got, ref in ((loc, want.loc), (scale, want.scale))
+    )
 
 
 def forecaster_info(model: Forecaster, name: str, version: int, horizon: int) -> ModelInfo:
@@ -164,6 +220,8 @@ def forecaster_info(model: Forecaster, name: str, version: int, horizon: int) ->
             "memory": config.memory,
             "horizon": horizon,
             "distribution": "normal",
+            "step_seconds": config.step_seconds,
+            "calendar_origin": config.calendar_origin,
         },
     )
 

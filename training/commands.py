@@ -85,11 +85,16 @@ _FORECAST_FLAGS = (
 )  # fmt: skip
 
 
+_CLASSIFIER_LR = 3e-3  # `seqserve train --lr`'s default
+
+
 def _train_forecaster(given: dict) -> None:
     from seqserve.training.datasets import DataError
     from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
 
     given.pop("task")
+    if given.get("lr") == _CLASSIFIER_LR:  # the command's default is the classifiers': take the forecaster's
+        given.pop("lr")
     # Flags with a default count as given only when they differ from it.
     defaults = {"bidirectional": False, "chrono": 0}
     stray = [key for key in given if key not in _FORECAST_FLAGS and given[key] != defaults.get(key)]

@@ -1,16 +1,19 @@
 """Training a forecaster and writing its run folder.
 
-Training windows: a window starts at a random step s of a series' training part (s >= the model's memory
-where the series allows, so the lags are real values), its state warmed from the values before s (lags,
-clock, level; h zero). The model reads `burn_in + window` values teacher-forced; the loss is the Gaussian
-negative log-likelihood of the next value on the steps after the burn-in, in units of the series scale.
-AdamW, gradient clipping, early stopping on the validation loss (the same likelihood on every validation
-origin's horizon, the series read from its start), the best epoch's weights kept.
+Training windows: a forecast origin o is drawn from a series' training part (o > the model's memory where
+the series allows, so the seasonal lags are real values); its state is warmed from the values before
+o - context (lags, count, clock, level; h zero), the `context` values before o are read teacher-forced,
+and the loss is the Gaussian negative log-likelihood, in units of the series scale, of the `horizon`
+values from o under the fed-back mean rollout (`forecaster.rollout`): the same forecast that evaluation,
+the export and the server make. Targets past the training part are masked. AdamW with a linear warm-up and
+a cosine decay, gradient clipping, early stopping on the validation loss (the same rollout likelihood on
+every validation origin's horizon, each series read from its start), the best epoch's weights kept, the
+untrained ones (epoch 0) included.
 
-Evaluation: every origin's history is run from the start of its series; `samples` paths are then drawn
-(`forecaster.sample_paths`, seeded), the forecast mean is their mean and the quantiles their empirical
-quantiles. The seasonal naive (the last season repeated, intervals from its in-sample residual quantiles)
-is scored on the same origins. CPU time is measured with resource.getrusage beside wall time.
+Evaluation: every origin's history is read from the start of its series, then rolled out; the forecast mean
+is the rollout's loc, its quantiles loc + scale * Phi^-1(q). The seasonal naive (the last season repeated,
+intervals from its in-sample residual quantiles) is scored on the same origins. CPU time is measured with
+resource.getrusage beside wall time.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from seqserve.training import forecast_metrics as fm
 from seqserve.training.forecaster import (
     Forecaster,
     ForecasterConfig,
+    Step,
     checkpoint_payload,
+    forecast,
     nll,
     parameter_count,
-    sample_paths,
+    quantiles,
+    rollout,
     warm_state,
 )
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.series import Origin, SeriesSet, load_series
 
 logger = logging.getLogger(__name__)
-WEIGHT_DECAY = 1e-4
 
 
 @dataclass
@@ -52,18 +57,18 @@ class ForecastTrainConfig:
     data: Path | None = None
     horizon: int = 0  # a CSV's horizon (0: its season); the shipped sets fix their own
     cell: str = "gru"
-    hidden: int = 64
+    hidden: int = 32
     layers: int = 1
     dropout: float = 0.0
-    burn_in: int = 48  # teacher-forced steps before the loss counts
-    window: int = 96  # steps whose next value the loss scores
+    context: int = 96  # teacher-forced steps before each training window's origin
     batch_size: int = 32
-    batches_per_epoch: int = 16
-    epochs: int = 60
+    batches_per_epoch: int = 50
+    epochs: int = 30
     patience: int = 10
-    lr: float = 3e-3
+    lr: float = 1e-3
+    warmup: float = 0.05  # share of all optimiser steps spent warming the learning rate up
+    weight_decay: float = 1e-4
     clip: float = 1.0
-    samples: int = 200
     seed: int = 0
     threads: int = 1
 
@@ -76,6 +81,17 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def naive_unit(data: SeriesSet) -> float:
+    """Mean over series of the training part's mean |y_t - y_{t-m}| / mean |y|: the model's `unit`."""
+    ratios = []
+    for values, end in zip(data.values, data.train_end, strict=True):
+        train = values[:end]
+        if len(train) > data.season and np.abs(train).mean() > 0:
+            ratios.append(np.abs(train[data.season :] - train[: -data.season]).mean() / np.abs(train).mean())
+    unit = float(np.mean(ratios)) if ratios else 1.0
+    return unit if unit > 0 else 1.0
+
+
 def build_model(config: ForecastTrainConfig, data: SeriesSet) -> Forecaster:
     return Forecaster(
         ForecasterConfig(
@@ -85,41 +101,63 @@ def build_model(config: ForecastTrainConfig, data: SeriesSet) -> Forecaster:
             lags=data.lags,
             periods=data.periods,
             season=data.season,
+            unit=naive_unit(data),
             dropout=config.dropout,
+            step_seconds=data.step_seconds,
+            calendar_origin=data.calendar_origin,
         )
     )
 
 
+@dataclass
+class Windows:
+    """A batch of training windows: context values (right-padded), their lengths, the warmed state before
+    them, and the horizon's targets with the mask of those inside the training part."""
+
+    context: torch.Tensor  # [B, C]
+    lengths: torch.Tensor  # [B]
+    state: dict
+    target: torch.Tensor  # [B, H]
+    mask: torch.Tensor  # [B, H] bool
+
+
 def _window_batch(
     model: Forecaster, data: SeriesSet, config: ForecastTrainConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """y [B, W], next values [B, W], loss mask [B, W] and the warmed state of `batch_size` random windows."""
-    span = config.burn_in + config.window
-    memory = model.config.memory
+) -> Windows:
+    """`batch_size` random windows, origins drawn uniformly over every series' training part."""
     ends = np.asarray(data.train_end)
-    lows = np.minimum(memory, np.maximum(ends - span - 1, 0))
-    highs = np.maximum(ends - span - 1, lows)
-    series = rng.choice(len(ends), size=config.batch_size, p=(highs - lows + 1) / (highs - lows + 1).sum())
-    starts = [int(rng.integers(lows[i], highs[i] + 1)) for i in series]
-    y = np.zeros((config.batch_size, span))
-    nxt = np.zeros((config.batch_size, span))
-    mask = np.zeros((config.batch_size, span), dtype=bool)
-    histories = []
-    for row, (i, s) in enumerate(zip(series, starts, strict=True)):
+    lows = np.clip(model.config.memory + 1, 1, np.maximum(ends - 1, 1))
+    counts = np.maximum(ends - lows, 1)
+    series = rng.choice(len(ends), size=config.batch_size, p=counts / counts.sum())
+    origins = [int(rng.integers(lows[i], max(ends[i], lows[i] + 1))) for i in series]
+    horizon = data.horizon
+    context = np.zeros((config.batch_size, config.context))
+    target = np.zeros((config.batch_size, horizon))
+    mask = np.zeros((config.batch_size, horizon), dtype=bool)
+    lengths, states = [], []
+    for row, (i, o) in enumerate(zip(series, origins, strict=True)):
         values = data.values[i]
-        steps = min(span, ends[i] - 1 - s)
-        y[row, :steps] = values[s : s + steps]
-        nxt[row, :steps] = values[s + 1 : s + 1 + steps]
-        mask[row, min(config.burn_in, steps - 1) : steps] = True
-        histories.append(values[max(0, s - memory) : s])
-    state = _warm_rows(model, [data.values[i][:s] for i, s in zip(series, starts, strict=True)])
+        start = max(0, o - config.context)
+        context[row, : o - start] = values[start:o]
+        lengths.append(o - start)
+        inside = values[o : min(o + horizon, ends[i])]
+        target[row, : len(inside)] = inside
+        mask[row, : len(inside)] = True
+        states.append(warm_state(model, values[None, :start], data.phase(i)))
+    state = {
+        key: torch.cat([s[key] for s in states], dim=1 if key in ("h0", "c0") else 0) for key in states[0]
+    }
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    return as_tensor(y), as_tensor(nxt), torch.as_tensor(mask), state
+    return Windows(
+        as_tensor(context), torch.as_tensor(lengths), state, as_tensor(target), torch.as_tensor(mask)
+    )
 
 
-def _warm_rows(model: Forecaster, histories: list[np.ndarray]) -> dict:
-    rows = [warm_state(model, h[None, :]) for h in histories]
-    return {key: torch.cat([r[key] for r in rows], dim=1 if key in ("h0", "c0") else 0) for key in rows[0]}
+def window_loss(model: Forecaster, windows: Windows, horizon: int) -> torch.Tensor:
+    """Teacher forcing over the context, then the rollout likelihood of the horizon's targets."""
+    step, state = model(windows.context, windows.state, windows.lengths)
+    predicted = rollout(model, state, step.at((windows.lengths - 1).unsqueeze(1)), horizon)
+    return nll(predicted, windows.target)[windows.mask].mean()
 
 
 def _padded(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,52 +169,56 @@ def _padded(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def validation_loss(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> float:
-    """Teacher-forced NLL of every origin's horizon values, each series read from its start."""
+def forecast_origins(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> Step:
+    """The rollout [origins, horizon] of every origin, each from its whole history."""
     model.eval()
-    ends = [o.start + data.horizon for o in origins]
-    y, lengths = _padded([data.values[o.series][: end - 1] for o, end in zip(origins, ends, strict=True)])
-    step, _ = model(y, model.initial_state(len(origins)), lengths)
-    losses = []
-    for row, (o, end) in enumerate(zip(origins, ends, strict=True)):
-        target = torch.as_tensor(data.values[o.series][o.start : end], dtype=torch.float32)
-        cut = slice(o.start - 1, end - 1)
-        part = type(step)(step.loc[row, cut], step.scale[row, cut], step.series_scale[row, cut])
-        losses.append(nll(part, target).mean())
-    return float(torch.stack(losses).mean())
+    y, lengths = _padded([data.values[o.series][: o.start] for o in origins])
+    phases = torch.tensor([[data.phase(o.series)] for o in origins], dtype=torch.float32)
+    return forecast(model, y, data.horizon, lengths, model.initial_state(len(origins), phases))
+
+
+def _truth(data: SeriesSet, origins: list[Origin]) -> np.ndarray:
+    return np.stack([data.values[o.series][o.start : o.start + data.horizon] for o in origins])
 
 
 @torch.no_grad()
-def forecast_origins(
-    model: Forecaster, data: SeriesSet, origins: list[Origin], samples: int, seed: int
-) -> np.ndarray:
-    """Sample paths [origins, samples, horizon], each from its whole history."""
-    model.eval()
-    histories = [data.values[o.series][: o.start] for o in origins]
-    y, lengths = _padded(histories)
-    step, state = model(y, model.initial_state(len(origins)), lengths)
-    last = (lengths - 1).unsqueeze(1)
-    final = type(step)(*(torch.gather(t, 1, last) for t in (step.loc, step.scale, step.series_scale)))
-    return sample_paths(model, final, state, data.horizon, samples, seed)
+def validation_loss(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> float:
+    """The rollout's NLL of every origin's horizon values, each series read from its start."""
+    predicted = forecast_origins(model, data, origins)
+    return float(nll(predicted, torch.as_tensor(_truth(data, origins), dtype=torch.float32)).mean())
+
+
+def _learning_rate(config: ForecastTrainConfig, step: int, total: int) -> float:
+    """Linear warm-up over `warmup` of the steps, then a cosine decay to a tenth of `lr`."""
+    warm = max(1, int(config.warmup * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def fit(model: Forecaster, data: SeriesSet, config: ForecastTrainConfig) -> dict:
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=WEIGHT_DECAY)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     max_norm = config.clip if config.clip > 0 else math.inf
-    history, best, best_state, best_epoch = [], math.inf, None, 0
+    total = config.epochs * config.batches_per_epoch
+    # Epoch 0, the untrained model (the seasonal naive corrected by its current error), is a candidate too.
+    best, best_epoch, step = validation_loss(model, data, data.validation), 0, 0
+    history = [{"epoch": 0, "validation_loss": best}]
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for epoch in range(1, config.epochs + 1):
         model.train()
         losses, norms = [], []
         for _ in range(config.batches_per_epoch):
-            y, nxt, mask, state = _window_batch(model, data, config, rng)
-            step, _ = model(y, state)
-            loss = nll(step, nxt)[mask].mean()
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(config, step, total)
+            loss = window_loss(model, _window_batch(model, data, config, rng), data.horizon)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
             optimiser.step()
             losses.append(loss.item())
+            step += 1
         val = validation_loss(model, data, data.validation)
         history.append(
             {
@@ -184,26 +226,33 @@ def fit(model: Forecaster, data: SeriesSet, config: ForecastTrainConfig) -> dict
                 "train_loss": float(np.mean(losses)),
                 "validation_loss": val,
                 "grad_norm_mean": float(np.mean(norms)),
+                "grad_norm_max": float(np.max(norms)),
             }
         )
-        logger.info("epoch %d: train %.4f validation %.4f", epoch, history[-1]["train_loss"], val)
+        logger.info(
+            "epoch %d: train %.4f validation %.4f grad norm %.2f",
+            epoch,
+            history[-1]["train_loss"],
+            val,
+            history[-1]["grad_norm_mean"],
+        )
         if val < best:
             best, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return {"history": history, "best_epoch": best_epoch, "epochs": len(history)}
+    model.load_state_dict(best_state)
+    return {"history": history, "best_epoch": best_epoch, "epochs": epoch, "validation_loss": best}
 
 
-def evaluate(model: Forecaster, data: SeriesSet, origins: list[Origin], samples: int, seed: int) -> dict:
+def evaluate(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> dict:
     """The model's and the seasonal naive's scores on `origins`."""
     levels = fm.QUANTILE_LEVELS
-    truth = np.stack([data.values[o.series][o.start : o.start + data.horizon] for o in origins])
+    truth = _truth(data, origins)
     scales = np.array([fm.naive_scale(data.values[o.series][: o.start], data.season) for o in origins])
-    paths = forecast_origins(model, data, origins, samples, seed)
-    model_scores = fm.scores(truth, paths.mean(axis=1), np.quantile(paths, levels, axis=1), levels, scales)
+    predicted = forecast_origins(model, data, origins)
+    model_q = quantiles(predicted, levels).numpy()
+    model_scores = fm.scores(truth, predicted.loc.numpy(), model_q, levels, scales)
     naive = np.stack(
         [fm.seasonal_naive(data.values[o.series][: o.start], data.horizon, data.season) for o in origins]
     )
@@ -235,7 +284,6 @@ def train_forecaster(config: ForecastTrainConfig) -> dict:
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     fitted = fit(model, data, config)
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
-    test = evaluate(model, data, data.test, config.samples, config.seed)
     metrics = {
         "dataset": data.source,
         "task": "forecast",
@@ -243,7 +291,8 @@ def train_forecaster(config: ForecastTrainConfig) -> dict:
         "season": data.season,
         "series": len(data.values),
         "test_origins": len(data.test),
-        "test": test,
+        "test": evaluate(model, data, data.test),
+        "validation": evaluate(model, data, data.validation)["model"],
         "train_cpu_seconds": round(cpu, 2),
         "train_wall_seconds": round(wall, 2),
         "parameters": parameter_count(model),
@@ -265,5 +314,5 @@ def train_forecaster(config: ForecastTrainConfig) -> dict:
     if data.source == "taylor":
         from seqserve.training.forecast_plots import plot_test_week
 
-        plot_test_week(model, data, config.samples, config.seed, run_dir / "forecast.png")
+        plot_test_week(model, data, run_dir / "forecast.png")
     return metrics

@@ -41,20 +41,22 @@ def plot_forecast(
     plt.close(figure)
 
 
-def plot_test_week(model: Forecaster, data: SeriesSet, samples: int, seed: int, path: Path) -> None:
-    """The first test week of a single-series set: seven day-ahead forecasts side by side."""
+def plot_test_week(model: Forecaster, data: SeriesSet, path: Path) -> None:
+    """The first test week of a single-series set: seven day-ahead rollouts side by side, each from its
+    midnight with all history before it."""
     from seqserve.training.forecast_loop import forecast_origins
+    from seqserve.training.forecaster import quantiles
 
     week = data.test[:7]
-    paths = forecast_origins(model, data, week, samples, seed)  # [7, samples, horizon]
-    joined = paths.transpose(1, 0, 2).reshape(samples, -1)
+    predicted = forecast_origins(model, data, week)  # [7, horizon]
+    low, high = quantiles(predicted, (0.1, 0.9)).reshape(2, -1).numpy()
     start, end = week[0].start, week[-1].start + data.horizon
     values = data.values[week[0].series]
     plot_forecast(
         values[start - 2 * data.horizon : start],
-        joined.mean(axis=0),
-        np.quantile(joined, 0.1, axis=0),
-        np.quantile(joined, 0.9, axis=0),
+        predicted.loc.reshape(-1).numpy(),
+        low,
+        high,
         path,
         values[start:end],
         title=f"{data.source}: first test week, seven forecasts of {data.horizon} steps from each midnight",

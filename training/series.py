@@ -3,18 +3,23 @@ origin (NumPy and the standard library only).
 
 - `taylor`: half-hourly electricity demand, England and Wales, 2000-06-05 to 2000-08-27 (data/forecast/
   taylor.csv, 4,032 values). Weeks 1-7 train, week 8 validation, weeks 9-12 test: 28 forecasts of 48 steps,
-  each from a midnight with all history before it. Lags 48 and 336, calendar periods 48 and 336, season 336.
+  each from a midnight with all history before it. Season 336 (a week), lag 48 (yesterday's seasonal-naive
+  error), the time of day as calendar (period 48, phase 0 at 2000-06-05T00:00), 1,800 s a step. The week
+  is the season's: day-of-week sin/cos let a model learn the six training weeks by heart (measured in
+  training/README.md).
 - `m1_yearly`: the 181 yearly series of the M1 competition (data/forecast/m1_yearly_dataset.tsf), horizon
   6: each series' last 6 values are its test, the 6 before them its validation, the rest trains.
 - a CSV (`--data`): `timestamp,value` (one series) or `series,timestamp,value` (many), a header first; the
-  same split as M1 with the horizon given. Further columns are allowed and not used.
+  same split as M1 with the horizon given. Further columns are allowed and not used. Half-hourly, hourly
+  and daily timestamps give a daily and weekly calendar whose phase 0 is the Monday midnight on or before
+  the earliest first timestamp; each series' phase is where its first timestamp falls.
 """
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,12 @@ class SeriesSet:
     validation: list[Origin] = field(default_factory=list)
     test: list[Origin] = field(default_factory=list)
     source: str = ""
+    step_seconds: float = 0.0  # seconds a step (0: no calendar)
+    calendar_origin: str = ""  # ISO timestamp at phase 0 of every period ("" without periods)
+    phases: list[float] = field(default_factory=list)  # each series' first value's phase (empty: all 0)
+
+    def phase(self, series: int) -> float:
+        return self.phases[series] if self.phases else 0.0
 
 
 def data_dir() -> Path:
@@ -127,8 +138,10 @@ def taylor() -> SeriesSet:
         timestamps=stamps,
         horizon=TAYLOR_DAY,
         season=week,
-        lags=(TAYLOR_DAY, week),
-        periods=(float(TAYLOR_DAY), float(week)),
+        lags=(TAYLOR_DAY,),
+        periods=(float(TAYLOR_DAY),),
+        step_seconds=1800.0,
+        calendar_origin=datetime.fromisoformat(stamps[0][0]).isoformat(),
         train_end=[7 * week],
         validation=[Origin(0, 7 * week + TAYLOR_DAY * k) for k in range(7)],
         test=[Origin(0, 8 * week + TAYLOR_DAY * k) for k in range(28)],
@@ -164,20 +177,27 @@ def m1_yearly() -> SeriesSet:
     return held_out_last(names, [[s] for s in starts], values, horizon, "m1_yearly", season=1)
 
 
-def calendar_for(stamps: list[str]) -> dict:
-    """Lags, periods and season from the spacing of the first two timestamps: half-hourly and hourly data
-    get a daily and a weekly cycle, daily data a weekly one; anything else none."""
+def calendar_for(stamps: list[list[str]]) -> dict:
+    """Season, lags, periods and the calendar from the spacing of the first series' first two timestamps:
+    half-hourly and hourly data get a daily and a weekly cycle, daily data a weekly one; anything else
+    none. Phase 0 is the Monday midnight on or before the earliest first timestamp."""
     try:
-        first, second = (datetime.fromisoformat(s) for s in stamps[:2])
-    except (ValueError, TypeError):
+        first, second = (datetime.fromisoformat(s) for s in stamps[0][:2])
+        starts = [datetime.fromisoformat(series[0]) for series in stamps]
+    except (ValueError, TypeError, IndexError):
         return {"season": 1}
-    day = {1800: 48, 3600: 24, 86400: 1}.get(int((second - first).total_seconds()))
+    step_seconds = int((second - first).total_seconds())
+    day = {1800: 48, 3600: 24, 86400: 1}.get(step_seconds)
     if day is None:
         return {"season": 1}
     week = 7 * day
+    earliest = min(starts)
+    origin = datetime(earliest.year, earliest.month, earliest.day) - timedelta(days=earliest.weekday())
+    phases = [((start - origin).total_seconds() / step_seconds) % week for start in starts]
+    calendar = {"step_seconds": float(step_seconds), "calendar_origin": origin.isoformat(), "phases": phases}
     if day == 1:
-        return {"season": week, "lags": (week,), "periods": (float(week),)}
-    return {"season": week, "lags": (day, week), "periods": (float(day), float(week))}
+        return {"season": week, "periods": (float(week),), **calendar}
+    return {"season": week, "lags": (day,), "periods": (float(day), float(week)), **calendar}
 
 
 def load_series(
@@ -192,5 +212,5 @@ def load_series(
     if data_file is None:
         raise DataError("give a forecast dataset (taylor, m1_yearly) or a CSV file")
     names, stamps, values = read_series_csv(data_file)
-    model = calendar_for(stamps[0])
+    model = calendar_for(stamps)
     return held_out_last(names, stamps, values, horizon or model["season"], str(data_file), **model)

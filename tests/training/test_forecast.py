@@ -7,7 +7,15 @@ import torch
 
 from seqserve.training import forecast_metrics as fm
 from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
-from seqserve.training.forecaster import Forecaster, ForecasterConfig, from_payload
+from seqserve.training.forecaster import (
+    Forecaster,
+    ForecasterConfig,
+    calendar_clock,
+    forecast,
+    from_payload,
+    quantiles,
+    rollout,
+)
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.readers import DataError
 from seqserve.training.series import load_series, m1_yearly, read_series_csv, taylor
@@ -46,7 +54,10 @@ def test_csv_of_many_series_and_bad_files(tmp_path: Path) -> None:
     names, stamps, values = read_series_csv(path)
     assert names == ["a", "b"] and values[1][3] == 6.0 and stamps[0][0] == "2020-01-01"
     data = load_series(data_file=path, horizon=3)
-    assert data.season == 7 and data.lags == (7,) and data.test[1].start == 17
+    assert data.season == 7 and data.periods == (7.0,) and data.test[1].start == 17
+    # 2020-01-01 was a Wednesday: the calendar's phase 0 is Monday 2019-12-30, two days before.
+    assert data.calendar_origin == "2019-12-30T00:00:00" and data.step_seconds == 86400
+    assert data.phases == [2.0, 2.0]
     path.write_text("timestamp,value\n2020-01-01,nan\n")
     with pytest.raises(DataError, match="line 2.*finite"):
         read_series_csv(path)
@@ -67,18 +78,72 @@ def test_metrics_on_known_values() -> None:
 
 def test_chunked_forward_equals_whole_and_keeps_the_last_values() -> None:
     torch.manual_seed(0)
-    model = Forecaster(ForecasterConfig(cell="lstm", hidden=8, lags=(3, 5), periods=(4.0,), season=5)).eval()
+    model = Forecaster(ForecasterConfig(cell="lstm", hidden=8, lags=(3,), periods=(4.0,), season=5)).eval()
+    assert model.config.memory == 8  # lag 3 and the value a season before it
     y = torch.rand(2, 12) * 10 + 1
     whole, state = model(y, model.initial_state(2))
     first, mid = model(y[:, :7], model.initial_state(2))
     second, end = model(y[:, 7:], mid)
     torch.testing.assert_close(torch.cat([first.loc, second.loc], 1), whole.loc, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(end["lags"], y[:, -5:])
-    assert float(end["clock"][0]) == 12 and float(end["level"][1]) == pytest.approx(float(y[1].abs().mean()))
+    torch.testing.assert_close(end["lags"], y[:, -8:])
+    assert float(end["count"][0]) == 12 and float(end["clock"][0]) == 12 % 4
+    assert float(end["level"][1]) == pytest.approx(float(y[1].abs().mean()))
     lengths = torch.tensor([12, 7])
     _, padded = model(y, model.initial_state(2), lengths)
-    torch.testing.assert_close(padded["lags"][1], y[1, 2:7])
+    torch.testing.assert_close(padded["lags"][1], torch.cat([torch.zeros(1), y[1, :7]]))
     torch.testing.assert_close(padded["h0"][:, 1], mid["h0"][:, 1], rtol=1e-5, atol=1e-6)
+    assert float(padded["count"][1]) == 7 and float(padded["clock"][1]) == 7 % 4
+
+
+def test_untrained_model_rolls_out_the_seasonal_naive_plus_its_current_error() -> None:
+    model = Forecaster(ForecasterConfig(hidden=4, season=3)).eval()
+    history = torch.tensor([[10.0, 20.0, 30.0, 12.0, 21.0, 33.0]])  # the last error (33 - 30) is 3
+    with torch.no_grad():
+        predicted = forecast(model, history, 5)
+    torch.testing.assert_close(
+        predicted.loc, torch.tensor([[15.0, 24.0, 36.0, 18.0, 27.0]]), rtol=0, atol=1e-4
+    )
+    assert predicted.scale.shape == (1, 5) and bool((predicted.scale > 0).all())
+
+
+def test_rollout_feeds_each_mean_back_and_quantiles_are_the_normals() -> None:
+    torch.manual_seed(2)
+    model = Forecaster(ForecasterConfig(hidden=6, lags=(4,), periods=(6.0,), season=6)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        history = torch.rand(3, 40) * 5 + 10
+        step, state = model(history, model.initial_state(3))
+        predicted = rollout(model, state, step, 7)
+        loc, scale = [step.loc[:, -1]], [step.scale[:, -1]]
+        for _ in range(6):
+            nxt, state = model(loc[-1].unsqueeze(1), state)
+            loc.append(nxt.loc[:, 0])
+            scale.append(nxt.scale[:, 0])
+    torch.testing.assert_close(predicted.loc, torch.stack(loc, 1))
+    torch.testing.assert_close(predicted.scale, torch.stack(scale, 1))
+    q = quantiles(predicted, (0.1, 0.5, 0.9))
+    torch.testing.assert_close(q[1], predicted.loc)
+    torch.testing.assert_close(q[2] - predicted.loc, 1.2815516 * predicted.scale, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="horizon 0"):
+        rollout(model, state, step, 0)
+
+
+def test_calendar_clock_is_the_phase_of_the_start_time_and_drives_the_features() -> None:
+    info = {"periods": [48.0, 336.0], "step_seconds": 1800.0, "calendar_origin": "2000-06-05T00:00:00"}
+    assert calendar_clock("2000-06-05T00:00:00", info) == 0
+    assert calendar_clock("2000-06-06T01:30:00", info) == 48 + 3  # Tuesday 01:30
+    assert calendar_clock("2000-06-19T01:30:00", info) == 3  # two weeks later: the same phase
+    assert calendar_clock("2000-06-04T23:30:00", info) == 335  # before the origin
+    assert calendar_clock("2024-01-01T00:00:00", {"periods": [], "step_seconds": 0}) == 0
+    torch.manual_seed(0)
+    model = Forecaster(ForecasterConfig(hidden=4, periods=(48.0,), season=48)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+        y = torch.rand(1, 60) + 1
+        at_zero, _ = model(y, model.initial_state(1))
+        at_ten, after = model(y, model.initial_state(1, clock=10.0))
+    assert not torch.allclose(at_zero.loc, at_ten.loc)
+    assert float(after["clock"][0]) == (10 + 60) % 48 and float(after["count"][0]) == 60
 
 
 def test_tiny_taylor_run_writes_metrics_beside_the_naive(tmp_path: Path) -> None:
@@ -89,7 +154,6 @@ def test_tiny_taylor_run_writes_metrics_beside_the_naive(tmp_path: Path) -> None
         epochs=2,
         batches_per_epoch=2,
         batch_size=4,
-        samples=20,
     )
     metrics = train_forecaster(config)
     written = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
@@ -100,7 +164,9 @@ def test_tiny_taylor_run_writes_metrics_beside_the_naive(tmp_path: Path) -> None
     assert 0 <= written["test"]["model"]["coverage_80"] <= 1 and written["train_cpu_seconds"] > 0
     assert (tmp_path / "run" / "forecast.png").stat().st_size > 1000
     model = from_payload(torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True))
-    assert model.config.lags == (48, 336) and model.config.memory == 336
+    assert model.config.lags == (48,) and model.config.memory == 48 + 336
+    assert model.config.calendar_origin == "2000-06-05T00:00:00" and model.config.step_seconds == 1800
+    assert [h["epoch"] for h in written["history"]][:2] == [0, 1]
 
 
 def test_seqserve_train_task_forecast(tmp_path: Path) -> None:
