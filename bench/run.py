@@ -40,6 +40,7 @@ from bench.process_costs import cpu_clock
 from bench.report import BenchResults
 from bench.scenarios import INFERENCE_THREADS, QUICK, BenchConfig, BenchRun
 from bench.sections import Checkpoints, NaiveGrid, TritonPeer, Workers
+from bench.translate import measure as measure_translate
 from bench.triton_peer import run_peer
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -128,6 +129,10 @@ def main(
             forecast = measure_forecast(
                 Path(work) / "forecast-repository", config.forecast_streams, config.duration_s, out / "tmp"
             )
+            run.advance("translations (Translate, a client loop, unbatched)")
+            translate = measure_translate(
+                Path(work) / "translate-repository", config.translate_clients, config.duration_s, out / "tmp"
+            )
         bar.update(task, description="done", completed=config.scenario_count())
     meta["wall_s"] = round(time.monotonic() - started, 1)
     meta["load_average_at_end"] = os.getloadavg()[0]
@@ -140,6 +145,7 @@ def main(
         generation,
         declared,
         forecast,
+        translate,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)
     results.print_tables(console)

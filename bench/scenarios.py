@@ -69,6 +69,8 @@ class BenchConfig:
     declared_streams: tuple[int, ...] = (1, 16, 64)
     # Forecast rows (bench/forecast.py): concurrent clients, each way of getting a forecast.
     forecast_streams: tuple[int, ...] = (1, 16, 64)
+    # Translation rows (bench/translate.py): concurrent clients of one word each, each way of translating.
+    translate_clients: tuple[int, ...] = (1, 16, 64)
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -90,6 +92,7 @@ class BenchConfig:
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
         declared = 1
         forecast = 1
+        translate = 1
         return (
             4
             + 4
@@ -103,6 +106,7 @@ class BenchConfig:
             + generation
             + declared
             + forecast
+            + translate
         )
 
 
@@ -126,6 +130,7 @@ QUICK = BenchConfig(
     generation_hidden=16,
     declared_streams=(1, 4),
     forecast_streams=(1, 4),
+    translate_clients=(1, 4),
 )
 
 

@@ -213,3 +213,16 @@ def test_declared_rows_cover_both_servers_and_every_count(results: tuple[dict, P
         assert row["frames_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"]
         assert row["server_cpu_us_per_frame"] > 0
     assert all(data["ratios"][f"declared_vs_naive_{count}"] > 0 for count in counts)
+
+
+def test_translate_rows_cover_every_way_and_count(results: tuple[dict, Path]) -> None:
+    data = results[0]
+    counts = data["config"]["translate_clients"]
+    rows = data["translate"]["rows"]
+    ways = ("translate", "client loop", "unbatched")
+    assert {(row["way"], row["clients"]) for row in rows} == {
+        (way, count) for way in ways for count in counts
+    }
+    for row in rows:
+        assert row["words_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] and row["server_cpu_ms_per_word"] > 0
+    assert all(data["ratios"][f"translate_vs_client_loop_{count}"] > 0 for count in counts)
