@@ -33,8 +33,11 @@ AIO_RECIPE = (
 @pytest.fixture(scope="module")
 def examples() -> list[str]:
     blocks = code_blocks("triton.md", "python")
-    # The third, a forecast, runs in tests/service/test_forecast.py beside a forecaster.
-    assert len(blocks) == 3, "docs/triton.md should hold the sync, the aio and the forecast example"
+    # The third, a forecast, runs in tests/service/test_forecast.py beside a forecaster; the fourth, a
+    # translation, in tests/service/test_translate.py beside a seq2seq model.
+    assert len(blocks) == 4, (
+        "docs/triton.md should hold the sync, the aio, the forecast and the translation example"
+    )
     return blocks
 
 

@@ -347,3 +347,18 @@ def test_translate_and_predict_commands_write_the_same_output(
     assert lines == [f"{w}\t{' '.join(t[0].output)}" for w, t in zip(["cat", "phoneme"], want, strict=True)]
     result = runner.invoke(app, ["translate", *target, "--model", "g2p-gru", "--beam", "9", "cat"])
     assert result.exit_code != 0 and "--max-beam" in result.output
+
+
+def test_the_documented_tritonclient_translation_prints_the_served_answer(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    from .docs_examples import code_blocks, run_python_example
+
+    code = code_blocks("triton.md", "python")[3]
+    assert '"g2p-gru"' in code and 'words = ["phoneme", "seqserve"]' in code
+    lines = run_python_example(code, server.target, tmp_path / "translate.py")
+    with Client(server.target) as client:
+        want = client.translate("g2p-gru", ["phoneme", "seqserve"], beam=4, nbest=2)
+    assert lines == [
+        f"{t.input} {[(h.text, round(float(np.float32(h.score)), 3)) for h in t.hypotheses]}" for t in want
+    ]
