@@ -223,6 +223,26 @@ def vanishing(
     vanishing_command(**options)
 
 
+@experiment_app.command()
+def horizon(
+    out: Annotated[
+        Path, typer.Option(help="Folder for horizon.json and horizon.png; refused if it holds results.")
+    ],
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A forecaster's run folder (default: train a Taylor GRU into OUT/run first)."),
+    ] = None,
+    max_horizon: Annotated[int, typer.Option(help="Longest horizon, in steps.", min=1)] = 336,
+    force: Annotated[bool, typer.Option(help="Replace results already in --out.")] = False,
+) -> None:
+    """A forecaster's error against horizon: the fed-back rollout beside the teacher-forced one step and
+    the seasonal naive, and its 80 % interval's width and coverage."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.training.commands import horizon_command
+
+    horizon_command(**options)
+
+
 @app.command()
 def export(
     runs: Annotated[list[Path], typer.Argument(help="Run folders written by `seqserve train`.")],

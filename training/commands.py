@@ -1,4 +1,4 @@
-"""`seqserve train` and `seqserve experiment vanishing`: flags in, a run folder and a summary out.
+"""`seqserve train` and `seqserve experiment vanishing` / `horizon`: flags in, a run folder and a summary out.
 
 Only the standard library, typer and rich at module top: `seqserve serve` must not pay for torch.
 """
@@ -218,3 +218,38 @@ def vanishing_command(out: Path, lengths: str, seed: int, quick: bool, force: bo
     for line in study.notes:
         console.print(line)
     console.print(f"results, plots and details in {out} ({study.seconds:.0f} s)")
+
+
+def horizon_command(out: Path, run: Path | None, max_horizon: int, force: bool = False) -> None:
+    """Run the horizon study of a forecaster run (without --run: a Taylor GRU trained first, at the default
+    budget, into out/run) and print its table."""
+    from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
+    from seqserve.training.horizon import PLOT_FILE, RESULTS_FILE, run_horizon_study
+    from seqserve.training.loop import CHECKPOINT_FILE
+
+    check_out(out, force, (RESULTS_FILE,), "study's results")
+    if run is None:
+        run = Path(out) / "run"
+        typer.echo(f"training a Taylor GRU forecaster at the default budget into {run}")
+        train_forecaster(ForecastTrainConfig(out=run, dataset="taylor"))
+    elif not (Path(run) / CHECKPOINT_FILE).is_file():
+        _fail(f"--run {run} holds no {CHECKPOINT_FILE}; expected a forecaster's run folder")
+    try:
+        study = run_horizon_study(Path(run), Path(out), max_horizon)
+    except ValueError as exc:
+        _fail(str(exc))
+    table = Table(title=f"Error and 80 % interval against horizon ({study.origins} origins)")
+    for column in ("horizon", "rollout MAE", "one-step MAE", "naive MAE", "80 % width", "coverage"):
+        table.add_column(column, justify="right")
+    for k in sorted({1, 2, 4, 8, 16, 24, 48, 96, 168, 336, max_horizon} & set(range(1, max_horizon + 1))):
+        table.add_row(
+            str(k),
+            f"{study.rollout_mae[k - 1]:.0f}",
+            f"{study.one_step_mae[k - 1]:.0f}",
+            f"{study.naive_mae[k - 1]:.0f}",
+            f"{study.width_80[k - 1]:.0f}",
+            f"{study.coverage_80[k - 1]:.2f}",
+        )
+    console = make_console()
+    console.print(table)
+    console.print(f"{RESULTS_FILE} and {PLOT_FILE} in {out}")

@@ -195,3 +195,45 @@ def test_seqserve_train_task_forecast(tmp_path: Path) -> None:
     assert "seasonal naive 2.15 %" in result.output and (tmp_path / "run" / METRICS_FILE).is_file()
     refused = CliRunner().invoke(app, [*args[:-4], "--bidirectional", "--force"])
     assert refused.exit_code == 2 and "--bidirectional do not apply to a forecaster" in refused.output
+
+
+def test_horizon_study_of_the_untrained_model_is_the_naive_plus_its_persisted_error() -> None:
+    from seqserve.training.horizon import horizon_study
+
+    data = taylor()
+    model = Forecaster(ForecasterConfig(hidden=4, lags=(48,), periods=(48.0,), season=336, unit=0.015))
+    study = horizon_study(model, data, 8)
+    values = data.values[0]
+    origins = np.arange(data.test[0].start, len(values) - 8 + 1)
+    error = values[origins - 1] - values[origins - 1 - 336]
+    k = np.arange(8)
+    persisted = values[origins[:, None] + k - 336] + error[:, None]
+    truth = values[origins[:, None] + k]
+    assert study.origins == len(origins) == 1337
+    np.testing.assert_allclose(study.rollout_mae, np.abs(truth - persisted).mean(0), rtol=1e-4)
+    np.testing.assert_allclose(study.naive_mae, np.abs(truth - values[origins[:, None] + k - 336]).mean(0))
+    assert study.one_step_mae[0] == pytest.approx(study.rollout_mae[0], rel=1e-6)
+    assert (
+        study.rollout_mae[7] > 2 * study.rollout_mae[0]
+        and ((0 <= study.coverage_80) & (study.coverage_80 <= 1)).all()
+    )
+
+
+def test_seqserve_experiment_horizon(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from seqserve.cli import app
+
+    run = tmp_path / "run"
+    train_forecaster(
+        ForecastTrainConfig(out=run, dataset="taylor", hidden=4, epochs=1, batches_per_epoch=1, batch_size=2)
+    )
+    out = tmp_path / "study"
+    args = ["experiment", "horizon", "--run", str(run), "--out", str(out), "--max-horizon", "12"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "horizon.json").read_text())
+    assert written["max_horizon"] == 12 and len(written["rollout_mae"]) == 12 and written["origins"] == 1333
+    assert (out / "horizon.png").stat().st_size > 1000
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "already holds" in refused.output
