@@ -22,11 +22,7 @@ Reported per row: forecasts/s, p50 / p99 per forecast, and server CPU per foreca
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -38,6 +34,7 @@ import numpy as np
 
 from bench.process_costs import cpu_clock
 from bench.report import TextTable
+from bench.ways import closed_loop, lead_ratios, section_main
 from seqserve.service.server.launch import running_server, serve_command
 from seqserve.v1 import seqserve_pb2 as pb
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
@@ -173,23 +170,10 @@ class ForecastRow:
 
 
 async def _load(target: str, way: str, streams: int, duration_s: float, server_cpu) -> ForecastRow:  # noqa: ANN001
-    client = CLIENTS[way]
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        await asyncio.gather(
-            *(client(stub, time.perf_counter() + 0.3, [], i) for i in range(streams))
-        )  # warm
-        latencies: list[float] = []
-        cpu_before, started = server_cpu(), time.perf_counter()
-        counts = await asyncio.gather(
-            *(client(stub, started + duration_s, latencies, i) for i in range(streams))
-        )
-        elapsed, cpu = time.perf_counter() - started, server_cpu() - cpu_before
-    forecasts = max(sum(counts), 1)
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    run = await closed_loop(target, CLIENTS[way], streams, duration_s, server_cpu)
     return ForecastRow(
-        way, streams, round(forecasts / elapsed, 1), round(p50, 2), round(p99, 2),
-        round(cpu / (forecasts * HORIZON) * 1e6, 2),
+        way, streams, round(run.rate, 1), run.p50_ms, run.p99_ms,
+        round(run.server_cpu_s / (run.count * HORIZON) * 1e6, 2),
     )  # fmt: skip
 
 
@@ -203,18 +187,10 @@ class Forecasts:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [asdict(row) for row in self.rows], "ratios": self.ratios()}
 
-    def _rate(self, way: str, streams: int) -> float:
-        return statistics.fmean(r.forecasts_per_s for r in self.rows if r.way == way and r.streams == streams)
-
     def ratios(self) -> dict[str, float]:
-        counts = sorted({r.streams for r in self.rows})
-        return {
-            f"forecast_stream_vs_{other.replace(' ', '_')}_{count}": round(
-                self._rate("stream", count) / self._rate(other, count), 2
-            )
-            for other in WAYS[1:]
-            for count in counts
-        }
+        return lead_ratios(
+            self.rows, lambda r: r.forecasts_per_s, lambda r: r.streams, WAYS, "forecast_stream"
+        )
 
     def targets(self) -> dict[str, tuple[str, float]]:
         return {}
@@ -242,20 +218,7 @@ def measure(repository: Path, streams: tuple[int, ...], duration_s: float, logs:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration-s", type=float, default=4.0)
-    parser.add_argument("--streams", default=",".join(map(str, STREAMS)))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="seqserve-forecast-") as work:
-        section = measure(
-            Path(work) / "repository", tuple(map(int, args.streams.split(","))), args.duration_s, Path(work)
-        )
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    section_main(__doc__.splitlines()[0], measure, STREAMS, RESULTS)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,7 @@ these rows (bench/run.py); alone:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -43,6 +39,7 @@ import numpy as np
 
 from bench.process_costs import cpu_clock
 from bench.report import TextTable
+from bench.ways import Client, closed_loop, lead_ratios, section_main
 from seqserve.beam_search import SearchOptions, WordBeam
 from seqserve.service.server.launch import running_server, serve_command
 from seqserve.v1 import seqserve_pb2 as pb
@@ -198,21 +195,21 @@ class TranslateRow:
     server_cpu_ms_per_word: float
 
 
-async def _client(
-    way: Way,
-    stub: pb_grpc.InferenceServiceStub,
-    until: float,
-    latencies: list[float],
-    vocabulary: Words,
-    first: int,
-) -> int:
-    done, words = 0, vocabulary.words
-    while time.perf_counter() < until:
-        sent = time.perf_counter()
-        await way(stub, words[(first + done) % len(words)], vocabulary)
-        latencies.append(time.perf_counter() - sent)
-        done += 1
-    return done
+def _client(way: Way, vocabulary: Words) -> Client:
+    """A client of `way` that translates the bench words in turn, each from its own place in the list."""
+
+    async def client(
+        stub: pb_grpc.InferenceServiceStub, until: float, latencies: list[float], index: int
+    ) -> int:
+        done, words = 0, vocabulary.words
+        while time.perf_counter() < until:
+            sent = time.perf_counter()
+            await way(stub, words[(7 * index + done) % len(words)], vocabulary)
+            latencies.append(time.perf_counter() - sent)
+            done += 1
+        return done
+
+    return client
 
 
 async def _load(
@@ -223,22 +220,14 @@ async def _load(
     server_cpu,
     vocabulary: Words,  # noqa: ANN001
 ) -> TranslateRow:
-    run = WAY_CLIENTS[way]
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        warm = time.perf_counter() + 0.3
-        await asyncio.gather(*(_client(run, stub, warm, [], vocabulary, i) for i in range(clients)))
-        latencies: list[float] = []
-        cpu_before, started = server_cpu(), time.perf_counter()
-        until = started + duration_s
-        counts = await asyncio.gather(
-            *(_client(run, stub, until, latencies, vocabulary, 7 * i) for i in range(clients))
-        )
-        elapsed, cpu = time.perf_counter() - started, server_cpu() - cpu_before
-    count = max(sum(counts), 1)
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    run = await closed_loop(target, _client(WAY_CLIENTS[way], vocabulary), clients, duration_s, server_cpu)
     return TranslateRow(
-        way, clients, round(count / elapsed, 1), round(p50, 2), round(p99, 2), round(cpu / count * 1000, 3)
+        way,
+        clients,
+        round(run.rate, 1),
+        run.p50_ms,
+        run.p99_ms,
+        round(run.server_cpu_s / run.count * 1000, 3),
     )
 
 
@@ -263,18 +252,8 @@ class Translations:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [asdict(row) for row in self.rows], "ratios": self.ratios()}
 
-    def _rate(self, way: str, clients: int) -> float:
-        return statistics.fmean(r.words_per_s for r in self.rows if r.way == way and r.clients == clients)
-
     def ratios(self) -> dict[str, float]:
-        counts = sorted({r.clients for r in self.rows})
-        return {
-            f"translate_vs_{other.replace(' ', '_')}_{count}": round(
-                self._rate("translate", count) / self._rate(other, count), 2
-            )
-            for other in WAYS[1:]
-            for count in counts
-        }
+        return lead_ratios(self.rows, lambda r: r.words_per_s, lambda r: r.clients, WAYS, "translate")
 
     def targets(self) -> dict[str, tuple[str, float]]:
         key = f"translate_vs_client_loop_{TARGET_CLIENTS}"
@@ -317,20 +296,7 @@ def measure(repository: Path, clients: tuple[int, ...], duration_s: float, logs:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration-s", type=float, default=4.0)
-    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="seqserve-translate-") as work:
-        section = measure(
-            Path(work) / "repository", tuple(map(int, args.clients.split(","))), args.duration_s, Path(work)
-        )
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    section_main(__doc__.splitlines()[0], measure, CLIENTS, RESULTS)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@ Token = Annotated[
 ]
 
 
+# The search options of translate and of predict on a seq2seq model (seqserve/beam_search.py).
+Beam = Annotated[int, typer.Option(help="Seq2seq: beam width; 1 is greedy search.", min=1)]
+Nbest = Annotated[int, typer.Option(help="Seq2seq: outputs per input, best first.", min=1)]
+MaxSteps = Annotated[
+    int, typer.Option(help="Seq2seq: most output tokens per input; 0 is 2 x its length + 10.", min=0)
+]
+LengthPenalty = Annotated[
+    float, typer.Option(help="Seq2seq: rank by score / ((5 + length) / 6) ** this; 0 is none.", min=0.0)
+]
+
+
 @app.command()
 def train(
     out: Annotated[
@@ -522,14 +533,10 @@ def predict(
         str, typer.Option(help="Forecasters: quantile levels, comma-separated.")
     ] = "0.1,0.5,0.9",
     plot: Annotated[Path | None, typer.Option(help="Forecasters: also draw the forecasts (.png).")] = None,
-    beam: Annotated[int, typer.Option(help="Seq2seq: beam width; 1 is greedy search.", min=1)] = 4,
-    nbest: Annotated[int, typer.Option(help="Seq2seq: outputs per word, best first.", min=1)] = 1,
-    max_steps: Annotated[
-        int, typer.Option(help="Seq2seq: most output tokens per word; 0 is 2 x its length + 10.", min=0)
-    ] = 0,
-    length_penalty: Annotated[
-        float, typer.Option(help="Seq2seq: rank by score / ((5 + length) / 6) ** this; 0 is none.", min=0.0)
-    ] = 0.0,
+    beam: Beam = 4,
+    nbest: Nbest = 1,
+    max_steps: MaxSteps = 0,
+    length_penalty: LengthPenalty = 0.0,
 ) -> None:
     """Predict offline, no server: labels and probabilities per sequence (or per step) for your data; a
     forecaster's forecasts of each series in a history CSV (--data), as `seqserve forecast` writes them; a
@@ -607,14 +614,10 @@ def translate(
         typer.Option(help="Write .jsonl (or .csv) instead of lines of input<TAB>output on stdout."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace the --output file if it exists.")] = False,
-    beam: Annotated[int, typer.Option(help="Beam width; 1 is greedy search.", min=1)] = 4,
-    nbest: Annotated[int, typer.Option(help="Outputs per input, best first.", min=1)] = 1,
-    max_steps: Annotated[
-        int, typer.Option(help="Most output tokens per input; 0 is 2 x its length + 10.", min=0)
-    ] = 0,
-    length_penalty: Annotated[
-        float, typer.Option(help="Rank by score / ((5 + length) / 6) ** this; 0 is none.", min=0.0)
-    ] = 0.0,
+    beam: Beam = 4,
+    nbest: Nbest = 1,
+    max_steps: MaxSteps = 0,
+    length_penalty: LengthPenalty = 0.0,
     tls: TlsFlag = False,
     tls_ca: TlsCa = None,
     tls_cert: TlsCert = None,
