@@ -22,6 +22,7 @@ from seqserve.export.graph import build_model
 from seqserve.export.repository import VersionFiles, write_versions
 from seqserve.service.config import ServerConfig
 from seqserve.service.server.launch import ServerThread
+from seqserve.training import forecaster as offline
 from seqserve.training.forecaster import Forecaster, ForecasterConfig
 from seqserve.training.series import taylor
 from seqserve.v1 import seqserve_pb2 as pb
@@ -72,18 +73,13 @@ def forecast_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 @torch.no_grad()
 def reference(name: str, history: np.ndarray, horizon: int, clock: float = 0.0) -> tuple[np.ndarray, ...]:
-    """The PyTorch rollout: the history from the initial state (its clock at `clock`), then each mean fed
-    back as the next observation."""
+    """The PyTorch rollout (training.forecaster.forecast): the history from the initial state (its clock at
+    `clock`), then each mean fed back as the next observation."""
     model = MODELS[name]
-    state = model.initial_state(1)
-    state["clock"] = torch.full((1, 1), clock)
-    step, state = model(torch.as_tensor(history[None]), state)
-    loc, scale = [float(step.loc[0, -1])], [float(step.scale[0, -1])]
-    for _ in range(horizon - 1):
-        step, state = model(torch.tensor([[loc[-1]]]), state)
-        loc.append(float(step.loc[0, -1]))
-        scale.append(float(step.scale[0, -1]))
-    return np.array(loc), np.array(scale)
+    predicted = offline.forecast(
+        model, torch.as_tensor(history[None]), horizon, state=model.initial_state(1, clock)
+    )
+    return predicted.loc[0].numpy().astype(np.float64), predicted.scale[0].numpy().astype(np.float64)
 
 
 def assert_close(forecast: pb.Forecast, loc: np.ndarray, scale: np.ndarray) -> None:
