@@ -8,13 +8,13 @@ computes exactly this forward pass):
     h (, c)  the recurrent state                               [layers, B, hidden]
     lags     the last L raw values, oldest first               [B, L], L = memory
     count    steps observed so far                             [B, 1]
-    clock    calendar phase of the next value to observe    [B, 1], in steps, mod the periods' cycle
+    clock    calendar phase of the next value to observe   [B, 1], in steps, mod the periods' cycle
     level    running mean of |value| over the observed steps   [B, 1]
 
 At step t of a chunk (value y_t, target y_{t+1}; m the season, u the config's `unit`, lag(l) = y_{t+1-l},
 the value l steps before the target; seen = count + t + 1, the values observed up to y_t):
 
-    s_t       = max((count * level + sum_{u<=t} |y_u|) / seen, 1e-6)            per-series scale
+    s_t       = max((count * level + sum_{i<=t} |y_i|) / seen, 1e-6)            per-series scale
     d_l       = (lag(l) - lag(l + m)) / (s_t u)  where seen >= l + m, else 0    the seasonal naive's error
     features  = [y_t / s_t, d_1, d_l for each extra lag l,                      (d_1: at the current step)
                  sin, cos of 2 pi ((clock + t + 1) mod p) / p for each calendar period p]  (the target's)
