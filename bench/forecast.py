@@ -1,9 +1,9 @@
 """Forecasts at 1, 16 and 64 concurrent clients: seqserve's forecast from a live stream's state against the
 two ways a client gets one without it.
 
-The model is the Taylor forecaster's shape (GRU, hidden 64, lags 48 and 336, daily and weekly calendar;
-weights at their seed: the cost does not depend on them). Each client forecasts HORIZON (48) steps, over and
-over, for `duration_s`:
+The model is the default Taylor forecaster's shape (GRU 32, the weekly naive, yesterday's error, the time
+of day; weights at their seed: the cost does not depend on them). Each client forecasts HORIZON (48) steps,
+over and over, for `duration_s`:
 
 - stream: one seqserve.v1 stream per client holds its series (2 weeks of half-hours sent at open); each
   round sends the next observation (a chunk of 1) and asks a forecast on the stream
@@ -41,24 +41,31 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 MODEL = "bench-forecaster"
 HORIZON = 48
-WINDOW = 672  # two weeks of half-hours: the 336-step memory, warmed by as much again
+WINDOW = 672  # two weeks of half-hours: the model's 384-step memory and more
 STREAMS = (1, 16, 64)
 WAYS = ("stream", "window", "client loop")
 RESULTS = Path(__file__).parent / "results" / "forecast.json"
 
 
-def write_model(repository: Path) -> None:
+def taylor_shaped_forecaster(name: str) -> tuple[Any, Any]:
+    """The default Taylor forecaster (`seqserve train --task forecast --dataset taylor`'s shape and
+    calendar) with seeded weights, and its model.json record."""
     import torch
 
-    from seqserve.export.forecast_graph import build_forecaster
     from seqserve.export.forecast_job import forecaster_info
-    from seqserve.export.repository import VersionFiles, write_versions
-    from seqserve.training.forecaster import Forecaster, ForecasterConfig
+    from seqserve.training.forecast_loop import ForecastTrainConfig, build_model
+    from seqserve.training.series import taylor
 
     torch.manual_seed(0)
-    config = ForecasterConfig(cell="gru", hidden=64, lags=(48, 336), periods=(48.0, 336.0), season=336)
-    model = Forecaster(config).eval()
-    info = forecaster_info(model, MODEL, 1, HORIZON)
+    model = build_model(ForecastTrainConfig(out=Path("unused")), taylor()).eval()
+    return model, forecaster_info(model, name, 1, HORIZON)
+
+
+def write_model(repository: Path) -> None:
+    from seqserve.export.forecast_graph import build_forecaster
+    from seqserve.export.repository import VersionFiles, write_versions
+
+    model, info = taylor_shaped_forecaster(MODEL)
     write_versions(repository, [VersionFiles(build_forecaster(model, info), info)])
 
 
@@ -202,7 +209,7 @@ class Forecasts:
              f"{r.server_cpu_us_per_step:.1f}"]
             for r in self.rows
         ]  # fmt: skip
-        title = f"Forecasts of {HORIZON} steps ({MODEL}: GRU 64, lags 48/336, window {WINDOW})"
+        title = f"Forecasts of {HORIZON} steps ({MODEL}: the Taylor GRU's shape, window {WINDOW})"
         return [TextTable(title, tuple(header), [tuple(row) for row in body])]
 
 

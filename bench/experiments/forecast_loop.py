@@ -132,16 +132,10 @@ def _in_graph(
 
 
 def measure(horizon: int, batch: int, repeats: int) -> dict[str, float]:
-    import torch
-
+    from bench.forecast import taylor_shaped_forecaster
     from seqserve.export.forecast_graph import build_forecaster
-    from seqserve.export.forecast_job import forecaster_info
-    from seqserve.training.forecaster import Forecaster, ForecasterConfig
 
-    torch.manual_seed(0)
-    config = ForecasterConfig(cell="gru", hidden=64, lags=(48, 336), periods=(48.0, 336.0), season=336)
-    model = Forecaster(config).eval()
-    info = forecaster_info(model, "loop", 1, horizon)
+    model, info = taylor_shaped_forecaster("loop")
     step_model = build_forecaster(model, info)
     step, looped = _session(step_model), _session(loop_model(step_model, info))
     declared = contract.declaration_for(info)
