@@ -614,6 +614,11 @@ def model_metadata(model: ServedModel, versions: list[int]) -> pb.ModelMetadataR
     return response
 
 
+def _config_type(datatype: str) -> int:
+    """A V2 datatype as config.pbtxt spells it: BYTES is TYPE_STRING there."""
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
 def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
     """What a Triton user would have written in config.pbtxt; `sequence_batching` marks a sequence model.
 
@@ -628,9 +633,9 @@ def model_config(model: ServedModel, idle_timeout_s: float) -> mc.ModelConfig:
     if model.named_tensors or is_translator(model):
         inputs, outputs = _declared_dims(model)
         for name, datatype, dims in inputs:
-            config.input.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)
+            config.input.add(name=name, data_type=_config_type(datatype), dims=dims)
         for name, datatype, dims in outputs:
-            config.output.add(name=name, data_type=mc.DataType.Value(f"TYPE_{datatype}"), dims=dims)
+            config.output.add(name=name, data_type=_config_type(datatype), dims=dims)
     else:
         config.input.add(name=INPUT_X, data_type=mc.TYPE_FP32, dims=[-1, -1, info.features])
         for name, dims in _output_dims(model).items():

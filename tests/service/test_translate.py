@@ -8,6 +8,7 @@ ends a decode cleanly, tritonclient reaches it on the KServe V2 door, and `seqse
 from __future__ import annotations
 
 import asyncio
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,6 +287,7 @@ def test_a_drain_ends_a_decode_with_draining(server: ServerThread, runs: dict[st
 
 def test_kserve_v2_translates_with_tritonclient(server: ServerThread, runs: dict[str, Path]) -> None:
     import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import model_config_pb2 as model_config
     from tritonclient.utils import InferenceServerException
 
     words = first_words(runs, 5)
@@ -303,6 +305,11 @@ def test_kserve_v2_translates_with_tritonclient(server: ServerThread, runs: dict
     metadata = client.get_model_metadata("g2p-gru")
     assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == [("text", "BYTES", [-1])]
     assert [o.name for o in metadata.outputs] == ["output", "score"]
+    config = client.get_model_config("g2p-gru").config
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("text", model_config.TYPE_STRING, [-1])
+    ]
+    assert config.parameters["seqserve.task"].string_value == "seq2seq"
     with pytest.raises(InferenceServerException, match="beam_width is 0"):
         client.infer("g2p-gru", [text], parameters={"beam_width": 0})
     with pytest.raises(InferenceServerException, match="expected an integer"):
@@ -315,6 +322,21 @@ def test_kserve_v2_translates_with_tritonclient(server: ServerThread, runs: dict
         client.infer("g2p-gru", [wrong])
     with pytest.raises(InferenceServerException, match="takes no sequence_id"):
         client.infer("g2p-gru", [text], sequence_id=7, sequence_start=True)
+    # On a stream, a refused request is an answer with its error; the stream and the others go on.
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    bad = grpcclient.InferInput("text", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"ca7"], dtype=np.object_))
+    for request_id, tensor in (("bad", bad), ("good", text)):
+        client.async_stream_infer("g2p-gru", [tensor], request_id=request_id, parameters=asked)
+    pairs = [answers.get(timeout=30) for _ in range(2)]
+    client.stop_stream()
+    (good,) = [result for result, error in pairs if error is None]
+    (refused,) = [error for result, error in pairs if error is not None]
+    assert [[o.decode() for o in row] for row in good.as_numpy("output")] == [
+        [o.decode() for o in row] for row in got
+    ]
+    assert "INVALID_ARGUMENT: input 0: character '7'" in str(refused)
 
 
 def test_translate_and_predict_commands_write_the_same_output(
