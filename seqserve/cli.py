@@ -196,6 +196,14 @@ def train(
         int | None,
         typer.Option(help="Seq2seq: beam width of the test decode beside greedy (default 4).", min=1),
     ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Seq2seq: training time budget; the learning rate's cosine runs over it or --epochs, "
+            "whichever ends first (default 25; 0: --epochs alone).",
+            min=0.0,
+        ),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Language models: stop after this many optimiser steps.", min=1)
     ] = None,

@@ -52,8 +52,9 @@ def train_command(force: bool = False, **kwargs) -> None:
         return
     if "horizon" in given:
         _fail("--horizon applies to forecasters only (--task forecast)")
-    if "beam" in given:
-        _fail("--beam applies to seq2seq models only (--task seq2seq)")
+    for key in ("beam", "minutes"):
+        if key in given:
+            _fail(f"--{key} applies to seq2seq models only (--task seq2seq)")
     if is_text(kwargs.get("dataset"), kwargs.get("data")):
         _train_language_model(given)
         return
@@ -123,7 +124,7 @@ def _train_forecaster(given: dict) -> None:
 # What a seq2seq model takes of `seqserve train`'s flags; the others are refused when given.
 _SEQ2SEQ_FLAGS = (
     "out", "dataset", "cell", "hidden", "embedding", "dropout", "clip", "epochs", "batch_size", "lr",
-    "patience", "beam", "seed", "threads",
+    "patience", "beam", "minutes", "seed", "threads",
 )  # fmt: skip
 
 
@@ -141,6 +142,8 @@ def _train_seq2seq(given: dict) -> None:
     options = {key: value for key, value in given.items() if key in _SEQ2SEQ_FLAGS}
     if "hidden" in options:
         options["encoder_hidden"] = max(1, options["hidden"] // 2)
+    if options.get("minutes") == 0:
+        options["minutes"] = None
     try:
         metrics = train_seq2seq(Seq2SeqTrainConfig(**options))
     except (DataError, ValueError) as exc:

@@ -4,9 +4,9 @@ Batches: every (word, pronunciation) pair of the training split, shuffled each e
 by the word's length, cut into batches of `batch_size` and taken in a shuffled order: little padding, and
 different neighbours every epoch. Teacher forcing: the decoder reads the start token and the reference,
 the loss is the mean negative log-likelihood of the reference's phonemes and the end token. Adam, gradient
-clipping, the learning rate falling from `lr` to lr / 100 along a cosine over the epoch budget, early
-stopping on validation WER (greedy decoding) with the best epoch's weights kept. Then the test split,
-greedy and beam.
+clipping, the learning rate falling from `lr` to lr / 100 along a cosine over the budget (`epochs`, or
+`minutes` of training when that comes first: the last epoch may be cut short), early stopping on
+validation WER (greedy decoding) with the best epoch's weights kept. Then the test split, greedy and beam.
 
 CPU time (resource.getrusage) and wall time are measured around training, with the load average before
 and after: the machine is shared, and wall time says little without it.
@@ -53,7 +53,8 @@ class Seq2SeqTrainConfig:
     batch_size: int = 256
     lr: float = 3e-3
     clip: float = 1.0
-    epochs: int = 10
+    epochs: int = 30  # at most; the time budget usually ends training first
+    minutes: float | None = 25.0  # training time budget (None: `epochs` alone)
     patience: int = 10
     beam: int = 4
     limit: int | None = None  # use this many words of the dictionary (quick runs, tests)
@@ -109,10 +110,37 @@ def epoch_batches(pairs: Pairs, batch_size: int, rng: np.random.Generator) -> li
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class Budget:
+    """The learning rate along a cosine from lr to lr / 100 over the budget: `epochs` of steps or, with a
+    time budget, `minutes` of wall time, whichever is spent first. A fixed time then ends on small steps
+    however loaded the machine is; how many epochs that was is in the run's metrics."""
+
+    def __init__(self, optimiser: torch.optim.Optimizer, config: Seq2SeqTrainConfig, steps: int) -> None:
+        self.optimiser, self.lr, self.total_steps = optimiser, config.lr, steps
+        self.seconds = 60 * config.minutes if config.minutes else math.inf
+        self.started = time.perf_counter()
+        self.steps = 0
+
+    @property
+    def progress(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        return min(1.0, max(self.steps / self.total_steps, elapsed / self.seconds))
+
+    @property
+    def spent(self) -> bool:
+        return self.progress >= 1.0
+
+    def step(self) -> None:
+        self.steps += 1
+        lr = self.lr / 100 + (self.lr - self.lr / 100) * 0.5 * (1 + math.cos(math.pi * self.progress))
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+
+
 def train_epoch(
     model: Seq2Seq,
     optimiser: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
+    budget: Budget,
     pairs: Pairs,
     tokens: Tokens,
     config: Seq2SeqTrainConfig,
@@ -131,10 +159,12 @@ def train_epoch(
         loss.backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
         optimiser.step()
-        schedule.step()
+        budget.step()
         steps = int((target != IGNORE).sum())
         total += loss.item() * steps
         count += steps
+        if budget.spent:
+            break
     return {"train_loss": total / count, "grad_norm_mean": float(np.mean(norms))}
 
 
@@ -152,14 +182,12 @@ def fit(model: Seq2Seq, data: G2PSplits, tokens: Tokens, config: Seq2SeqTrainCon
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     pairs = Pairs.of(data.train, tokens)
-    steps = config.epochs * math.ceil(len(pairs.letters) / config.batch_size)
-    # Cosine from lr to lr / 100 over the whole budget: a fixed budget ends on small steps.
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps, eta_min=config.lr / 100)
+    budget = Budget(optimiser, config, config.epochs * math.ceil(len(pairs.letters) / config.batch_size))
     history, best_wer, best_state, best_epoch = [], math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         record = {"epoch": epoch, "lr": optimiser.param_groups[0]["lr"]}
-        record |= train_epoch(model, optimiser, schedule, pairs, tokens, config, rng)
+        record |= train_epoch(model, optimiser, budget, pairs, tokens, config, rng)
         validation, _ = evaluate(model, tokens, data.validation)
         record |= {
             "validation_wer_percent": validation["wer_percent"],
@@ -175,6 +203,8 @@ def fit(model: Seq2Seq, data: G2PSplits, tokens: Tokens, config: Seq2SeqTrainCon
             best_wer, best_epoch = validation["wer_percent"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
+            break
+        if budget.spent:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
