@@ -298,17 +298,15 @@ def declared(name: str, version: int, sha256: str = "") -> ModelInfo:
     )  # fmt: skip
 
 
-def declaration_for(info: ModelInfo) -> dict[str, Any]:
+def declaration_for(info: ModelInfo, graph: str = MODEL_FILE) -> dict[str, Any]:
     """The declaration (seqserve/declaration.py) of a graph seqserve exported: h0/c0 -> hn/cn along axis 1,
     x (or tokens) [batch, time, ...], lengths, and logits with the model's labels. The exporter writes it
-    beside model.json, and a version without one gets this: one mechanism serves every graph."""
+    beside model.json, and a version without one gets this: one mechanism serves every graph. A seq2seq
+    version's two graphs are told apart by `graph`, their file name."""
     if info.task == FORECAST:
         return forecaster_declaration(info)
     if info.task == SEQ2SEQ:
-        raise ContractError(
-            f"{info.name}: a seq2seq version is two graphs ({ENCODER_FILE}, {DECODER_FILE}); a declaration "
-            "describes one"
-        )
+        return seq2seq_declaration(info, graph)
     states = [
         {"input": name, "output": output, "batch_axis": 1}
         for name, output in zip(state_inputs(info.cell), state_outputs(info.cell), strict=True)
@@ -348,6 +346,43 @@ def forecaster_declaration(info: ModelInfo) -> dict[str, Any]:
         "lengths": INPUT_LENGTHS,
         "outputs": [{"name": name, "batch_axis": 0, "time_axis": 1} for name in (OUTPUT_LOC, OUTPUT_SCALE)],
     }
+
+
+def seq2seq_declaration(info: ModelInfo, graph: str) -> dict[str, Any]:
+    """A seq2seq version's graph. The encoder: tokens [batch, time] with lengths, answering memory along
+    time and the decoder's first state hn (, cn) [1, batch, hidden] as plain outputs (it keeps no state).
+    The decoder step, a frame model (one step a call, no time axis): previous [batch], memory
+    [batch, time, memory] and lengths [batch] (the memory's valid steps) as each row's frame, h0 (, c0)
+    -> hn (, cn) along axis 1 as state, log_probs and attention as answers. The memory's time differs per
+    word: this declaration alone leaves that dim free (`declaration.resolve(free_frame_dims=True)`), and
+    the batcher zero-pads the rows of a call to the longest (service/engine/layout.py); the graph masks
+    each row's attention by its lengths, so padding changes nothing."""
+    states = list(zip(state_inputs(info.cell), state_outputs(info.cell), strict=True))
+    if graph == ENCODER_FILE:
+        return {
+            "inputs": [{"name": INPUT_TOKENS, "batch_axis": 0, "time_axis": 1}],
+            "lengths": INPUT_LENGTHS,
+            "outputs": [
+                {"name": OUTPUT_MEMORY, "batch_axis": 0, "time_axis": 1},
+                *({"name": output, "batch_axis": 1} for _, output in states),
+            ],
+        }
+    if graph == DECODER_FILE:
+        return {
+            "rendering": SEQ2SEQ,
+            "states": [{"input": name, "output": output, "batch_axis": 1} for name, output in states],
+            "inputs": [
+                {"name": name, "batch_axis": 0, "time_axis": None}
+                for name in (INPUT_PREVIOUS, INPUT_MEMORY, INPUT_LENGTHS)
+            ],
+            "outputs": [
+                {"name": OUTPUT_LOG_PROBS, "batch_axis": 0},
+                {"name": OUTPUT_ATTENTION, "batch_axis": 0},
+            ],
+        }
+    raise ContractError(
+        f"{info.name}: a seq2seq version's graphs are {ENCODER_FILE} and {DECODER_FILE}, not {graph!r}"
+    )
 
 
 def calendar_clock(start_unix_s: float, forecast: dict[str, Any]) -> float:
