@@ -419,14 +419,18 @@ def version_dir(repository: Path, name: str, version: int) -> Path:
 
 
 def list_versions(repository: Path, name: str) -> list[int]:
-    """Numeric versions of a model that hold a model file, ascending. Half-written ones are skipped."""
+    """Numeric versions of a model that hold a model file (model.onnx, or a seq2seq's ENCODER_FILE),
+    ascending. Half-written ones are skipped."""
     model_dir = Path(repository) / name
     if not model_dir.is_dir():
         return []
     return sorted(
         int(child.name)
         for child in model_dir.iterdir()
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0 and (child / MODEL_FILE).is_file()
+        if child.is_dir()
+        and child.name.isdigit()
+        and int(child.name) > 0
+        and any((child / graph).is_file() for graph in (MODEL_FILE, ENCODER_FILE))
     )
 
 
