@@ -3,9 +3,10 @@
 Parity: the Taylor history (or each series of the run's data) is run through PyTorch whole and through
 onnxruntime in random chunks, state carried, and rows of different lengths batched together, then rolled
 out over the model's horizon from random calendar phases (`OnnxForecaster.forecast` against
-`training.forecaster.forecast`); loc and scale are compared in units of the series scale (a raw float32
-loc near 30,000 MW has a spacing of 0.002, so an absolute 1e-5 would measure float32 itself), the states
-h/c, count and clock as they are, lags and level in units of the series scale. Tolerance
+`training.forecaster.forecast`, both calibrated: step k's scale times the m_k that model.json's `forecast`
+dict holds, `contract.scale_multipliers`); loc and scale are compared in units of the series scale (a raw
+float32 loc near 30,000 MW has a spacing of 0.002, so an absolute 1e-5 would measure float32 itself), the
+states h/c, count and clock as they are, lags and level in units of the series scale. Tolerance
 `contract.PARITY_TOLERANCE`.
 """
 
@@ -35,7 +36,8 @@ PARITY_STEPS = 800
 
 class OnnxForecaster:
     """One onnxruntime session of a forecaster graph: chunks in, loc/scale and the new states out; and the
-    forecast, the same deterministic mean rollout as `training.forecaster.rollout`."""
+    forecast, the same deterministic mean rollout as `training.forecaster.rollout`, calibrated by
+    model.json's scale multipliers."""
 
     def __init__(self, model_bytes: bytes, info: ModelInfo) -> None:
         options = ort.SessionOptions()
@@ -78,7 +80,8 @@ class OnnxForecaster:
     ) -> tuple[np.ndarray, np.ndarray]:
         """loc, scale [B, horizon] of the next values: step 0 is `first_*` [B] (the answer at the last
         observed step), each later step the graph's answer to the previous loc fed back as a one-step chunk
-        from `states` (the states after the last observed step)."""
+        from `states` (the states after the last observed step); step k's scale times m_k
+        (`contract.scale_multipliers` of model.json's `forecast` dict)."""
         if horizon < 1:
             raise ValueError(f"horizon {horizon}; expected at least 1 step")
         locs, scales = [np.asarray(first_loc, np.float32)], [np.asarray(first_scale, np.float32)]
@@ -86,7 +89,8 @@ class OnnxForecaster:
             loc, scale, states = self.step(locs[-1][:, None], states)
             locs.append(loc[:, 0])
             scales.append(scale[:, 0])
-        return np.stack(locs, axis=1), np.stack(scales, axis=1)
+        multipliers = np.asarray(contract.scale_multipliers(self.info.forecast, horizon), np.float32)
+        return np.stack(locs, axis=1), np.stack(scales, axis=1) * multipliers
 
     def forecast(
         self,
@@ -222,6 +226,7 @@ def forecaster_info(model: Forecaster, name: str, version: int, horizon: int) ->
             "distribution": "normal",
             "step_seconds": config.step_seconds,
             "calendar_origin": config.calendar_origin,
+            **config.calibration,
         },
     )
 

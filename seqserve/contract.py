@@ -139,7 +139,8 @@ class ModelInfo:
     # Language models only: the characters, index = token id (equal to `labels`: the class is the next
     # character). Left out of model.json and metadata_props for every other model.
     vocabulary: list[str] = field(default_factory=list)
-    # Forecasters only: lags, periods, season, memory (the lags state's length), horizon (of training).
+    # Forecasters only: lags, periods, season, memory (the lags state's length), horizon (of training), the
+    # calendar, and the rollout's scale multipliers per step (scale_multipliers).
     forecast: dict[str, Any] = field(default_factory=dict)
     # Sequence-to-sequence only (the input vocabulary is `vocabulary`, the output one `labels`, index =
     # token id): encoder_hidden, memory, embedding, attention, start, end, pad, graphs (name -> file).
@@ -173,6 +174,7 @@ class ModelInfo:
                     f"a forecaster reads one value a step, has no labels and says its memory: got features "
                     f"{self.features}, labels {self.labels!r}, forecast {self.forecast!r}"
                 )
+            scale_multipliers(self.forecast, 1)  # a bad calibration fails the load, not a forecast
             return
         if self.task == SEQ2SEQ:
             self._check_seq2seq()
@@ -401,6 +403,31 @@ def calendar_clock(start_unix_s: float, forecast: dict[str, Any]) -> float:
     steps = (start_unix_s - at.timestamp()) / step
     cycle = calendar_cycle(periods)
     return float(steps % cycle) if cycle else float(steps)
+
+
+SCALE_BEYOND = ("sqrt", "last")  # how scale_multipliers extends past the measured steps
+
+
+def scale_multipliers(forecast: dict[str, Any], horizon: int) -> list[float]:
+    """m_1 .. m_horizon: what a forecaster's rollout multiplies the scale of its k-th step by, read from
+    model.json's `forecast` dict. `scale_by_horizon` holds m_1 .. m_K, measured on held-out data after
+    training (the rollout's k-step errors against its scale); past K, `scale_beyond` says how they go on:
+    "sqrt" m_K * sqrt(k / K) (a random walk's error growth), "last" m_K. A dict without the key (or with
+    an empty list) gives all 1: the model's own scale."""
+    measured = [float(m) for m in forecast.get("scale_by_horizon") or ()]
+    if not measured:
+        return [1.0] * horizon
+    rule = forecast.get("scale_beyond", SCALE_BEYOND[0])
+    if rule not in SCALE_BEYOND or not all(math.isfinite(m) and m > 0 for m in measured):
+        raise ContractError(
+            f"forecast scale_by_horizon {measured!r} with scale_beyond {rule!r}: expected positive finite "
+            f"multipliers and a rule of {', '.join(SCALE_BEYOND)}"
+        )
+    known = len(measured)
+    return [
+        measured[k - 1] if k <= known else measured[-1] * (math.sqrt(k / known) if rule == "sqrt" else 1.0)
+        for k in range(1, horizon + 1)
+    ]
 
 
 def calendar_cycle(periods: list[float] | tuple[float, ...]) -> int:

@@ -80,7 +80,7 @@ def predict(
 def forecast(runtime: ModelRuntime, histories: list[History], ask: ForecastAsk) -> list[ForecastAnswer]:
     """A forecaster's rollout over every history at once, as the server computes it: the histories in one
     call from the initial state (each at its calendar phase), then one call per further step with each
-    row's mean fed back."""
+    row's mean fed back; the scales calibrated by `answer_of`."""
     check_histories(runtime.info, histories, ask, max_steps=ask.horizon)
     axes = tuple(state.batch_axis for state in runtime.declaration.states)
     rows = [clocked(runtime, runtime.zero_state, history.start_unix_s) for history in histories]
@@ -102,7 +102,8 @@ def forecast(runtime: ModelRuntime, histories: list[History], ask: ForecastAsk) 
             outputs[contract.OUTPUT_SCALE][:, 0],
         )
     return [
-        answer_of(int(lengths[row]), loc[row], scale[row], ask.quantiles) for row in range(len(histories))
+        answer_of(runtime.info, int(lengths[row]), loc[row], scale[row], ask.quantiles)
+        for row in range(len(histories))
     ]
 
 

@@ -10,10 +10,18 @@ a cosine decay, gradient clipping, early stopping on the validation loss (the sa
 every validation origin's horizon, each series read from its start), the best epoch's weights kept, the
 untrained ones (epoch 0) included.
 
+Calibration, after training: on the validation part of every series (from its first validation origin to
+its first test value; Taylor: week 8), the uncalibrated rollout from every origin there, and at each step k
+of the horizon the ratio |truth - loc| / scale over the origins whose k steps of truth lie inside the part.
+m_k = the ratio's 80 % quantile / Phi^-1(0.9), so that loc +- Phi^-1(0.9) * m_k * scale covers 80 % of the
+validation errors at step k; the m_k are then fitted non-decreasing in k (pool-adjacent-violators, each
+step weighted by its origins) and stored in the config (`scale_by_horizon`; past the horizon
+`scale_beyond` "sqrt": m_K * sqrt(k / K)), so the checkpoint, the export and every forecast carry them.
+
 Evaluation: every origin's history is read from the start of its series, then rolled out; the forecast mean
-is the rollout's loc, its quantiles loc + scale * Phi^-1(q). The seasonal naive (the last season repeated,
-intervals from its in-sample residual quantiles) is scored on the same origins. CPU time is measured with
-resource.getrusage beside wall time.
+is the rollout's loc, its quantiles loc + m_k * scale * Phi^-1(q). The seasonal naive (the last season
+repeated, intervals from its in-sample residual quantiles) is scored on the same origins. CPU time is
+measured with resource.getrusage beside wall time.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ import logging
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -46,6 +55,8 @@ from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.series import Origin, SeriesSet, load_series
 
 logger = logging.getLogger(__name__)
+CALIBRATION_LEVEL = 0.8  # the central interval whose validation coverage the scale multipliers set
+CALIBRATION_BATCH = 512  # origins rolled out at once while calibrating
 
 
 @dataclass
@@ -156,7 +167,7 @@ def _window_batch(
 def window_loss(model: Forecaster, windows: Windows, horizon: int) -> torch.Tensor:
     """Teacher forcing over the context, then the rollout likelihood of the horizon's targets."""
     step, state = model(windows.context, windows.state, windows.lengths)
-    predicted = rollout(model, state, step.at((windows.lengths - 1).unsqueeze(1)), horizon)
+    predicted = rollout(model, state, step.at((windows.lengths - 1).unsqueeze(1)), horizon, calibrated=False)
     return nll(predicted, windows.target)[windows.mask].mean()
 
 
@@ -169,12 +180,15 @@ def _padded(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def forecast_origins(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> Step:
-    """The rollout [origins, horizon] of every origin, each from its whole history."""
+def forecast_origins(
+    model: Forecaster, data: SeriesSet, origins: list[Origin], calibrated: bool = True
+) -> Step:
+    """The rollout [origins, horizon] of every origin, each from its whole history (`calibrated`: the
+    scale multiplied by the model's m_k, as `forecaster.rollout`)."""
     model.eval()
     y, lengths = _padded([data.values[o.series][: o.start] for o in origins])
     phases = torch.tensor([[data.phase(o.series)] for o in origins], dtype=torch.float32)
-    return forecast(model, y, data.horizon, lengths, model.initial_state(len(origins), phases))
+    return forecast(model, y, data.horizon, lengths, model.initial_state(len(origins), phases), calibrated)
 
 
 def _truth(data: SeriesSet, origins: list[Origin]) -> np.ndarray:
@@ -184,8 +198,61 @@ def _truth(data: SeriesSet, origins: list[Origin]) -> np.ndarray:
 @torch.no_grad()
 def validation_loss(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> float:
     """The rollout's NLL of every origin's horizon values, each series read from its start."""
-    predicted = forecast_origins(model, data, origins)
+    predicted = forecast_origins(model, data, origins, calibrated=False)
     return float(nll(predicted, torch.as_tensor(_truth(data, origins), dtype=torch.float32)).mean())
+
+
+def validation_spans(data: SeriesSet) -> list[tuple[int, int, int]]:
+    """(series, first, end) of every series' validation part: from its first validation origin up to its
+    first test origin (or its last value)."""
+    spans = []
+    for series in sorted({o.series for o in data.validation}):
+        first = min(o.start for o in data.validation if o.series == series)
+        tests = [o.start for o in data.test if o.series == series]
+        spans.append((series, first, min(tests, default=len(data.values[series]))))
+    return spans
+
+
+def non_decreasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of `values` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for value, weight in zip(values, weights, strict=True):
+        blocks.append([float(value), float(weight), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (mean2, weight2, length2), (mean1, weight1, length1) = blocks.pop(), blocks.pop()
+            total = weight1 + weight2
+            blocks.append([(mean1 * weight1 + mean2 * weight2) / total, total, length1 + length2])
+    return np.array([mean for mean, _, length in blocks for _ in range(int(length))])
+
+
+def calibrate(model: Forecaster, data: SeriesSet) -> dict:
+    """The rollout's scale multipliers m_1 .. m_horizon measured on the validation part (module docstring):
+    {'scale_by_horizon', 'measured' (before the non-decreasing fit), 'origins' (per step)}; empty lists
+    where the validation part holds no origin."""
+    spans = validation_spans(data)
+    origins = [Origin(series, o) for series, first, end in spans for o in range(first, end)]
+    if not origins:
+        return {"scale_by_horizon": [], "measured": [], "origins": []}
+    ends = np.array([end for _, first, end in spans for _ in range(first, end)])[:, None]
+    index = np.array([o.start for o in origins])[:, None] + np.arange(data.horizon)[None, :]
+    seen = index < ends  # step k's truth lies inside the validation part
+    truth = np.stack(
+        [data.values[o.series][row] for o, row in zip(origins, np.minimum(index, ends - 1), strict=True)]
+    )
+    ratio = np.empty(index.shape)
+    for at in range(0, len(origins), CALIBRATION_BATCH):
+        rows = slice(at, at + CALIBRATION_BATCH)
+        predicted = forecast_origins(model, data, origins[rows], calibrated=False)
+        ratio[rows] = np.abs(truth[rows] - predicted.loc.numpy()) / predicted.scale.numpy()
+    counts = seen.sum(axis=0)
+    steps = int(np.flatnonzero(counts)[-1]) + 1
+    z = NormalDist().inv_cdf(0.5 + CALIBRATION_LEVEL / 2)
+    measured = np.array([np.quantile(ratio[seen[:, k], k], CALIBRATION_LEVEL) / z for k in range(steps)])
+    return {
+        "scale_by_horizon": [round(float(m), 6) for m in non_decreasing(measured, counts[:steps])],
+        "measured": [round(float(m), 6) for m in measured],
+        "origins": counts[:steps].tolist(),
+    }
 
 
 def _learning_rate(config: ForecastTrainConfig, step: int, total: int) -> float:
@@ -269,7 +336,7 @@ def evaluate(model: Forecaster, data: SeriesSet, origins: list[Origin]) -> dict:
 
 
 def train_forecaster(config: ForecastTrainConfig) -> dict:
-    """Train, test and write the run folder (checkpoint.pt, metrics.json, forecast.png)."""
+    """Train, calibrate, test and write the run folder (checkpoint.pt, metrics.json, forecast.png)."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     data = load_series(config.dataset, config.data, config.horizon)
@@ -283,6 +350,8 @@ def train_forecaster(config: ForecastTrainConfig) -> dict:
     )
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     fitted = fit(model, data, config)
+    calibration = calibrate(model, data)
+    model.config = replace(model.config, scale_by_horizon=tuple(calibration["scale_by_horizon"]))
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
     metrics = {
         "dataset": data.source,
@@ -293,6 +362,7 @@ def train_forecaster(config: ForecastTrainConfig) -> dict:
         "test_origins": len(data.test),
         "test": evaluate(model, data, data.test),
         "validation": evaluate(model, data, data.validation)["model"],
+        "calibration": calibration | {"scale_beyond": model.config.scale_beyond},
         "train_cpu_seconds": round(cpu, 2),
         "train_wall_seconds": round(wall, 2),
         "parameters": parameter_count(model),

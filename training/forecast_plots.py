@@ -76,7 +76,7 @@ def plot_horizon_study(study: HorizonStudy, step_seconds: float, path: Path, tit
     errors.plot(horizons, study.naive_mae, color="0.5", linestyle="--", label="seasonal naive")
     errors.set(xlabel="horizon (steps)", ylabel="mean absolute error", title=f"error, {title}")
     errors.legend(fontsize=8)
-    band.plot(horizons, study.width_80, color="tab:blue", label="80 % interval width")
+    band.plot(horizons, study.width_80, color="tab:blue", label="80 % interval width (calibrated)")
     # A Normal's mean absolute deviation is sigma * sqrt(2 / pi): the width its MAE asks for.
     needed = 2 * NORMAL_Z80 * study.rollout_mae * np.sqrt(np.pi / 2)
     band.plot(horizons, needed, color="tab:orange", linestyle=":", label="width the rollout's MAE asks for")

@@ -35,9 +35,12 @@ The calendar is independent of where a stream starts: `clock` starts at the stre
 0 for a stream that starts at the origin's phase.
 
 A forecast is a deterministic mean rollout (`rollout`): from the state after the history, each step's loc
-is fed back as the next observed value; the answer at step k is N(loc_k, scale_k^2) and its quantiles
-loc + scale * Phi^-1(q). Training scores exactly that rollout, so scale_k is the k-step-ahead uncertainty
-as far as the state can tell how far ahead it is (nothing in the state says a value was fed back).
+is fed back as the next observed value; the answer at step k is N(loc_k, (m_k scale_k)^2) and its quantiles
+loc + m_k scale * Phi^-1(q). Training scores the rollout with m_k = 1, so the model's scale_k is the
+k-step-ahead uncertainty only as far as the state can tell how far ahead it is (nothing in the state says
+a value was fed back). m_k (`contract.scale_multipliers` of the config's `scale_by_horizon`, `scale_beyond`)
+is measured after training on held-out data (forecast_loop.calibrate): the calibration of the rollout's
+intervals per horizon step, not something the model knows.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class ForecasterConfig:
     dropout: float = 0.0
     step_seconds: float = 0.0  # seconds between steps (0: unknown); with calendar_origin, a stream's clock
     calendar_origin: str = ""  # ISO timestamp at phase 0 of every period ("" without periods)
+    # m_1 .. m_K, the rollout's scale multipliers per step measured after training (empty: all 1), and the
+    # rule past K (contract.scale_multipliers).
+    scale_by_horizon: tuple[float, ...] = ()
+    scale_beyond: str = contract.SCALE_BEYOND[0]
     # What the exporter and model.json read off any model's config.
     task: str = field(default=FORECAST, init=False)
     bidirectional: bool = field(default=False, init=False)
@@ -98,6 +105,8 @@ class ForecasterConfig:
             raise ValueError(f"unit {self.unit} must be > 0")
         object.__setattr__(self, "lags", tuple(int(lag) for lag in self.lags))
         object.__setattr__(self, "periods", tuple(float(period) for period in self.periods))
+        object.__setattr__(self, "scale_by_horizon", tuple(float(m) for m in self.scale_by_horizon))
+        contract.scale_multipliers(self.calibration, 1)  # raises on a bad multiplier or rule
 
     @property
     def memory(self) -> int:
@@ -116,11 +125,17 @@ class ForecasterConfig:
     def directions(self) -> int:
         return 1
 
+    @property
+    def calibration(self) -> dict:
+        """The keys of model.json's `forecast` dict that contract.scale_multipliers reads."""
+        return {"scale_by_horizon": list(self.scale_by_horizon), "scale_beyond": self.scale_beyond}
+
     def to_dict(self) -> dict:
         data = asdict(self)
         for key in ("task", "bidirectional"):
             del data[key]
         data["lags"], data["periods"] = list(self.lags), list(self.periods)
+        data["scale_by_horizon"] = list(self.scale_by_horizon)
         return data
 
 
@@ -235,24 +250,30 @@ class Forecaster(nn.Module):
         return {"lags": torch.gather(full, 1, index), "count": count, "clock": clock, "level": level}
 
 
-def rollout(model: Forecaster, state: ForecastState, first: Step, horizon: int) -> Step:
+def rollout(
+    model: Forecaster, state: ForecastState, first: Step, horizon: int, calibrated: bool = True
+) -> Step:
     """The forecast of the next `horizon` values as a deterministic mean rollout.
 
     `first` is the model's answer at the last observed step ([B, 1] tensors, or [B, T] whose last column is
     taken) and `state` the state after that step. Step k's loc is fed back as the value observed at step k,
     so the answer at step k + 1 follows from the model's own mean forecast; nothing is sampled. Returns
-    loc, scale (and the series scale) [B, horizon]: step k's value ~ Normal(loc[:, k], scale[:, k]^2).
-    Gradients flow through the fed-back values (training scores this same rollout); wrap the call in
-    torch.no_grad() to forecast."""
+    loc, scale (and the series scale) [B, horizon]: step k's value ~ Normal(loc[:, k], scale[:, k]^2), the
+    scale of step k multiplied by the config's m_k (`contract.scale_multipliers`) unless `calibrated` is
+    False (the model's own scale: what training scores and calibration measures). Gradients flow through
+    the fed-back values; wrap the call in torch.no_grad() to forecast."""
     if horizon < 1:
         raise ValueError(f"horizon {horizon}; expected at least 1 step")
     steps = [Step(first.loc[:, -1:], first.scale[:, -1:], first.series_scale[:, -1:])]
     for _ in range(horizon - 1):
         step, state = model(steps[-1].loc, state)
         steps.append(step)
-    return Step(
-        *(torch.cat([getattr(s, name) for s in steps], dim=1) for name in ("loc", "scale", "series_scale"))
+    loc, scale, series_scale = (
+        torch.cat([getattr(s, name) for s in steps], dim=1) for name in ("loc", "scale", "series_scale")
     )
+    if calibrated:
+        scale = scale * torch.tensor(contract.scale_multipliers(model.config.calibration, horizon))
+    return Step(loc, scale, series_scale)
 
 
 def forecast(
@@ -261,14 +282,16 @@ def forecast(
     horizon: int,
     lengths: torch.Tensor | None = None,
     state: ForecastState | None = None,
+    calibrated: bool = True,
 ) -> Step:
     """Read `history` [B, T] (rows padded to `lengths`) from `state` (default: the streams' start, clock 0)
-    teacher-forced, then `rollout` `horizon` steps from each row's last observed value."""
+    teacher-forced, then `rollout` `horizon` steps from each row's last observed value (`calibrated` as
+    there)."""
     batch, steps = history.shape
     state = model.initial_state(batch) if state is None else state
     step, after = model(history, state, lengths)
     last = (lengths.long() - 1 if lengths is not None else torch.full((batch,), steps - 1)).unsqueeze(1)
-    return rollout(model, after, step.at(last), horizon)
+    return rollout(model, after, step.at(last), horizon, calibrated)
 
 
 def quantiles(step: Step, levels: tuple[float, ...]) -> torch.Tensor:
@@ -330,9 +353,7 @@ def checkpoint_payload(model: Forecaster, extra: dict | None = None) -> dict:
 
 
 def from_payload(payload: dict) -> Forecaster:
-    config = dict(payload["config"])
-    config["lags"], config["periods"] = tuple(config["lags"]), tuple(config["periods"])
-    model = Forecaster(ForecasterConfig(**config))
+    model = Forecaster(ForecasterConfig(**payload["config"]))  # lists become tuples in __post_init__
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model

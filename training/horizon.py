@@ -2,8 +2,10 @@
 
 From every step of a single series' test part that leaves `max_horizon` values of truth after it (for
 Taylor: 1,009 origins, every half hour from the first test midnight), the model reads the history
-teacher-forced and rolls out `max_horizon` steps (`forecaster.rollout`). At each horizon k it scores the
-rollout's mean (MAE, MAPE), its 80 % interval (mean width, the share of truths inside) and, beside them,
+teacher-forced and rolls out `max_horizon` steps (`forecaster.rollout`, calibrated: step k's scale times
+the m_k measured on the validation part after training, m_K * sqrt(k / K) past the training horizon K;
+the test origins here only report, they fit nothing). At each horizon k it scores the rollout's mean (MAE,
+MAPE), its 80 % interval (mean width, the share of truths inside) and, beside them,
 the teacher-forced one-step forecast of the same target values (the model's answer when the value before
 each target is observed, not its own forecast) and the seasonal naive's. Outputs: horizon.json and
 horizon.png in the study folder.
@@ -20,6 +22,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from seqserve import contract
 from seqserve.training.forecaster import Forecaster, ForecastState, Step, from_payload, rollout
 from seqserve.training.loop import CHECKPOINT_FILE
 from seqserve.training.series import SeriesSet, load_series
@@ -41,11 +44,20 @@ class HorizonStudy:
     naive_mae: np.ndarray
     width_80: np.ndarray  # mean width of the 80 % interval
     coverage_80: np.ndarray
+    scale_multiplier: np.ndarray  # m_k, the calibration the width includes
 
     def to_json(self) -> dict:
         return {"origins": self.origins} | {
             key: [round(float(v), 6) for v in getattr(self, key)]
-            for key in ("rollout_mae", "rollout_mape", "one_step_mae", "naive_mae", "width_80", "coverage_80")
+            for key in (
+                "rollout_mae",
+                "rollout_mape",
+                "one_step_mae",
+                "naive_mae",
+                "width_80",
+                "coverage_80",
+                "scale_multiplier",
+            )
         }
 
 
@@ -113,6 +125,7 @@ def horizon_study(model: Forecaster, data: SeriesSet, max_horizon: int) -> Horiz
         naive_mae=np.abs(truth - naive).mean(axis=0),
         width_80=(2 * Z80 * scale).mean(axis=0),
         coverage_80=(np.abs(truth - loc) <= Z80 * scale).mean(axis=0),
+        scale_multiplier=np.array(contract.scale_multipliers(model.config.calibration, max_horizon)),
     )
 
 

@@ -8,7 +8,9 @@ observation, H - 1 one-step rows through the model's batcher: every forecast in 
 unary request, is one row of the same onnxruntime call per step, as Generate's generations are. The
 rollout works on its own copy of the state references, so the stream's next chunk continues as if no
 forecast had been asked. Deterministic: no sampling; the quantiles are the Normal's, loc + scale *
-Phi^-1(q). The model is trained for that rollout (its scale at step k is the k-step-ahead uncertainty).
+Phi^-1(q), where step k's scale is the model's times m_k (`contract.scale_multipliers` of model.json's
+`forecast` dict: the calibration measured after training on held-out data, all 1 for a model.json
+without it). The answers to a stream's chunks are the model's own one-step loc and scale, uncalibrated.
 
 A one-step graph looped by the server was chosen over a loop inside the graph: the batcher then shares
 every forecast step across streams (a graph-side loop would run each forecast as its own call of H steps,
@@ -154,8 +156,9 @@ def clocked(runtime: ModelRuntime, states: States, start_unix_s: float | None) -
 async def _roll_out(
     model: ServedModel, first: TensorAnswer, states: States, key: tuple, horizon: int, stream: object
 ) -> tuple[np.ndarray, np.ndarray]:
-    """loc and scale of the next `horizon` values: the first from the answer to the last observation, each
-    later one from a one-step row whose observation is the previous mean."""
+    """loc and the model's scale of the next `horizon` values (`answer_of` calibrates it): the first from the
+    answer to the last observation, each later one from a one-step row whose observation is the previous
+    mean."""
     loc = np.empty(horizon, dtype=np.float32)
     scale = np.empty(horizon, dtype=np.float32)
     loc[0], scale[0] = _last(first)
@@ -171,8 +174,11 @@ async def _roll_out(
 
 
 def answer_of(
-    from_step: int, loc: np.ndarray, scale: np.ndarray, levels: tuple[float, ...]
+    info: contract.ModelInfo, from_step: int, loc: np.ndarray, scale: np.ndarray, levels: tuple[float, ...]
 ) -> ForecastAnswer:
+    """The forecast of a rollout's loc and the model's scale [horizon]: step k's scale times m_k, and the
+    Normal's quantiles at `levels`."""
+    scale = scale * np.asarray(contract.scale_multipliers(info.forecast, len(scale)), np.float32)
     z = np.array([NormalDist().inv_cdf(level) for level in levels], dtype=np.float32)
     quantiles = loc[np.newaxis] + z[:, np.newaxis] * scale[np.newaxis]
     return ForecastAnswer(from_step, loc, scale, quantiles.astype(np.float32), levels)
@@ -184,14 +190,14 @@ async def forecast_stream(engine: InferenceEngine, stream: StreamState, ask: For
     if stream.last is None:
         raise OutOfOrder(f"stream {stream.id} has no observation yet; send a chunk before asking a forecast")
     loc, scale = await _roll_out(stream.model, stream.last, stream.states, stream.key, ask.horizon, stream)
-    return answer_of(stream.steps, loc, scale, ask.quantiles)
+    return answer_of(stream.model.runtime.info, stream.steps, loc, scale, ask.quantiles)
 
 
 async def forecast_after(model: ServedModel, answer: TensorAnswer, ask: ForecastAsk) -> ForecastAnswer:
     """The next `ask.horizon` values after a row's answer (a sequence request's chunk), from its state."""
     key = model.runtime.declaration.constant_key({})
     loc, scale = await _roll_out(model, answer, answer.states, key, ask.horizon, None)
-    return answer_of(0, loc, scale, ask.quantiles)
+    return answer_of(model.runtime.info, 0, loc, scale, ask.quantiles)
 
 
 async def forecast_histories(
@@ -219,6 +225,6 @@ async def forecast_histories(
             raise
         finally:
             engine.store.close(stream, reason)
-        return answer_of(history.values.shape[0], loc, scale, ask.quantiles)
+        return answer_of(model.runtime.info, history.values.shape[0], loc, scale, ask.quantiles)
 
     return list(await asyncio.gather(*(one(history) for history in histories)))

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ from seqserve.training.series import taylor
 
 
 def _random_head(model: Forecaster) -> Forecaster:
-    """An untrained head reads only d_1; random weights make every feature and the rnn count."""
+    """An untrained head reads only d_1; random weights make every feature and the rnn count. Calibrated
+    with scale multipliers that differ per step, and grow past the three measured."""
     with torch.no_grad():
         model.head.weight.normal_(0, 0.3)
+    model.config = replace(model.config, scale_by_horizon=(0.6, 0.9, 1.4))
     return model.eval()
 
 
@@ -53,6 +56,13 @@ def test_onnx_forecast_equals_the_pytorch_rollout_from_a_calendar_phase() -> Non
     np.testing.assert_allclose(loc, want.loc.numpy(), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(scale, want.scale.numpy(), rtol=1e-6, atol=1e-5)
     assert not np.allclose(loc, session.forecast(history[None], 10)[0])  # the phase matters
+    # A model.json without the multipliers (an older export) forecasts with the model's own scale.
+    for key in ("scale_by_horizon", "scale_beyond"):
+        del info.forecast[key]
+    bare_loc, bare_scale = session.forecast(history[None], 10, clock=4.0)
+    np.testing.assert_array_equal(bare_loc, loc)
+    multipliers = contract.scale_multipliers(model.config.calibration, 10)
+    np.testing.assert_allclose(scale / bare_scale, [multipliers], rtol=1e-6)
     with pytest.raises(ValueError, match="horizon 0"):
         session.forecast(history[None], 0)
 
@@ -78,6 +88,9 @@ def test_export_writes_a_declared_forecaster(tmp_path: Path) -> None:
     assert path == tmp_path / "repo" / "taylor-gru" / "1"
     written = json.loads((path / contract.METADATA_FILE).read_text())
     assert written["task"] == "forecast" and written["parity"]["passed"]
+    multipliers = written["forecast"].pop("scale_by_horizon")
+    assert multipliers == json.loads((run / "metrics.json").read_text())["calibration"]["scale_by_horizon"]
+    assert len(multipliers) == 48 and multipliers == sorted(multipliers)
     assert written["forecast"] == {
         "lags": [48],
         "periods": [48.0],
@@ -87,6 +100,7 @@ def test_export_writes_a_declared_forecaster(tmp_path: Path) -> None:
         "distribution": "normal",
         "step_seconds": 1800.0,
         "calendar_origin": "2000-06-05T00:00:00",
+        "scale_beyond": "sqrt",
     }
     assert contract.read_model_info(path).forecast["lags"] == [48]
     raw = declaration.read(path)

@@ -1,7 +1,8 @@
 """Forecasts on a forecaster: a served forecast equals the PyTorch rollout from the same history (unary and
-on a live stream), a forecast leaves the stream's next answers unchanged, many forecasts share calls, a
-resumed stream continues its state and lag buffer exactly, the calendar phase follows the start time, and
-every bad request gets its own status while other streams go on."""
+on a live stream), its scale calibrated per step by model.json's multipliers as the PyTorch one's, a
+forecast leaves the stream's next answers unchanged, many forecasts share calls, a resumed stream
+continues its state and lag buffer exactly, the calendar phase follows the start time, and every bad
+request gets its own status while other streams go on."""
 
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ SERIES = taylor().values[0][:400].astype(np.float32)
 
 def _model(cell: str) -> Forecaster:
     torch.manual_seed({"gru": 3, "lstm": 4}[cell])
-    config = ForecasterConfig(cell=cell, hidden=8, lags=(4,), periods=(4.0, 6.0), season=6)
+    # Scale multipliers per step, growing past the four measured: a server that left them out would fail.
+    multipliers = (0.6, 1.0, 1.7, 2.1)
+    config = ForecasterConfig(
+        cell=cell, hidden=8, lags=(4,), periods=(4.0, 6.0), season=6, scale_by_horizon=multipliers
+    )
     model = Forecaster(config)
     with torch.no_grad():  # an untrained head reads only the naive's error: make the rnn and calendar count
         model.head.weight.normal_(0, 0.3)
@@ -73,8 +78,8 @@ def forecast_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 @torch.no_grad()
 def reference(name: str, history: np.ndarray, horizon: int, clock: float = 0.0) -> tuple[np.ndarray, ...]:
-    """The PyTorch rollout (training.forecaster.forecast): the history from the initial state (its clock at
-    `clock`), then each mean fed back as the next observation."""
+    """The PyTorch rollout (training.forecaster.forecast, calibrated): the history from the initial state
+    (its clock at `clock`), then each mean fed back as the next observation."""
     model = MODELS[name]
     predicted = offline.forecast(
         model, torch.as_tensor(history[None]), horizon, state=model.initial_state(1, clock)
@@ -163,8 +168,10 @@ def test_forecast_mid_stream_leaves_the_stream_as_it_was(forecast_server: Server
     assert forecasts[0].from_step == 100 and len(forecasts[0].quantiles[0].values) == 12
     assert_close(forecasts[0], loc, scale)
     np.testing.assert_array_equal(forecasts[1].mean, forecasts[0].mean[:3])
-    # The stream's one-step answer is the forecast's first step.
+    # The stream's one-step answer is the forecast's first step, its scale the model's own (m_1 = 0.6).
     assert forecasts[0].mean[0] == pytest.approx(float(tensor(answers[3].chunk, "loc")[-1]))
+    own_scale = float(tensor(answers[3].chunk, "scale")[-1])
+    assert forecasts[0].scale[0] == pytest.approx(0.6 * own_scale, rel=1e-6)
 
 
 def test_many_forecasts_share_calls_and_each_equals_its_own(forecast_server: ServerThread) -> None:

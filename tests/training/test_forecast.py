@@ -1,12 +1,21 @@
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from seqserve import contract
 from seqserve.training import forecast_metrics as fm
-from seqserve.training.forecast_loop import ForecastTrainConfig, train_forecaster
+from seqserve.training.forecast_loop import (
+    ForecastTrainConfig,
+    calibrate,
+    forecast_origins,
+    non_decreasing,
+    train_forecaster,
+)
 from seqserve.training.forecaster import (
     Forecaster,
     ForecasterConfig,
@@ -128,6 +137,56 @@ def test_rollout_feeds_each_mean_back_and_quantiles_are_the_normals() -> None:
         rollout(model, state, step, 0)
 
 
+def test_scale_multipliers_are_the_measured_ones_then_the_rule_and_1_without_them() -> None:
+    measured = {"scale_by_horizon": [0.5, 1.0, 2.0], "scale_beyond": "sqrt"}
+    got = contract.scale_multipliers(measured, 12)
+    assert got[:3] == [0.5, 1.0, 2.0] and got[-1] == pytest.approx(2 * math.sqrt(12 / 3))
+    assert got[3] == pytest.approx(2 * math.sqrt(4 / 3))
+    assert contract.scale_multipliers(measured, 2) == [0.5, 1.0]
+    assert contract.scale_multipliers(measured | {"scale_beyond": "last"}, 5) == [0.5, 1.0, 2.0, 2.0, 2.0]
+    assert contract.scale_multipliers({"scale_by_horizon": [0.5, 1.0, 2.0]}, 4)[3] == got[3]  # sqrt: default
+    assert contract.scale_multipliers({"memory": 384}, 3) == [1.0, 1.0, 1.0]  # an old model.json
+    assert contract.scale_multipliers({"scale_by_horizon": []}, 2) == [1.0, 1.0]
+    info = {"name": "f", "version": 1, "task": "forecast", "cell": "gru", "layers": 1, "hidden": 4}
+    info |= {"bidirectional": False, "features": 1, "labels": []}
+    for bad in ({"scale_by_horizon": [1.0, -0.5]}, {"scale_by_horizon": [1.0], "scale_beyond": "linear"}):
+        with pytest.raises(contract.ContractError, match="scale_by_horizon"):
+            contract.scale_multipliers(bad, 3)
+        with pytest.raises(contract.ContractError, match="scale_by_horizon"):
+            contract.ModelInfo(**info, forecast={"memory": 4, **bad})
+        with pytest.raises(ValueError, match="scale_by_horizon"):
+            ForecasterConfig(**bad)
+    # 3, 2 pool to 2.5; then 4 and 1 (weight 3) to 1.75, below it: all four pool to 2.
+    fitted = non_decreasing(np.array([1.0, 3, 2, 4, 1]), np.array([1, 1, 1, 1, 3]))
+    np.testing.assert_allclose(fitted, [1, 2, 2, 2, 2])
+
+
+def test_calibration_on_the_validation_week_widens_the_intervals_with_the_horizon() -> None:
+    data = taylor()
+    model = Forecaster(ForecasterConfig(hidden=4, lags=(48,), periods=(48.0,), season=336, unit=0.015)).eval()
+    calibration = calibrate(model, data)
+    multipliers = np.array(calibration["scale_by_horizon"])
+    # Every half-hour origin of week 8 whose k steps of truth lie inside week 8: 336 at k = 1, 289 at 48.
+    assert calibration["origins"][0] == 336 and calibration["origins"][-1] == 289
+    assert len(multipliers) == 48 and (np.diff(multipliers) >= 0).all()
+    assert multipliers[0] == calibration["measured"][0] < 1 < multipliers[-1]
+    raw = forecast_origins(model, data, data.test[:3])  # no multipliers yet: the model's own scale
+    model.config = replace(model.config, scale_by_horizon=tuple(multipliers))
+    calibrated = forecast_origins(model, data, data.test[:3])
+    assert torch.equal(calibrated.loc, raw.loc)
+    torch.testing.assert_close(calibrated.scale, raw.scale * torch.tensor(multipliers, dtype=torch.float32))
+    low, high = quantiles(calibrated, (0.1, 0.9))
+    width = (high - low).mean(0)
+    assert bool((width[1:] > width[:1]).all()) and float(width[-1]) > 2 * float(width[0])
+    with torch.no_grad():
+        history = torch.as_tensor(data.values[0][None, : data.test[0].start], dtype=torch.float32)
+        far = forecast(model, history, 192)
+        bare = forecast(model, history, 192, calibrated=False)
+    ratio = (far.scale / bare.scale)[0]
+    assert float(ratio[191]) == pytest.approx(multipliers[-1] * 2, rel=1e-5)  # sqrt(192 / 48)
+    assert float(ratio[95]) == pytest.approx(multipliers[-1] * math.sqrt(2), rel=1e-5)
+
+
 def test_calendar_clock_is_the_phase_of_the_start_time_and_drives_the_features() -> None:
     info = {"periods": [48.0, 336.0], "step_seconds": 1800.0, "calendar_origin": "2000-06-05T00:00:00"}
     assert calendar_clock("2000-06-05T00:00:00", info) == 0
@@ -166,6 +225,11 @@ def test_tiny_taylor_run_writes_metrics_beside_the_naive(tmp_path: Path) -> None
     model = from_payload(torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True))
     assert model.config.lags == (48,) and model.config.memory == 48 + 336
     assert model.config.calendar_origin == "2000-06-05T00:00:00" and model.config.step_seconds == 1800
+    assert list(model.config.scale_by_horizon) == written["calibration"]["scale_by_horizon"]
+    assert len(model.config.scale_by_horizon) == 48 and written["calibration"]["scale_beyond"] == "sqrt"
+    payload = torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=True)
+    del payload["config"]["scale_by_horizon"], payload["config"]["scale_beyond"]
+    assert from_payload(payload).config.calibration == {"scale_by_horizon": [], "scale_beyond": "sqrt"}
     assert [h["epoch"] for h in written["history"]][:2] == [0, 1]
 
 
