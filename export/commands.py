@@ -184,26 +184,29 @@ def _export_own_jobs(
 ) -> list[Path]:
     """Export the forecaster and seq2seq runs among `runs` (export/forecast_job.py, seq2seq_job.py, one
     version each); returns the other runs."""
+    from seqserve import contract
     from seqserve.console import fail
     from seqserve.export.errors import ExportError, ExportInputError
-    from seqserve.export.forecast_job import export_forecaster, is_forecaster_run
-    from seqserve.export.seq2seq_job import export_seq2seq, is_seq2seq_run
+    from seqserve.export.forecast_job import export_forecaster
+    from seqserve.export.runs import checkpoint_kind
+    from seqserve.export.seq2seq_job import export_seq2seq
 
-    jobs = (
-        (is_forecaster_run, export_forecaster, _forecaster_line),
-        (is_seq2seq_run, export_seq2seq, _seq2seq_line),
-    )
+    jobs = {
+        contract.FORECAST: (export_forecaster, _forecaster_line),
+        contract.SEQ2SEQ: (export_seq2seq, _seq2seq_line),
+    }
     others = []
     for run in runs:
-        job = next((job for job in jobs if job[0](run)), None)
-        if job is None:
+        kind = checkpoint_kind(run)
+        if kind not in jobs:
             others.append(run)
             continue
+        export, line = jobs[kind]
         try:
-            path, info = job[1](run, repository, name, version, force)
+            path, info = export(run, repository, name, version, force)
         except (ExportError, ExportInputError) as exc:
             fail(str(exc))
-        console.print(job[2](info, path), highlight=False)
+        console.print(line(info, path), highlight=False)
     return others
 
 

@@ -23,6 +23,7 @@ from seqserve.contract import ModelInfo
 from seqserve.export import repository as repo
 from seqserve.export.errors import ExportError, ExportInputError
 from seqserve.export.graph import set_metadata
+from seqserve.export.runs import checkpoint_kind, claim_version
 from seqserve.export.seq2seq_decode import OnnxSeq2Seq
 from seqserve.export.seq2seq_graph import build_decoder_step, build_encoder
 from seqserve.training.g2p_data import Lexicon, load_g2p
@@ -129,13 +130,7 @@ def seq2seq_info(model: Seq2Seq, name: str, version: int) -> ModelInfo:
 
 
 def is_seq2seq_run(run_dir: Path) -> bool:
-    """True when the run folder's checkpoint is a seq2seq model's (anything unreadable is left to the
-    export of classifiers, which names what is wrong)."""
-    try:
-        payload = torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is the other export's to report
-        return False
-    return isinstance(payload, dict) and payload.get("kind") == SEQ2SEQ
+    return checkpoint_kind(run_dir) == SEQ2SEQ
 
 
 def parity_words(payload: dict, limit: int = PARITY_WORDS) -> Lexicon:
@@ -151,12 +146,9 @@ def export_seq2seq(
     """Build, check and write one seq2seq run as a version of `repository`: encoder.onnx,
     decoder_step.onnx and model.json."""
     run_dir = Path(run_dir)
-    repository = repo.check_repository(Path(repository))
+    repository, name, version = claim_version(run_dir, repository, name, version, force)
     payload = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     model = from_payload(payload)
-    name = contract.check_model_name(name or run_dir.resolve().name)
-    version = version or repo.next_version(repository, name)
-    repo.check_version_free(repository, name, version, force)
     info = seq2seq_info(model, name, version)
     encoder, decoder = build_encoder(model, info), build_decoder_step(model, info)
     session = OnnxSeq2Seq(encoder.SerializeToString(), decoder.SerializeToString(), info)

@@ -8,8 +8,8 @@ clipping, the learning rate falling from `lr` to lr / 100 along a cosine over th
 `minutes` of training when that comes first: the last epoch may be cut short), early stopping on
 validation WER (greedy decoding) with the best epoch's weights kept. Then the test split, greedy and beam.
 
-CPU time (resource.getrusage) and wall time are measured around training, with the load average before
-and after: the machine is shared, and wall time says little without it.
+CPU time (the process's, user and system) and wall time are measured around training, with the load
+average before and after: the machine is shared, and wall time says little without it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,11 +63,6 @@ class Seq2SeqTrainConfig:
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -248,9 +242,9 @@ def train_seq2seq(config: Seq2SeqTrainConfig) -> dict:
     model = build_model(config, data)
     logger.info("training a %s seq2seq on %s: %s", config.cell, config.dataset, data.sizes())
     load_before = os.getloadavg()
-    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     fitted = fit(model, data, tokens, config)
-    cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     load_after = os.getloadavg()
     greedy, greedy_out = evaluate(model, tokens, data.test)
     beam, beam_out = evaluate(model, tokens, data.test, SearchOptions(beam=config.beam))
