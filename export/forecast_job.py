@@ -25,6 +25,7 @@ from seqserve.contract import ModelInfo
 from seqserve.export import repository as repo
 from seqserve.export.errors import ExportError, ExportInputError
 from seqserve.export.forecast_graph import FORECAST_STATES, build_forecaster
+from seqserve.export.runs import checkpoint_kind, claim_version
 from seqserve.training.forecaster import Forecaster, forecast, from_payload
 from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
 from seqserve.training.series import load_series
@@ -240,13 +241,7 @@ def parity_series(payload: dict) -> list[np.ndarray]:
 
 
 def is_forecaster_run(run_dir: Path) -> bool:
-    """True when the run folder's checkpoint is a forecaster's (anything unreadable is left to the export
-    of classifiers, which names what is wrong)."""
-    try:
-        payload = torch.load(Path(run_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is the other export's to report
-        return False
-    return isinstance(payload, dict) and payload.get("kind") == contract.FORECAST
+    return checkpoint_kind(run_dir) == contract.FORECAST
 
 
 def export_forecaster(
@@ -254,12 +249,9 @@ def export_forecaster(
 ) -> tuple[Path, ModelInfo]:
     """Build, check and write one forecaster run as a version of `repository`."""
     run_dir = Path(run_dir)
-    repository = repo.check_repository(Path(repository))
+    repository, name, version = claim_version(run_dir, repository, name, version, force)
     payload = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     model = from_payload(payload)
-    name = contract.check_model_name(name or run_dir.resolve().name)
-    version = version or repo.next_version(repository, name)
-    repo.check_version_free(repository, name, version, force)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     info = forecaster_info(model, name, version, int(metrics.get("horizon", 0)))
