@@ -389,9 +389,9 @@ def seq2seq_declaration(info: ModelInfo, graph: str) -> dict[str, Any]:
 
 def calendar_clock(start_unix_s: float, forecast: dict[str, Any]) -> float:
     """A forecaster stream's initial `clock` (its calendar position, in steps) when its first observation
-    is at `start_unix_s`: steps since the model's `calendar_origin` (phase 0 of every period), every `step_seconds`,
-    reduced modulo the periods' common cycle when they are whole steps (float32 keeps the phase exact). 0
-    for a model without a calendar."""
+    is at `start_unix_s`: steps since the model's `calendar_origin` (phase 0 of every period), every
+    `step_seconds`, reduced modulo the periods' common cycle when they are whole steps (float32 keeps the
+    phase exact). 0 for a model without a calendar."""
     import datetime
 
     step, origin, periods = (forecast.get(k) for k in ("step_seconds", "calendar_origin", "periods"))
