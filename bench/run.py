@@ -32,6 +32,7 @@ from bench.bench_model import (
 )
 from bench.declared import measure as measure_declared
 from bench.forecast import measure as measure_forecast
+from bench.forecast_accuracy import measure as measure_forecast_accuracy
 from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
@@ -129,6 +130,9 @@ def main(
             forecast = measure_forecast(
                 Path(work) / "forecast-repository", config.forecast_streams, config.duration_s, out / "tmp"
             )
+            run.advance("forecast accuracy (Taylor and M1 trained, beside the seasonal naive)")
+            forecast_runs = Path(work) / "forecast-runs"
+            forecast_accuracy = measure_forecast_accuracy(forecast_runs, config.forecast_epochs)
             run.advance("translations (Translate, a client loop, unbatched)")
             translate = measure_translate(
                 Path(work) / "translate-repository", config.translate_clients, config.duration_s, out / "tmp"
@@ -145,6 +149,7 @@ def main(
         generation,
         declared,
         forecast,
+        forecast_accuracy,
         translate,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)

@@ -69,6 +69,9 @@ class BenchConfig:
     declared_streams: tuple[int, ...] = (1, 16, 64)
     # Forecast rows (bench/forecast.py): concurrent clients, each way of getting a forecast.
     forecast_streams: tuple[int, ...] = (1, 16, 64)
+    # Forecast accuracy (bench/forecast_accuracy.py): Taylor and M1 trained at the default budget; a
+    # number caps the epochs (the quick run's smoke test).
+    forecast_epochs: int | None = None
     # Translation rows (bench/translate.py): concurrent clients of one word each, each way of translating.
     translate_clients: tuple[int, ...] = (1, 16, 64)
 
@@ -91,7 +94,7 @@ class BenchConfig:
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
         declared = 1
-        forecast = 1
+        forecast = 2
         translate = 1
         return (
             4
@@ -130,6 +133,7 @@ QUICK = BenchConfig(
     generation_hidden=16,
     declared_streams=(1, 4),
     forecast_streams=(1, 4),
+    forecast_epochs=1,
     translate_clients=(1, 4),
 )
 
