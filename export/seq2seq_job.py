@@ -2,7 +2,8 @@
 
 Parity, on test words of the run's own split (`PARITY_WORDS` of them, in batches of mixed lengths): the
 encoder's memory and first state; then every step of a teacher-forced decode (each backend fed the
-reference's tokens and carrying its own state), comparing log-probabilities, state and attention weights;
+reference's tokens and carrying its own state, each row up to the step that predicts its end token; later
+steps of a batch's shorter rows read padding), comparing log-probabilities, state and attention weights;
 then whole greedy decodes, which must give the same outputs word for word. Log-probabilities reach -30 and
 below, where float32's spacing is ~2e-6, so they count relative to max(1, |reference|) as a language
 model's logits do (docs/design.md section 2); states, memory and attention weights are bounded by 1 and
@@ -68,14 +69,18 @@ def _teacher_forced(model: Seq2Seq, session: OnnxSeq2Seq, words: list[str], refe
                 torch.from_numpy(previous[:, t]), state_t, memory_t, n
             )
         log_probs_o, state_o, attention_o = session.step(previous[:, t], state_o, memory_o, lengths)
-        worst["log_probs"] = max(worst["log_probs"], _worst(log_probs_o, log_probs_t.numpy(), relative=True))
-        worst["log_probs_absolute"] = max(
-            worst["log_probs_absolute"], _worst(log_probs_o, log_probs_t.numpy())
-        )
-        worst["attention"] = max(worst["attention"], _worst(attention_o, attention_t.numpy()))
-        worst["state"] = max(
-            worst["state"], *(_worst(o, s.numpy()) for o, s in zip(state_o, state_t, strict=True))
-        )
+        # Rows whose reference has ended (its end token was step len(target)) read padding: not compared.
+        rows = np.array([t <= len(target) for target in targets])
+        pairs = {
+            "log_probs": (log_probs_o[rows], log_probs_t.numpy()[rows], True),
+            "log_probs_absolute": (log_probs_o[rows], log_probs_t.numpy()[rows], False),
+            "attention": (attention_o[rows], attention_t.numpy()[rows], False),
+            "state": (state_o[0][:, rows], state_t[0].numpy()[:, rows], False),
+        }
+        if len(state_o) > 1:
+            worst["state"] = max(worst["state"], _worst(state_o[1][:, rows], state_t[1].numpy()[:, rows]))
+        for key, (got, want, relative) in pairs.items():
+            worst[key] = max(worst[key], _worst(got, want, relative))
     return worst
 
 
