@@ -216,7 +216,13 @@ def test_words_finish_at_their_own_step_and_leave_the_batch() -> None:
 
 def test_training_writes_a_run_whose_test_words_are_the_test_split(tmp_path: Path) -> None:
     config = Seq2SeqTrainConfig(
-        out=tmp_path / "run", limit=300, epochs=2, embedding=8, encoder_hidden=8, hidden=16, batch_size=64,
+        out=tmp_path / "run",
+        limit=300,
+        epochs=2,
+        embedding=8,
+        encoder_hidden=8,
+        hidden=16,
+        batch_size=64,
         threads=1,
     )
     metrics = train_seq2seq(config)
