@@ -40,6 +40,9 @@ def second_server(service_repository: Path, state_key_file: Path) -> Iterator[Se
         "1",
         "--metrics-port",
         "-1",
+        # Every resume of every cut opens at once (hundreds of streams): past the default --max-streams.
+        "--max-streams",
+        "5000",
     )
     yield process
     assert process.terminate() == 0
