@@ -12,7 +12,6 @@ states h/c, count and clock as they are, lags and level in units of the series s
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import torch
 from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.export import repository as repo
-from seqserve.export.errors import ExportError, ExportInputError
 from seqserve.export.forecast_graph import FORECAST_STATES, build_forecaster
-from seqserve.export.runs import checkpoint_kind, claim_version
+from seqserve.export.runs import checked_parity, checkpoint_kind, claim_version, read_metrics
 from seqserve.training.forecaster import Forecaster, forecast, from_payload
-from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.loop import CHECKPOINT_FILE
 from seqserve.training.series import load_series
 
 log = logging.getLogger(__name__)
@@ -252,19 +250,16 @@ def export_forecaster(
     repository, name, version = claim_version(run_dir, repository, name, version, force)
     payload = torch.load(run_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     model = from_payload(payload)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_metrics(run_dir)
     info = forecaster_info(model, name, version, int(metrics.get("horizon", 0)))
     onnx_model = build_forecaster(model, info)
     session = OnnxForecaster(onnx_model.SerializeToString(), info)
-    try:
-        series = parity_series(payload)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ExportInputError(f"{run_dir}: its data cannot be loaded for parity: {exc}") from exc
-    parity = check_forecaster_parity(model, session, series)
-    if not parity["passed"]:
-        raise ExportError(f"{name}: parity with PyTorch failed: {parity}")
-    info.parity = parity
+    info.parity = checked_parity(
+        run_dir,
+        name,
+        lambda: parity_series(payload),
+        lambda series: check_forecaster_parity(model, session, series),
+    )
     info.test_metrics = metrics.get("test", {})
     from seqserve.export.graph import set_metadata
 

@@ -9,7 +9,6 @@ checked before anything is written (`ExportInputError`: nothing written); a mode
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import zipfile
@@ -37,9 +36,10 @@ from seqserve.export.quantize import (
     quantize_int8,
     quantized_ops,
 )
+from seqserve.export.runs import read_metrics
 from seqserve.training.datasets import DatasetSplits, load_dataset, with_task
 from seqserve.training.language_model import CharLanguageModel
-from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.loop import CHECKPOINT_FILE
 from seqserve.training.model import SequenceClassifier, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -156,16 +156,7 @@ def _load_splits(
 
 
 def _load_run_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        log.warning("%s: missing; model.json will have no training test metrics", path)
-        return {}
-    try:
-        metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportInputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(metrics, dict):
-        raise ExportInputError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    metrics = read_metrics(run_dir)
     keys = _RUN_TEXT_KEYS if metrics.get("task") == contract.LANGUAGE_MODEL else _RUN_TEST_KEYS
     return {key: metrics[key] for key in keys if key in metrics}
 

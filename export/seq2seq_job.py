@@ -12,7 +12,6 @@ count absolutely. Tolerance `contract.PARITY_TOLERANCE`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,13 +21,12 @@ import torch
 from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.export import repository as repo
-from seqserve.export.errors import ExportError, ExportInputError
 from seqserve.export.graph import set_metadata
-from seqserve.export.runs import checkpoint_kind, claim_version
+from seqserve.export.runs import checked_parity, checkpoint_kind, claim_version, read_metrics
 from seqserve.export.seq2seq_decode import OnnxSeq2Seq
 from seqserve.export.seq2seq_graph import build_decoder_step, build_encoder
 from seqserve.training.g2p_data import Lexicon, load_g2p
-from seqserve.training.loop import CHECKPOINT_FILE, METRICS_FILE
+from seqserve.training.loop import CHECKPOINT_FILE
 from seqserve.training.seq2seq import SEQ2SEQ, Seq2Seq, from_payload
 from seqserve.training.seq2seq_decode import decode_words
 from seqserve.vocabularies import END, PAD, START
@@ -157,17 +155,13 @@ def export_seq2seq(
     info = seq2seq_info(model, name, version)
     encoder, decoder = build_encoder(model, info), build_decoder_step(model, info)
     session = OnnxSeq2Seq(encoder.SerializeToString(), decoder.SerializeToString(), info)
-    try:
-        words = parity_words(payload)
-    except (ValueError, OSError, KeyError) as exc:
-        raise ExportInputError(f"{run_dir}: its data cannot be loaded for parity: {exc}") from exc
-    parity = check_seq2seq_parity(model, session, words)
-    if not parity["passed"]:
-        raise ExportError(f"{name}: parity with PyTorch failed: {parity}")
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    info.parity = parity
-    info.test_metrics = metrics.get("test", {})
+    info.parity = checked_parity(
+        run_dir,
+        name,
+        lambda: parity_words(payload),
+        lambda words: check_seq2seq_parity(model, session, words),
+    )
+    info.test_metrics = read_metrics(run_dir).get("test", {})
     for graph in (encoder, decoder):
         set_metadata(graph, info)
     files = repo.VersionFiles(None, info, {contract.ENCODER_FILE: encoder, contract.DECODER_FILE: decoder})

@@ -74,8 +74,9 @@ class ModelRuntime:
         self.session = ort.InferenceSession(str(model_path), options, providers=providers_for(device))
         self.provider = self.session.get_providers()[0]
         if info.task != DECLARED:
-            self._check_signature(model_path)
-            declared = declaration_for(info, model_path.name) if declared is None else declared
+            written = declaration_for(info, model_path.name)
+            self._check_signature(model_path, written)
+            declared = written if declared is None else declared
         graph_in, graph_out = (
             graph_tensors(self.session.get_inputs()),
             graph_tensors(self.session.get_outputs()),
@@ -108,11 +109,11 @@ class ModelRuntime:
         self._constant_feeds: dict[tuple, dict[str, np.ndarray]] = {}
         self.batch_note = "" if d.batchable else "the graph's batch axis is fixed at 1"
 
-    def _check_signature(self, model_path: Path) -> None:
+    def _check_signature(self, model_path: Path, written: dict) -> None:
+        """The graph has the names seqserve's exporter writes for its task (`written`, the contract's
+        declaration of it)."""
         got_in = tuple(i.name for i in self.session.get_inputs())
         got_out = tuple(o.name for o in self.session.get_outputs())
-        # The names seqserve's exporter writes for this task (contract.declaration_for says them all).
-        written = declaration_for(self.info, model_path.name)
         want_in = (
             *(i["name"] for i in written["inputs"]),
             *(s["input"] for s in written.get("states", ())),

@@ -132,7 +132,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         if ask is not None:
             forecasting.check_ask(model.runtime.info, ask, self.engine.config.max_forecast_steps)
         x = converters.input_array(request, model, in_sequence, max_steps)
-        outputs = converters.requested_outputs(request, model, ask)
+        outputs = converters.requested_outputs(request, model, ask, in_sequence)
         admitted = _Admitted(request, model, outputs, in_sequence, received)
         if in_sequence:
             if answered is None:

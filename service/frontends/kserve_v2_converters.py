@@ -203,7 +203,10 @@ def _values(request: pb.ModelInferRequest, tensor, shape: list[int]) -> np.ndarr
 
 
 def requested_outputs(
-    request: pb.ModelInferRequest, model: ServedModel, ask: forecasting.ForecastAsk | None = None
+    request: pb.ModelInferRequest,
+    model: ServedModel,
+    ask: forecasting.ForecastAsk | None = None,
+    in_sequence: bool = False,
 ) -> Requested:
     """The outputs the client named, in its order; none named means all of them, as Triton does. A forecast
     request's are the forecast's (after the chunk's own, in a sequence)."""
@@ -219,7 +222,6 @@ def requested_outputs(
     if model.named_tensors:
         names = model.runtime.answer_names
         if ask is not None:
-            in_sequence = sequence_control(request).sequence_id is not None
             names = (*names, *FORECAST_OUTPUTS) if in_sequence else FORECAST_OUTPUTS
         unknown = [o.name for o in outputs if o.name not in names]
         if unknown:
