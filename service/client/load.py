@@ -123,10 +123,12 @@ async def stream_sequence(
     include_scores: bool = False,
     idle_timeout_ms: int = 0,
     checkpoint_every_chunks: int = 0,
+    chunk_interval_s: float = 0.0,
 ) -> StreamResult:
     """Stream x [steps, features] in chunks of `chunk` steps, each awaiting its answer; a refused stream
     raises seqserve.errors. On a client with several targets, or with checkpoints, the stream resumes
-    where its server drained or dropped."""
+    where its server drained or dropped. `chunk_interval_s` > 0 sends chunk i no sooner than i intervals
+    after the first, as a device sampling at a fixed rate does."""
     stream = client.stream(
         model, version=version, probabilities=include_scores, checkpoint_every=checkpoint_every_chunks,
         idle_timeout_s=idle_timeout_ms / 1000 if idle_timeout_ms else None,
@@ -134,7 +136,10 @@ async def stream_sequence(
     answers: list[Answer] = []
     latencies: list[float] = []
     async with stream:
-        for start in range(0, x.shape[0], chunk):
+        opened = time.perf_counter()
+        for index, start in enumerate(range(0, x.shape[0], chunk)):
+            if chunk_interval_s > 0:
+                await asyncio.sleep(opened + index * chunk_interval_s - time.perf_counter())
             sent = time.perf_counter()
             answers.append(await stream.send(x[start : start + chunk]))
             latencies.append(time.perf_counter() - sent)
@@ -190,6 +195,7 @@ async def stream_load(
     target_labels: Sequence[str] | None = None,
     checkpoint_every_chunks: int = 0,
     security: ClientSecurity | None = None,
+    chunk_interval_s: float = 0.0,
 ) -> LoadReport:
     """Stream every sequence over `concurrency` concurrent streams; `chunk` may differ per sequence.
 
@@ -210,7 +216,7 @@ async def stream_load(
                 for index in queue:
                     by_index[index] = await stream_sequence(
                         client, model, sequences[index], chunks[index], info.version, include_scores,
-                        checkpoint_every_chunks=checkpoint_every_chunks,
+                        checkpoint_every_chunks=checkpoint_every_chunks, chunk_interval_s=chunk_interval_s,
                     )  # fmt: skip
                     bar.advance(task)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -81,3 +82,21 @@ def test_32_concurrent_streams_with_different_chunk_sizes_are_correct_and_batche
     assert rows / calls > 3 and over_8 > 0, f"{rows} rows in {calls} calls, {over_8} over 8 rows: not batched"
     assert registry.get_sample_value("seqserve_steps_total", labels) == sum(len(x) for x in xs)
     assert registry.get_sample_value("seqserve_streams_total", {**labels, "reason": "completed"}) == 32
+
+
+def test_a_paced_stream_sends_no_faster_than_its_interval_and_stays_exact(
+    server: ServerThread, offline: Offline, sequences: dict
+) -> None:
+    x = sequences["basic_motions_stream"][0][:40]
+
+    async def run():  # noqa: ANN202
+        async with AsyncClient(server.target) as client:
+            started = time.perf_counter()
+            paced = stream_sequence(client, "bms-gru", x, 4, include_scores=True, chunk_interval_s=0.05)
+            result = await paced
+            return result, time.perf_counter() - started
+
+    result, elapsed_s = server.call(run())
+    np.testing.assert_allclose(result.scores, offline.scores("bms-gru", x), atol=TOLERANCE)
+    assert len(result.latencies_s) == 10
+    assert elapsed_s >= 9 * 0.05, "the tenth chunk goes 9 intervals after the first, not sooner"
