@@ -65,7 +65,7 @@ def test_bidirectional_model_buffers_and_answers_at_end(
 def test_32_concurrent_streams_with_different_chunk_sizes_are_correct_and_batched(
     make_server, offline: Offline, sequences: dict
 ) -> None:
-    running = make_server(max_delay_ms=20.0)
+    running = make_server(max_delay_ms=100.0)  # wide enough that a loaded machine still fills calls
     xs = sequences["japanese_vowels"][:32]
     chunks = [4 + i % 4 for i in range(32)]  # 4 to 7 steps: close enough in length to share calls
     report = running.call(
