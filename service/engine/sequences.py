@@ -93,9 +93,11 @@ class SequenceTable:
         end: bool,
         x: Chunk,
         on_answer: OnAnswer,
+        on_open: Callable[[StreamState], None] | None = None,
     ) -> None:
         """Queue one request of a sequence behind its previous one, its outcome to `on_answer`; refuse what
-        is out of order at once (raises)."""
+        is out of order at once (raises). `on_open` prepares a new sequence's stream before its first row
+        (a forecaster's calendar phase); it must not raise: check what it takes before calling."""
         if not model.streamable:
             raise OutOfOrder(
                 f"model {model.key} is bidirectional and cannot run a sequence chunk by chunk; send the "
@@ -110,6 +112,8 @@ class SequenceTable:
                     f"open ({sequence.stream.steps} steps so far); end it with sequence_end first"
                 )
             sequence = self._start(model, key)
+            if on_open is not None:
+                on_open(sequence.stream)
         elif sequence is None:
             raise OutOfOrder(self._not_open(model, sequence_id))
         if end:

@@ -27,6 +27,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from seqserve.service.engine import (
     InferenceEngine,
+    InvalidChunk,
     ModelNotFound,
     ServedModel,
     ServiceError,
@@ -35,6 +36,7 @@ from seqserve.service.engine import (
     WrongTask,
     outcome,
 )
+from seqserve.service.engine.state import StreamState
 from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.frontends.status import status_code
 from seqserve.service.kinds import forecaster as forecasting
@@ -128,7 +130,7 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         if converters.is_translator(model):
             return self._admit_translation(request, model, in_sequence, answered, received)
         max_steps = self.engine.config.max_chunk_steps if in_sequence else None
-        ask = converters.forecast_ask(request, model)
+        ask = converters.forecast_ask(request, model, in_sequence)
         if ask is not None:
             forecasting.check_ask(model.runtime.info, ask, self.engine.config.max_forecast_steps)
         x = converters.input_array(request, model, in_sequence, max_steps)
@@ -143,7 +145,8 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             if ask is not None:
                 on_answer = _then_forecast(model, ask, on_answer)
             sequence_id, start, end = control
-            self.engine.sequences.submit(model, sequence_id, start, end, x[0], on_answer)
+            on_open = self._sequence_calendar(request, model, control)
+            self.engine.sequences.submit(model, sequence_id, start, end, x[0], on_answer, on_open)
         elif ask is not None:
             start_unix_s = converters.forecast_start(request)
             histories = [forecasting.History(row[0], start_unix_s) for row in x]
@@ -155,6 +158,22 @@ class KServeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             if answered is not None:
                 admitted.pending.add_done_callback(lambda done: answered(admitted, *outcome(done)))
         return admitted
+
+    def _sequence_calendar(
+        self, request: pb.ModelInferRequest, model: ServedModel, control: converters.SequenceControl
+    ) -> Callable[[StreamState], None] | None:
+        """A sequence's `start_unix_s`: its calendar phase, taken on the sequence's first request only."""
+        start_unix_s = converters.forecast_start(request)
+        if start_unix_s is None:
+            return None
+        if not control.start:
+            raise InvalidChunk(
+                f"parameter {converters.FORECAST_START} on a request that continues sequence "
+                f"{control.sequence_id!r}; it sets the calendar phase on the sequence's first request "
+                "(sequence_start)"
+            )
+        forecasting.check_start(model, start_unix_s)
+        return functools.partial(forecasting.start_at, start_unix_s=start_unix_s)
 
     def _admit_translation(
         self,

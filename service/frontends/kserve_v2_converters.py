@@ -251,12 +251,15 @@ FORECAST_HORIZON, FORECAST_QUANTILES, FORECAST_START = (
 FORECAST_OUTPUTS = ("forecast_mean", "forecast_scale", "forecast_quantiles")
 
 
-def forecast_ask(request: pb.ModelInferRequest, model: ServedModel) -> forecasting.ForecastAsk | None:
-    """The request's forecast parameters (None when it asks none); a bad one raises what and why."""
+def forecast_ask(
+    request: pb.ModelInferRequest, model: ServedModel, in_sequence: bool = False
+) -> forecasting.ForecastAsk | None:
+    """The request's forecast parameters (None when it asks none); a bad one raises what and why. In a
+    sequence, `start_unix_s` stands alone: it sets the sequence's calendar phase, not a forecast's."""
     params = request.parameters
     horizon = params.get(FORECAST_HORIZON)
     if horizon is None:
-        for name in (FORECAST_QUANTILES, FORECAST_START):
+        for name in (FORECAST_QUANTILES,) if in_sequence else (FORECAST_QUANTILES, FORECAST_START):
             if name in params:
                 raise InvalidChunk(f"parameter {name} without {FORECAST_HORIZON}; give the horizon too")
         return None

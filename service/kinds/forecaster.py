@@ -126,14 +126,21 @@ def _check_history(history: History, index: int) -> None:
         raise InvalidChunk(f"series {index} starts at {history.start_unix_s}; expected a finite Unix time")
 
 
-def start_at(stream: StreamState, start_unix_s: float) -> None:
-    """Set a new stream's calendar phase from the Unix time of its first observation."""
-    info = stream.model.runtime.info
+def check_start(model: ServedModel, start_unix_s: float) -> None:
+    """Refuse a start time the model cannot take: a model without a calendar, or a time that is not one."""
+    info = model.runtime.info
     if info.task != contract.FORECAST:
         raise InvalidChunk(
-            f"start_unix_s given for model {stream.model.key}, a {info.task} model; only a forecaster "
+            f"start_unix_s given for model {model.key}, a {info.task} model; only a forecaster "
             "(task forecast) has a calendar"
         )
+    if not math.isfinite(start_unix_s):
+        raise InvalidChunk(f"start_unix_s is {start_unix_s}; expected a finite Unix time")
+
+
+def start_at(stream: StreamState, start_unix_s: float) -> None:
+    """Set a new stream's calendar phase from the Unix time of its first observation."""
+    check_start(stream.model, start_unix_s)
     stream.states = clocked(stream.model.runtime, stream.states, start_unix_s)
 
 

@@ -417,6 +417,53 @@ def test_kserve_v2_forecasts_with_tritonclient(forecast_server: ServerThread) ->
     client.close()
 
 
+def test_a_kserve_v2_sequence_takes_its_calendar_phase_on_its_first_request(
+    forecast_server: ServerThread,
+) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url=forecast_server.target)
+
+    def infer(model: str, name: str, x: np.ndarray, **options: object):
+        tensor = grpcclient.InferInput(name, list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x.astype(np.float32))
+        return client.infer(model, [tensor], **options)
+
+    # tritonclient sends int parameters, not floats: whole Unix seconds
+    start = int(ORIGIN_S + 7 * STEP_S + 86_400 * 14)  # 7 steps into the calendar, two weeks on
+    infer("fc-gru", "y", SERIES[None, :30], sequence_id=78, sequence_start=True,
+          parameters={"start_unix_s": start})  # fmt: skip
+    result = infer("fc-gru", "y", SERIES[None, 30:50], sequence_id=78, parameters={"forecast_horizon": 8})
+    loc, scale = reference("fc-gru", SERIES[:50], 8, clock=7 % 12)
+    np.testing.assert_allclose(result.as_numpy("forecast_mean")[0], loc, rtol=1e-4)
+    np.testing.assert_allclose(result.as_numpy("forecast_scale")[0], scale, rtol=1e-4)
+    assert not np.allclose(loc, reference("fc-gru", SERIES[:50], 8)[0])
+    refused = (
+        (
+            ("fc-gru", "y", SERIES[None, 50:60]),
+            {"sequence_id": 78},
+            "sets the calendar phase on the sequence's first",
+        ),
+        (("clf", "x", np.zeros((1, 3, 5))), {"sequence_id": 79, "sequence_start": True}, "only a forecaster"),
+        (("fc-gru", "y", SERIES[None, :5]), {"sequence_id": 80, "sequence_start": True}, "expected a number"),
+    )
+    for (model, name, x), options, message in refused:
+        start_param = "soon" if message == "expected a number" else start
+        with pytest.raises(InferenceServerException) as raised:
+            infer(model, name, x, parameters={"start_unix_s": start_param}, **options)
+        assert message in raised.value.message() and raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # The refused requests opened nothing and harmed nothing: sequence 78 goes on from step 50.
+    result = infer("fc-gru", "y", SERIES[None, 50:60], sequence_id=78, sequence_end=True,
+                   parameters={"forecast_horizon": 3})  # fmt: skip
+    np.testing.assert_allclose(
+        result.as_numpy("forecast_mean")[0], reference("fc-gru", SERIES[:60], 3, clock=7 % 12)[0], rtol=1e-4
+    )
+    with pytest.raises(InferenceServerException, match="not open"):
+        infer("clf", "x", np.zeros((1, 3, 5)), sequence_id=79)
+    client.close()
+
+
 def test_the_documented_tritonclient_forecast_prints_the_rollout(
     forecast_server: ServerThread, tmp_path: Path
 ) -> None:
