@@ -32,11 +32,11 @@ from seqserve.service.engine import (
     ServedModel,
     ServiceError,
     ServiceMetrics,
+    StreamState,
     Unsupported,
     WrongTask,
     outcome,
 )
-from seqserve.service.engine.state import StreamState
 from seqserve.service.frontends import kserve_v2_converters as converters
 from seqserve.service.frontends.status import status_code
 from seqserve.service.kinds import forecaster as forecasting
