@@ -468,6 +468,14 @@ def stream(
             min=0,
         ),
     ] = 0,
+    chunk_interval_ms: Annotated[
+        float,
+        typer.Option(
+            help="Send each stream's chunks no faster than one per this many ms, as a device sampling at "
+            "a fixed rate does (0: as fast as answers come); paced streams last through failover drills.",
+            min=0,
+        ),
+    ] = 0.0,
     output: Annotated[
         Path | None,
         typer.Option(help="Also write each sequence's (or step's) label and probabilities: .jsonl or .csv."),

@@ -87,6 +87,7 @@ def stream_command(
     concurrency: int,
     limit: int | None,
     checkpoint_every_chunks: int = 0,
+    chunk_interval_ms: float = 0.0,
     output: Path | None = None,
     force: bool = False,
     **security: Any,
@@ -98,6 +99,7 @@ def stream_command(
     options["progress"] = True
     options["include_scores"] = output is not None
     options["checkpoint_every_chunks"] = checkpoint_every_chunks
+    options["chunk_interval_s"] = chunk_interval_ms / 1000
     options["security"] = _security(security)
     report = _run_client(on_dataset(stream_load, target, model, dataset, data, split, seed, limit, **options))
     _report(report, f"stream {model}: chunk {chunk}, {concurrency} concurrent streams")

@@ -24,10 +24,10 @@ def _printed(args: list[str]) -> dict[str, str]:
     return dict(re.findall(r"(\w+)\s+\W\s+(\S+)\s+\W", done.stdout))
 
 
-def _offline_accuracy(offline: Offline, model: str, dataset: str) -> float:
+def _offline_accuracy(offline: Offline, model: str, dataset: str, limit: int = LIMIT) -> float:
     test = load_dataset(dataset=dataset).test
     right = total = 0
-    for x, target in zip(test.sequences[:LIMIT], test.targets[:LIMIT], strict=True):
+    for x, target in zip(test.sequences[:limit], test.targets[:limit], strict=True):
         labels = offline.scores(model, x).argmax(axis=-1)
         right += int((labels == np.atleast_1d(target)).sum())
         total += np.atleast_1d(target).size
@@ -44,6 +44,18 @@ def test_stream_prints_the_offline_accuracy(
     shown = _printed(["stream", *args, "--chunk", "5", "--concurrency", "8", "--limit", str(LIMIT)])
     assert float(shown["accuracy"]) == pytest.approx(_offline_accuracy(offline, model, dataset), abs=1e-4)
     assert float(shown["steps_per_s"]) > 0 and float(shown["p99_ms"]) >= float(shown["p50_ms"]) > 0
+
+
+def test_stream_paces_its_chunks_when_asked(server: ServerThread, offline: Offline) -> None:
+    # 8 sequences of 29 steps or fewer in chunks of 5: 6 chunks each, the last sent >= 5 intervals in
+    args = ["--target", server.target, "--model", "jv-gru", "--dataset", "japanese_vowels", "--limit", "8"]
+    paced = _printed(["stream", *args, "--chunk", "5", "--concurrency", "8", "--chunk-interval-ms", "100"])
+    lengths = [len(x) for x in load_dataset(dataset="japanese_vowels").test.sequences[:8]]
+    seconds = sum(lengths) / float(paced["steps_per_s"])
+    assert seconds >= (-(-max(lengths) // 5) - 1) * 0.1
+    assert float(paced["accuracy"]) == pytest.approx(
+        _offline_accuracy(offline, "jv-gru", "japanese_vowels", 8), abs=1e-4
+    )
 
 
 def test_classify_prints_the_offline_accuracy(server: ServerThread, offline: Offline) -> None:
