@@ -2,7 +2,7 @@
 request and awaiting its answer (beam 4), for `duration_s`: seqserve's server-side beam search against
 the two loops a user would otherwise run.
 
-The model is the trained G2P model's shape (seqserve train --task seq2seq's defaults: GRU, embedding 64,
+The model is the GRU G2P model's shape (seqserve train --task seq2seq --cell gru: GRU, embedding 64,
 bidirectional encoder 128 a direction, decoder 256, CMUdict's 29 letters and 41 phonemes) with seeded
 weights; speed does not depend on them, but a search's length does, so the end token's bias is lowered
 until no hypothesis ends: every word decodes STEPS tokens (a 7-letter word's phonemes and its end) in all
@@ -104,7 +104,8 @@ def write_models(repository: Path) -> Words:
     from seqserve.training.seq2seq_loop import Seq2SeqTrainConfig
 
     data, _ = load_g2p()
-    trained = Seq2SeqTrainConfig(out=repository)  # the defaults `seqserve train --task seq2seq` uses
+    # The GRU: the client loop's declared decoder carries one state (h); the ways differ in how rows travel.
+    trained = Seq2SeqTrainConfig(out=repository, cell="gru")
     torch.manual_seed(0)
     config = Seq2SeqConfig(
         letters=data.letters, phonemes=data.phonemes, cell=trained.cell, embedding=trained.embedding,

@@ -128,7 +128,9 @@ def train(
             help="Forecasters, a --data CSV: steps each forecast covers (default: its season).", min=1
         ),
     ] = None,
-    cell: Annotated[str, typer.Option(help="rnn, gru or lstm.")] = "gru",
+    cell: Annotated[
+        str | None, typer.Option(help="rnn, gru or lstm (default: lstm for seq2seq, gru for the rest).")
+    ] = None,
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,
     hidden: Annotated[
         int | None,

@@ -67,13 +67,14 @@ def train_command(force: bool = False, **kwargs) -> None:
             f"{', '.join(stray)} apply to language models only (--dataset shakespeare_chars or a .txt file)"
         )
     try:
-        result = train(TrainConfig(**given), progress=True)
+        config = TrainConfig(**given)
+        result = train(config, progress=True)
     except (DataError, ValueError) as exc:  # bad data or flag values (ModelConfig, task) from the user
         _fail(str(exc))
     metrics = result.metrics
     unit = "per step" if metrics["task"] == "many_to_many" else "per sequence"
     typer.echo(
-        f"{metrics['dataset']} {kwargs['cell']}: test accuracy {metrics['test_accuracy']:.4f} ({unit}), "
+        f"{metrics['dataset']} {config.cell}: test accuracy {metrics['test_accuracy']:.4f} ({unit}), "
         f"{metrics['epochs']} epochs (best {metrics['best_epoch']}) in {metrics['train_seconds']:.1f} s, "
         f"{metrics['parameters']} parameters -> {result.run_dir}"
     )

@@ -44,7 +44,7 @@ class Seq2SeqTrainConfig:
 
     out: Path
     dataset: str = "cmudict"
-    cell: str = "gru"
+    cell: str = "lstm"  # CMUdict: 29.5 % WER against the GRU's 34.4 % in the same budget (training/README.md)
     embedding: int = 64
     encoder_hidden: int = 128  # per direction: the memory is 256 wide
     hidden: int = 256  # the decoder's state

@@ -377,10 +377,10 @@ def test_the_documented_tritonclient_translation_prints_the_served_answer(
     from .docs_examples import code_blocks, run_python_example
 
     code = code_blocks("triton.md", "python")[3]
-    assert '"g2p-gru"' in code and 'words = ["phoneme", "seqserve"]' in code
+    assert '"g2p-lstm"' in code and 'words = ["phoneme", "seqserve"]' in code
     lines = run_python_example(code, server.target, tmp_path / "translate.py")
     with Client(server.target) as client:
-        want = client.translate("g2p-gru", ["phoneme", "seqserve"], beam=4, nbest=2)
+        want = client.translate("g2p-lstm", ["phoneme", "seqserve"], beam=4, nbest=2)
     assert lines == [
         f"{t.input} {[(h.text, round(float(np.float32(h.score)), 3)) for h in t.hypotheses]}" for t in want
     ]
