@@ -145,11 +145,10 @@ def start_at(stream: StreamState, start_unix_s: float) -> None:
 
 
 def clocked(runtime: ModelRuntime, states: States, start_unix_s: float | None) -> States:
-    """A state row with its calendar clock at the phase of `start_unix_s` (None: as it was)."""
+    """A state row with its calendar clock at the phase of `start_unix_s` (None: as it was); the time was
+    checked finite where it came in (`check_start`, `check_histories`)."""
     if start_unix_s is None:
         return states
-    if not math.isfinite(start_unix_s):
-        raise InvalidChunk(f"start_unix_s is {start_unix_s}; expected a finite Unix time")
     names = list(runtime.state_names)
     if contract.INPUT_CLOCK not in names:
         return states
