@@ -120,8 +120,10 @@ def test_a_crashed_server_costs_at_most_the_chunks_since_the_last_checkpoint(
     report = _load_then([a, b], xs, 8 * 10, a.process.kill, checkpoint_every_chunks=4, include_scores=True)
     assert _check_every_step_once(report, xs) == len(xs)
     for whole, resumed in zip(uninterrupted.results, report.results, strict=True):
-        assert 1 <= resumed.resent_chunks <= 4
+        # 0 when the crash came right after a checkpoint's answer and before the next chunk went out
+        assert 0 <= resumed.resent_chunks <= 4
         assert np.array_equal(resumed.scores, whole.scores)  # exact: max difference 0.0
+    assert sum(result.resent_chunks for result in report.results) >= 1, "no stream resent a chunk"
     assert _metric(b, "seqserve_streams_active") == 0
 
 
