@@ -33,6 +33,7 @@ from bench.bench_model import (
 from bench.declared import measure as measure_declared
 from bench.forecast import measure as measure_forecast
 from bench.forecast_accuracy import measure as measure_forecast_accuracy
+from bench.forecast_recalibration import measure as measure_forecast_recalibration
 from bench.generation import measure as measure_generation
 from bench.kserve_v2 import measure as measure_kserve_v2
 from bench.load_pool import LoadPool
@@ -133,6 +134,10 @@ def main(
             run.advance("forecast accuracy (Taylor and M1 trained, beside the seasonal naive)")
             forecast_runs = Path(work) / "forecast-runs"
             forecast_accuracy = measure_forecast_accuracy(forecast_runs, config.forecast_epochs)
+            run.advance("forecast intervals (Taylor, recalibrated each midnight)")
+            forecast_recalibration = measure_forecast_recalibration(
+                forecast_runs / "taylor", Path(work) / "recalibration"
+            )
             run.advance("translations (Translate, a client loop, unbatched)")
             translate = measure_translate(
                 Path(work) / "translate-repository", config.translate_clients, config.duration_s, out / "tmp"
@@ -150,6 +155,7 @@ def main(
         declared,
         forecast,
         forecast_accuracy,
+        forecast_recalibration,
         translate,
     ]
     results = BenchResults(meta, config, ort, echo, naive, grid, rounds, idle, sections)

@@ -94,7 +94,7 @@ class BenchConfig:
         checkpoints = 2 * len(CHECKPOINT_EVERY) + 1
         generation = 1 + 3 * len(self.generation_counts) + 2 * (self.ratio_rounds - 1)
         declared = 1
-        forecast = 2
+        forecast = 3
         translate = 1
         return (
             4

@@ -290,6 +290,33 @@ def export(
 
 
 @app.command()
+def recalibrate(
+    repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<model>/<version>/.")],
+    model: Annotated[str, typer.Option(help="Forecaster name.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="Recent history CSV: timestamp,value (one series) or series,timestamp,value."),
+    ],
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="Score the forecasts from every origin in each series' last WINDOW observations (default: "
+            "two of the model's longest calendar cycle or two horizons, whichever is longer).",
+            min=1,
+        ),
+    ] = None,
+    level: Annotated[float, typer.Option(help="The interval level to make true, inside (0, 1).")] = 0.8,
+    version: Annotated[int, typer.Option(help="Recalibrate this version; 0 is the highest.")] = 0,
+) -> None:
+    """Write a forecaster's next version with its intervals rescaled so they cover LEVEL of the recent
+    history's values (the same graph; servers polling the repository pick it up)."""
+    options = dict(locals())  # before the import, which would add itself to locals()
+    from seqserve.export.recalibration import recalibrate_command
+
+    recalibrate_command(**options)
+
+
+@app.command()
 def inspect(
     model: Annotated[
         Path, typer.Argument(help="An ONNX graph with recurrent state as inputs and outputs (model.onnx).")

@@ -89,22 +89,34 @@ def forecast(runtime: ModelRuntime, histories: list[History], ask: ForecastAsk) 
     y = np.zeros((len(histories), int(lengths.max())), dtype=np.float32)
     for row, history in enumerate(histories):
         y[row, : lengths[row]] = history.values
-    loc = np.empty((len(histories), ask.horizon), dtype=np.float32)
-    scale = np.empty_like(loc)
     outputs, states = runtime.run((y,), states, lengths)
     last = np.arange(len(histories)), lengths - 1
-    loc[:, 0], scale[:, 0] = outputs[contract.OUTPUT_LOC][last], outputs[contract.OUTPUT_SCALE][last]
-    one_step = np.ones(len(histories), dtype=np.int32)
-    for step in range(1, ask.horizon):
+    loc, scale = roll_out(
+        runtime, outputs[contract.OUTPUT_LOC][last], outputs[contract.OUTPUT_SCALE][last], states, ask.horizon
+    )
+    return [
+        answer_of(runtime.info, int(lengths[row]), loc[row], scale[row], ask.quantiles)
+        for row in range(len(histories))
+    ]
+
+
+def roll_out(
+    runtime: ModelRuntime, first_loc: np.ndarray, first_scale: np.ndarray, states: tuple, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """loc and the model's (uncalibrated) scale [B, horizon]: step 0 is the answer to each row's last
+    observation (`first_*` [B]), each later step one call of every row with its previous mean fed back
+    from `states` (the rows' states after that observation)."""
+    loc = np.empty((len(first_loc), horizon), dtype=np.float32)
+    scale = np.empty_like(loc)
+    loc[:, 0], scale[:, 0] = first_loc, first_scale
+    one_step = np.ones(len(first_loc), dtype=np.int32)
+    for step in range(1, horizon):
         outputs, states = runtime.run((np.ascontiguousarray(loc[:, step - 1 : step]),), states, one_step)
         loc[:, step], scale[:, step] = (
             outputs[contract.OUTPUT_LOC][:, 0],
             outputs[contract.OUTPUT_SCALE][:, 0],
         )
-    return [
-        answer_of(runtime.info, int(lengths[row]), loc[row], scale[row], ask.quantiles)
-        for row in range(len(histories))
-    ]
+    return loc, scale
 
 
 def _forecast_file(
