@@ -153,3 +153,33 @@ def test_measure_refuses_histories_too_short_or_not_finite(repository: Path) -> 
     values[100] = np.inf
     with pytest.raises(ExportInputError, match="the history holds NaN or Inf values"):
         measure(runtime, [(values, None)])
+
+
+def test_a_polling_server_forecasts_with_the_new_version_and_open_streams_keep_theirs(
+    repository: Path, tmp_path: Path
+) -> None:
+    import time
+
+    import seqserve
+    from seqserve.service.config import ServerConfig
+    from seqserve.service.server.launch import ServerThread
+
+    repo = _copy(repository, tmp_path)
+    values = taylor().values[0][: 15 * 48].astype(np.float32)
+    config = ServerConfig(repository=repo, port=0, metrics_port=-1, grace_s=1.0, poll_repository_s=0.05)
+    with ServerThread(config) as server, seqserve.Client(server.target) as client:
+        with client.stream("taylor") as stream:
+            stream.send(values[:, None])
+            (before,) = client.forecast("taylor", [values], horizon=48)
+            result = recalibrate_version(repo, "taylor", _history_csv(tmp_path / "recent.csv"))[2]
+            served = server.running.engine.repository
+            for _ in range(400):
+                if served.resolve("taylor").runtime.info.version == 2:
+                    break
+                time.sleep(0.025)
+            (after,) = client.forecast("taylor", [values], horizon=48)
+            on_the_stream = stream.forecast(48)
+    np.testing.assert_array_equal(after.mean, before.mean)
+    np.testing.assert_allclose(after.scale, before.scale * result.factor, rtol=1e-5)
+    assert abs(result.factor - 1) > 0.05  # so the two checks above tell the versions apart
+    np.testing.assert_allclose(on_the_stream.scale, before.scale, rtol=1e-5)  # opened on version 1
