@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import statistics
 import sys
@@ -39,7 +38,7 @@ import onnxruntime as ort
 from bench.baseline_servers import serve
 from bench.declared_models import vad
 from bench.process_costs import cpu_clock
-from bench.report import TextTable
+from bench.report import TextTable, print_and_write
 from seqserve import declaration as declarations
 from seqserve.service.engine.runtime import graph_tensors
 from seqserve.service.server.launch import running_server, serve_command
@@ -237,11 +236,7 @@ def main() -> None:
         section = measure(
             Path(work) / "repository", tuple(map(int, args.streams.split(","))), args.duration_s, Path(work)
         )
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    print_and_write(section, args.out)
 
 
 if __name__ == "__main__":

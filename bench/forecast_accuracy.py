@@ -12,13 +12,12 @@ it (bench/run.py); alone:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.report import TextTable
+from bench.report import TextTable, print_and_write
 
 DATASETS = ("taylor", "m1_yearly")
 SCORES = ("mape", "mase", "weighted_quantile_loss", "coverage_80")
@@ -97,11 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="seqserve-forecast-accuracy-") as work:
         section = measure(Path(work), args.epochs)
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    print_and_write(section, args.out)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,23 @@ row; only the intervals change.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from bench.report import TextTable
+from bench.report import TextTable, print_and_write
 
 DAY = 48
 WINDOW_DAYS = (1, 2, 3, 4, 5, 6, 7)
 CHOOSING_DAYS = range(21, 56)  # the midnights of weeks 4-8, every one with a week of history before it
 TEST_DAYS = range(56, 84)  # weeks 9-12: training/series.py's Taylor test origins
 TARGET = 0.8
+Z80 = NormalDist().inv_cdf(0.9)
+PICTURE = Path(__file__).parents[1] / "docs" / "img" / "forecast_taylor_recalibrated.png"
 RESULTS = Path(__file__).parent / "results" / "forecast_recalibration.json"
 
 
@@ -41,6 +42,7 @@ class WindowRow:
     choosing_coverage_80: float  # weeks 4-8
     test_coverage_80: float
     test_weighted_quantile_loss: float
+    test_coverage_80_by_quarter: list[float]  # steps 1-12, 13-24, 25-36, 37-48
 
 
 def _day_scores(
@@ -52,8 +54,10 @@ def _day_scores(
     z = np.array([NormalDist().inv_cdf(level) for level in levels])
     quantiles = loc[None] + z[:, None, None] * (factors[:, None] * scale)[None]
     low, high = levels.index(0.1), levels.index(0.9)
+    inside = (quantiles[low] <= truth) & (truth <= quantiles[high])
     return {
         "coverage_80": fm.coverage(truth, quantiles[low], quantiles[high]),
+        "coverage_80_by_quarter": [float(q.mean()) for q in np.array_split(inside, 4, axis=1)],
         "weighted_quantile_loss": fm.weighted_quantile_loss(truth, quantiles, levels),
         "mape": fm.mape(truth, loc),
     }
@@ -65,6 +69,9 @@ class ForecastRecalibration:
 
     fixed: dict[str, float]  # the exported version's intervals on the test midnights
     rows: list[WindowRow]
+    # The first test week with the chosen window's intervals, for the picture (not in the JSON):
+    # history (two days), then loc, the 80 % band and the truth of the seven day-ahead forecasts.
+    first_week: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     key: str = "forecast_recalibration"
 
     @property
@@ -89,15 +96,23 @@ class ForecastRecalibration:
         return {}  # the coverage target is reported in docs/forecasting.md
 
     def tables(self) -> list[TextTable]:
-        body = [("fixed after training (week 8)", "", f"{100 * self.fixed['coverage_80']:.1f} %",
-                 f"{self.fixed['weighted_quantile_loss']:.4f}")]  # fmt: skip
+        def quarters(coverages: list[float]) -> str:
+            return " / ".join(f"{100 * c:.0f}" for c in coverages)
+
+        fixed = self.fixed
+        body = [(
+            "fixed after training (week 8)", "", f"{100 * fixed['coverage_80']:.1f} %",
+            quarters(fixed["coverage_80_by_quarter"]), f"{fixed['weighted_quantile_loss']:.4f}",
+        )]  # fmt: skip
         for row in self.rows:
             mark = " (chosen)" if row is self.chosen else ""
             body.append((
                 f"nightly, last {row.window // DAY} day(s){mark}", f"{100 * row.choosing_coverage_80:.1f} %",
-                f"{100 * row.test_coverage_80:.1f} %", f"{row.test_weighted_quantile_loss:.4f}",
+                f"{100 * row.test_coverage_80:.1f} %", quarters(row.test_coverage_80_by_quarter),
+                f"{row.test_weighted_quantile_loss:.4f}",
             ))  # fmt: skip
-        header = ("intervals", "80 % coverage, weeks 4-8", "80 % coverage, test", "test wQL")
+        header = ("intervals", "80 % coverage, weeks 4-8", "80 % coverage, test",
+                  "test, by 6-hour quarter (%)", "test wQL")  # fmt: skip
         title = "Taylor's 80 % intervals: fixed after training, or recalibrated each midnight"
         return [TextTable(title, header, body)]
 
@@ -122,17 +137,43 @@ def measure(run_dir: Path, work: Path) -> ForecastRecalibration:
         truths = np.concatenate([truth[d] for d in chosen_days])
         return _day_scores(truths, loc, scale, np.array([factors[d] for d in chosen_days]))
 
-    rows = []
+    rows, factors_by_window = [], {}
     for window_days in WINDOW_DAYS:
         window = window_days * DAY
         factors = {d: factor_of(runtime, [(values[: d * DAY], None)], window).factor for d in days}
+        factors_by_window[window] = factors
         test = scored(TEST_DAYS, factors)
         rows.append(WindowRow(
             window, round(scored(CHOOSING_DAYS, factors)["coverage_80"], 4), round(test["coverage_80"], 4),
-            round(test["weighted_quantile_loss"], 5),
+            round(test["weighted_quantile_loss"], 5), [round(q, 4) for q in test["coverage_80_by_quarter"]],
         ))  # fmt: skip
-    fixed = {k: round(v, 5) for k, v in scored(TEST_DAYS, dict.fromkeys(days, 1.0)).items()}
-    return ForecastRecalibration(fixed, rows)
+    fixed = scored(TEST_DAYS, dict.fromkeys(days, 1.0))
+    fixed = {k: [round(q, 4) for q in v] if isinstance(v, list) else round(v, 5) for k, v in fixed.items()}
+    section = ForecastRecalibration(fixed, rows)
+    week = TEST_DAYS[:7]
+    factors = factors_by_window[section.chosen.window]
+    loc = np.concatenate([forecasts[d][0][0] for d in week])
+    half = np.concatenate([Z80 * factors[d] * forecasts[d][1][0] for d in week])
+    section.first_week = {
+        "history": values[(week[0] - 2) * DAY : week[0] * DAY],
+        "loc": loc,
+        "low": loc - half,
+        "high": loc + half,
+        "truth": np.concatenate([truth[d][0] for d in week]),
+    }
+    return section
+
+
+def plot_first_week(section: ForecastRecalibration, path: Path) -> None:
+    from seqserve.training.forecast_plots import plot_forecast
+
+    week = section.first_week
+    days = section.chosen.window // DAY
+    plot_forecast(
+        week["history"], week["loc"], week["low"], week["high"], path, week["truth"],
+        title=f"taylor: first test week, a day-ahead forecast from each midnight, 80 % band recalibrated "
+        f"each midnight on the last {days} days",
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -141,14 +182,13 @@ def main() -> None:
         "run", type=Path, help="a Taylor forecaster's run folder (seqserve train --task forecast)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=PICTURE, help="the first test week's picture (.png)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="seqserve-recalibration-") as work:
         section = measure(args.run, Path(work))
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    print_and_write(section, args.out)
+    plot_first_week(section, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.process_costs import cpu_clock
-from bench.report import TextTable
+from bench.report import TextTable, print_and_write
 from bench.scenarios import BenchRun
 from seqserve.service.client.client import AsyncClient
 from seqserve.service.client.load import generate
@@ -250,9 +250,7 @@ def main() -> None:
     meta = {"cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg()[0]}
     payload = {"meta": meta, **section.to_dict(), "ratios": section.ratios()}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
+    print_and_write(section, None)
 
 
 if __name__ == "__main__":

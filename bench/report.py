@@ -226,3 +226,13 @@ class TextTable:
         )
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
         return "\n".join(lines)
+
+
+def print_and_write(section: Any, out: Path | None) -> None:
+    """A section run alone: its tables in markdown, its ratios as one JSON line, its JSON into `out`."""
+    for table in section.tables():
+        print(table.markdown())
+    print(json.dumps(section.ratios()))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from bench.report import print_and_write
 from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 # One client of a way: (stub, until, latencies, index) -> what it did by `until` (forecasts, words),
@@ -96,8 +96,4 @@ def section_main(description: str, measure: Measure, counts: tuple[int, ...], re
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as work:
         chosen = tuple(map(int, args.clients.split(",")))
         section = measure(Path(work) / "repository", chosen, args.duration_s, Path(work))
-    for table in section.tables():
-        print(table.markdown())
-    print(json.dumps(section.ratios()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(section.to_dict(), indent=2) + "\n")
+    print_and_write(section, args.out)

@@ -226,3 +226,17 @@ def test_translate_rows_cover_every_way_and_count(results: tuple[dict, Path]) ->
     for row in rows:
         assert row["words_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] and row["server_cpu_ms_per_word"] > 0
     assert all(data["ratios"][f"translate_vs_client_loop_{count}"] > 0 for count in counts)
+
+
+def test_forecast_recalibration_replays_every_window(results: tuple[dict, Path]) -> None:
+    data = results[0]
+    section = data["forecast_recalibration"]
+    assert [row["window"] for row in section["rows"]] == [48 * days for days in range(1, 8)]
+    chosen = min(section["rows"], key=lambda row: abs(row["choosing_coverage_80"] - 0.8))
+    assert section["chosen_window"] == chosen["window"]
+    assert data["ratios"]["forecast_taylor_coverage_recalibrated"] == round(chosen["test_coverage_80"], 4)
+    for row in section["rows"]:
+        assert 0 < row["choosing_coverage_80"] <= 1 and 0 < row["test_coverage_80"] <= 1
+        assert row["test_weighted_quantile_loss"] > 0 and len(row["test_coverage_80_by_quarter"]) == 4
+        assert min(row["test_coverage_80_by_quarter"]) <= row["test_coverage_80"]
+    assert 0 < section["fixed"]["coverage_80"] <= 1 and section["fixed"]["mape"] > 0
