@@ -15,7 +15,7 @@ from seqserve import contract
 from seqserve.contract import ModelInfo
 from seqserve.predictions import SequencePrediction, softmax
 from seqserve.service.engine import layout
-from seqserve.service.engine.errors import ModelNotFound, ServiceError
+from seqserve.service.engine.errors import ModelNotFound, ServiceError, WrongTask
 from seqserve.service.engine.runtime import ModelRuntime
 from seqserve.service.kinds.forecaster import (
     ForecastAnswer,
@@ -36,7 +36,13 @@ def open_model(repository: Path, model: str, version: int = 0, device: str = "cp
     if version and version not in versions:
         raise ModelNotFound(f"model {model} has no version {version}; it has {versions}")
     path = contract.version_dir(repository, model, version or versions[-1])
-    return ModelRuntime(contract.read_model_info(path), path / contract.MODEL_FILE, device, threads=1)
+    info = contract.read_model_info(path)
+    if info.task == contract.SEQ2SEQ:
+        raise WrongTask(
+            f"model {model} v{info.version} is a seq2seq model (an encoder and a decoder step); expected a "
+            "model of one graph: a classifier, a language model, a forecaster or a declared graph"
+        )
+    return ModelRuntime(info, path / contract.MODEL_FILE, device, threads=1)
 
 
 def _check_features(info: ModelInfo, sequences: list[np.ndarray]) -> None:

@@ -389,3 +389,18 @@ def test_the_documented_tritonclient_translation_prints_the_served_answer(
     assert lines == [
         f"{t.input} {[(h.text, round(float(np.float32(h.score)), 3)) for h in t.hypotheses]}" for t in want
     ]
+
+
+def test_one_graph_tools_refuse_a_seq2seq_model_by_name(server: ServerThread, tmp_path: Path) -> None:
+    from seqserve.export.recalibration import recalibrate_version
+    from seqserve.service.engine.errors import WrongTask
+    from seqserve.service.offline import open_model
+
+    repository = server.config.repository
+    with pytest.raises(WrongTask, match="g2p-gru v1 is a seq2seq model .*expected a model of one graph"):
+        open_model(repository, "g2p-gru")
+    history = tmp_path / "history.csv"
+    history.write_text("timestamp,value\n" + "".join(f"{t},{t % 7}\n" for t in range(200)))
+    with pytest.raises(WrongTask, match="g2p-gru v1 is a seq2seq model"):
+        recalibrate_version(repository, "g2p-gru", history)
+    assert sorted(p.name for p in (repository / "g2p-gru").iterdir()) == ["1"]
