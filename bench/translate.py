@@ -2,7 +2,7 @@
 request and awaiting its answer (beam 4), for `duration_s`: seqserve's server-side beam search against
 the two loops a user would otherwise run.
 
-The model is the GRU G2P model's shape (seqserve train --task seq2seq --cell gru: GRU, embedding 64,
+The model is the default G2P model's shape (seqserve train --task seq2seq: LSTMs, embedding 64,
 bidirectional encoder 128 a direction, decoder 256, CMUdict's 29 letters and 41 phonemes) with seeded
 weights; speed does not depend on them, but a search's length does, so the end token's bias is lowered
 until no hypothesis ends: every word decodes STEPS tokens (a 7-letter word's phonemes and its end) in all
@@ -11,7 +11,7 @@ three ways, the same rows. The words are CMUdict test words of WORD_LENGTH lette
 - translate: one Translate call a word; the server encodes it and runs the beam search, every request's
   and every beam's rows of a step in one onnxruntime call.
 - client loop: the encoder and the decoder step served as plain declared graphs (a declaration.json
-  each; the decoder's state an ordinary input, so the client carries it): one Classify call for the
+  each; the decoder's state, h and c, ordinary inputs, so the client carries them): one Classify call for the
   encoder, then one Classify call a step carrying the word's live beams (each its state, the word's
   memory and length), the search on the client with seqserve/beam_search.py's WordBeam. A user
   declaration fixes every dim but batch and time, so the decoder's memory is fixed at WORD_LENGTH steps
@@ -57,21 +57,25 @@ START, END = 0, 1  # seqserve/vocabularies.py: output token 0 starts a decode, 1
 # The encoder and decoder step as a user would declare them (docs/declared_models.md): no state on the
 # server; the decoder's memory fixed at WORD_LENGTH steps. The probe's rows are random (the attention of a
 # row of length 0 is uniform over padding), so its tolerance is float32's for log-probabilities of ~-4.
+STATE = (("h0", "hn"), ("c0", "cn"))  # the LSTM decoder's state, input and output names
 ENCODER_DECLARATION = {
     "inputs": [{"name": "tokens", "time_axis": 1}],
     "lengths": "lengths",
-    "outputs": [{"name": "memory", "batch_axis": 0, "time_axis": 1}, {"name": "hn", "batch_axis": 1}],
+    "outputs": [
+        {"name": "memory", "batch_axis": 0, "time_axis": 1},
+        *({"name": output, "batch_axis": 1} for _, output in STATE),
+    ],
 }
 DECODER_DECLARATION = {
     "inputs": [
         {"name": "previous", "time_axis": None},
-        {"name": "h0", "batch_axis": 1, "time_axis": None},
+        *({"name": name, "batch_axis": 1, "time_axis": None} for name, _ in STATE),
         {"name": "memory", "time_axis": None},
         {"name": "lengths", "time_axis": None},
     ],
     "outputs": [
         {"name": "log_probs", "batch_axis": 0},
-        {"name": "hn", "batch_axis": 1},
+        *({"name": output, "batch_axis": 1} for _, output in STATE),
         {"name": "attention", "batch_axis": 0},
     ],
     "tolerance": 1e-4,
@@ -104,8 +108,7 @@ def write_models(repository: Path) -> Words:
     from seqserve.training.seq2seq_loop import Seq2SeqTrainConfig
 
     data, _ = load_g2p()
-    # The GRU: the client loop's declared decoder carries one state (h); the ways differ in how rows travel.
-    trained = Seq2SeqTrainConfig(out=repository, cell="gru")
+    trained = Seq2SeqTrainConfig(out=repository)  # the default cell (LSTM): its state is h and c
     torch.manual_seed(0)
     config = Seq2SeqConfig(
         letters=data.letters, phonemes=data.phonemes, cell=trained.cell, embedding=trained.embedding,
@@ -167,19 +170,20 @@ async def _client_loop(stub: pb_grpc.InferenceServiceStub, word: str, vocabulary
     memory = _tensor("memory", encoded["memory"][np.newaxis])  # one frame: [1, steps, memory]
     length = _tensor("lengths", np.array([len(word)], dtype=np.int32))
     search = WordBeam(START, END, STEPS, SearchOptions(beam=BEAM, max_steps=STEPS))
-    states = [encoded["hn"]]  # [1, hidden] a live hypothesis
+    states = [[encoded[output] for _, output in STATE]]  # a live hypothesis: h, c [1, hidden] each
     while not search.done:
         frames = [
             pb.Sequence(steps=1, tensors=[
-                _tensor("previous", search.previous[row : row + 1]), _tensor("h0", state[np.newaxis]), memory,
-                length,
+                _tensor("previous", search.previous[row : row + 1]),
+                *(_tensor(name, part[np.newaxis]) for (name, _), part in zip(STATE, state, strict=True)),
+                memory, length,
             ])
             for row, state in enumerate(states)
         ]  # fmt: skip
         answer = await stub.Classify(pb.ClassifyRequest(model=DECODER, sequences=frames))
         rows = [_outputs(result) for result in answer.results]
         parents = search.advance(np.concatenate([row["log_probs"] for row in rows]))
-        states = [rows[parent]["hn"][0] for parent in parents.tolist()]
+        states = [[rows[parent][output][0] for _, output in STATE] for parent in parents.tolist()]
     return tuple(vocabulary.phonemes[token] for token in search.results()[0].tokens)
 
 
