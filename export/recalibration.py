@@ -39,6 +39,7 @@ from seqserve.export.errors import ExportInputError
 from seqserve.service.engine import layout
 from seqserve.service.engine.runtime import ModelRuntime
 from seqserve.service.kinds.forecaster import clocked
+from seqserve.service.offline import open_model, roll_out
 
 DEFAULT_LEVEL = 0.8
 
@@ -83,8 +84,6 @@ def origin_forecasts(
         first_loc.append(outputs[contract.OUTPUT_LOC][0, -1])
         first_scale.append(outputs[contract.OUTPUT_SCALE][0, -1])
         rows.append(tuple(s.copy() for s in layout.row_states(states, axes, 0)))
-    from seqserve.service.offline import roll_out
-
     loc, scale = roll_out(
         runtime, np.array(first_loc), np.array(first_scale), layout.stack_states(rows, axes), horizon
     )
@@ -162,7 +161,6 @@ def recalibrate_version(
     from seqserve import forecasts
     from seqserve.export import repository as repo
     from seqserve.export.graph import set_metadata
-    from seqserve.service.offline import open_model
 
     runtime = open_model(repository, model, version)
     _, stamps, values = forecasts.read_histories(data)
