@@ -25,7 +25,7 @@ from seqserve.export.seq2seq_job import export_seq2seq
 from seqserve.service.client.client import AsyncClient
 from seqserve.service.client.sync import Client
 from seqserve.service.config import ServerConfig
-from seqserve.service.engine import Draining
+from seqserve.service.engine import Draining, ServedModel
 from seqserve.service.kinds import seq2seq
 from seqserve.service.server.launch import ServerThread
 from seqserve.training.loop import CHECKPOINT_FILE
@@ -226,6 +226,15 @@ def test_stream_and_classify_refuse_a_seq2seq_model(server: ServerThread) -> Non
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and "not a stream" in refused.details
 
 
+async def _calls_since(model: ServedModel, before: int, calls: int) -> None:
+    """Wait until `model` has run `calls` calls since `before` (bounded: a decode that ends first fails)."""
+    for _ in range(5000):
+        if model.metrics.totals().calls >= before + calls:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"fewer than {calls} calls in 10 s: the long decode ended or never started")
+
+
 def _long_request(runs: dict[str, Path]) -> pb.TranslateRequest:
     """Wide beams over many words: a decode of many steps, each several calls of rows."""
     return translate_request(first_words(runs) * 4, beam_width=MAX_BEAM, nbest=2, max_steps=MAX_DECODE)
@@ -240,8 +249,7 @@ def test_a_cancel_mid_decode_frees_its_rows_and_stream(server: ServerThread, run
             stub = pb_grpc.InferenceServiceStub(channel)
             before = model.metrics.totals().calls
             doomed = stub.Translate(_long_request(runs))
-            while model.metrics.totals().calls < before + 20:  # the long decode is under way
-                await asyncio.sleep(0.002)
+            await _calls_since(model, before, 20)  # the long decode is under way
             assert model.open_streams == 1
             # the short request starts beside it; on a fast machine it may also end before the cancel
             other = asyncio.ensure_future(stub.Translate(translate_request(words, beam_width=4, nbest=2)))
@@ -276,8 +284,7 @@ def test_a_drain_ends_a_decode_with_draining(server: ServerThread, runs: dict[st
     async def run() -> BaseException | None:
         before = model.metrics.totals().calls
         task = asyncio.ensure_future(seq2seq.translate(engine, model, list(request.inputs), options))
-        while model.metrics.totals().calls < before + 10:
-            await asyncio.sleep(0.002)
+        await _calls_since(model, before, 10)
         engine.store.interrupt_all("shutdown")  # what the drain does past its grace period
         try:
             await task
