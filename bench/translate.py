@@ -112,7 +112,7 @@ def write_models(repository: Path) -> Words:
     torch.manual_seed(0)
     config = Seq2SeqConfig(
         letters=data.letters, phonemes=data.phonemes, cell=trained.cell, embedding=trained.embedding,
-        encoder_hidden=trained.encoder_hidden, hidden=trained.hidden,
+        encoder_hidden=trained.encoder_hidden, encoder_layers=trained.encoder_layers, hidden=trained.hidden,
     )  # fmt: skip
     model = Seq2Seq(config).eval()
     with torch.no_grad():

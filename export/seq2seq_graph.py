@@ -9,6 +9,7 @@ Encoder (training/seq2seq.py `encode`):
     tokens [B, T] int64, lengths [B] int32
     x        = Gather(letter_embedding, tokens)                   [B, T, E] -> [T, B, E]
     Y, Y_h   = GRU/LSTM(x, sequence_lens=lengths), bidirectional   Y [T, 2, B, He], Y_h [2, B, He]
+               (each further encoder layer reads the one before's Y as [T, B, 2 He])
     memory   = Y as [B, T, 2 He]                                  (zero past a row's length, as PyTorch pads)
     hn (cn)  = Tanh(MatMul([Y_h fwd; Y_h bwd], bridge^T) + b)     [1, B, H]
 
@@ -46,13 +47,14 @@ def _linear(g: _GraphBuilder, x: str, name: str, linear: nn.Linear, output: str)
     return g.node("Add", [g.node("MatMul", [x, weight], f"{output}_matmul"), bias], output)
 
 
-def _rnn(g: _GraphBuilder, model: Seq2Seq, which: str, x: str, extra: list[str]) -> list[str]:
-    """The encoder's or decoder's RNN node; outputs Y, Y_h (, Y_c)."""
+def _rnn(g: _GraphBuilder, model: Seq2Seq, which: str, x: str, extra: list[str], layer: int = 0) -> list[str]:
+    """One layer of the encoder's or the decoder's RNN as a node; outputs Y, Y_h (, Y_c)."""
     rnn = getattr(model, which)
     cell = model.config.cell
-    weights = rnn_weights(rnn, cell)
-    inputs = [x, *(g.const(f"{which}_{k}", getattr(weights, k)) for k in ("W", "R", "B")), *extra]
-    outputs = [f"{which}_Y", f"{which}_Y_h"] + ([f"{which}_Y_c"] if cell == "lstm" else [])
+    weights = rnn_weights(rnn, cell, layer)
+    name = f"{which}_l{layer}" if layer else which
+    inputs = [x, *(g.const(f"{name}_{k}", getattr(weights, k)) for k in ("W", "R", "B")), *extra]
+    outputs = [f"{name}_Y", f"{name}_Y_h"] + ([f"{name}_Y_c"] if cell == "lstm" else [])
     g.node(_OP_TYPE[cell], inputs, outputs, **rnn_attributes(cell, rnn.hidden_size, rnn.bidirectional))
     return outputs
 
@@ -64,6 +66,11 @@ def build_encoder(model: Seq2Seq, info: ModelInfo, opset: int = contract.DEFAULT
     embedded = g.node("Gather", [table, contract.INPUT_TOKENS], "embedded", axis=0)
     x = g.node("Transpose", [embedded], "x_tbe", perm=[1, 0, 2])
     outputs = _rnn(g, model, "encoder", x, [contract.INPUT_LENGTHS])
+    for layer in range(1, config.encoder_layers):
+        # Y [T, 2, B, He] -> [T, B, 2 He]: both directions side by side, as PyTorch feeds the next layer.
+        y_tbdh = g.node("Transpose", [outputs[0]], f"encoder_Y_tbdh_l{layer - 1}", perm=[0, 2, 1, 3])
+        x = g.flatten_tail(y_tbdh, 2, f"x_l{layer}")
+        outputs = _rnn(g, model, "encoder", x, [contract.INPUT_LENGTHS], layer)
     y_btdh = g.node("Transpose", [outputs[0]], "encoder_Y_btdh", perm=[2, 0, 1, 3])
     g.node(
         "Reshape", [y_btdh, g.const("shape_b_t_flat", np.array([0, 0, -1], np.int64))], contract.OUTPUT_MEMORY
@@ -90,8 +97,9 @@ def build_encoder(model: Seq2Seq, info: ModelInfo, opset: int = contract.DEFAULT
         *(helper.make_tensor_value_info(name, TensorProto.FLOAT, state) for name in names),
     ]
     description = (
-        f"seqserve seq2seq {config.cell} encoder: {len(config.letters)} input tokens, bidirectional "
-        f"{config.encoder_hidden} per direction; memory {config.memory}, decoder state {config.hidden}"
+        f"seqserve seq2seq {config.cell} encoder: {len(config.letters)} input tokens, "
+        f"{config.encoder_layers} bidirectional layer(s) of {config.encoder_hidden} per direction; memory "
+        f"{config.memory}, decoder state {config.hidden}"
     )
     return finish_model(g, info, inputs, values, opset, description)
 

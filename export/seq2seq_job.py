@@ -121,6 +121,7 @@ def seq2seq_info(model: Seq2Seq, name: str, version: int) -> ModelInfo:
         vocabulary=list(config.letters),
         seq2seq={
             "encoder_hidden": config.encoder_hidden,
+            "encoder_layers": config.encoder_layers,
             "memory": config.memory,
             "embedding": config.embedding,
             "attention": "multiplicative",

@@ -131,7 +131,10 @@ def train(
     cell: Annotated[
         str | None, typer.Option(help="rnn, gru or lstm (default: lstm for seq2seq, gru for the rest).")
     ] = None,
-    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.", min=1)] = 1,
+    layers: Annotated[
+        int | None,
+        typer.Option(help="Stacked recurrent layers (default 1); a seq2seq model's: its encoder's.", min=1),
+    ] = None,
     hidden: Annotated[
         int | None,
         typer.Option(

@@ -143,7 +143,8 @@ class ModelInfo:
     # calendar, and the rollout's scale multipliers per step (scale_multipliers).
     forecast: dict[str, Any] = field(default_factory=dict)
     # Sequence-to-sequence only (the input vocabulary is `vocabulary`, the output one `labels`, index =
-    # token id): encoder_hidden, memory, embedding, attention, start, end, pad, graphs (name -> file).
+    # token id): encoder_hidden, encoder_layers, memory, embedding, attention, start, end, pad, graphs
+    # (name -> file).
     # `hidden` and `layers` are the decoder's, `bidirectional` the encoder's; sha256 is of the graphs'
     # bytes, encoder then decoder step.
     seq2seq: dict[str, Any] = field(default_factory=dict)

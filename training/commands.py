@@ -124,8 +124,8 @@ def _train_forecaster(given: dict) -> None:
 
 # What a seq2seq model takes of `seqserve train`'s flags; the others are refused when given.
 _SEQ2SEQ_FLAGS = (
-    "out", "dataset", "cell", "hidden", "embedding", "dropout", "clip", "epochs", "batch_size", "lr",
-    "patience", "beam", "minutes", "seed", "threads",
+    "out", "dataset", "cell", "layers", "hidden", "embedding", "dropout", "clip", "epochs", "batch_size",
+    "lr", "patience", "beam", "minutes", "seed", "threads",
 )  # fmt: skip
 
 
@@ -136,11 +136,13 @@ def _train_seq2seq(given: dict) -> None:
     given.pop("task", None)
     given.pop("bidirectional", None)  # the encoder always reads both ways; the flag's default is False
     # Flags with a default count as given only when they differ from it.
-    defaults = {"chrono": 0, "layers": 1}
+    defaults = {"chrono": 0}
     stray = [key for key in given if key not in _SEQ2SEQ_FLAGS and given[key] != defaults.get(key)]
     if stray:
         _fail(f"{', '.join('--' + key.replace('_', '-') for key in stray)} do not apply to a seq2seq model")
     options = {key: value for key, value in given.items() if key in _SEQ2SEQ_FLAGS}
+    if "layers" in options:
+        options["encoder_layers"] = options.pop("layers")
     if "hidden" in options:
         options["encoder_hidden"] = max(1, options["hidden"] // 2)
     if options.get("minutes") == 0:

@@ -1,8 +1,9 @@
 """An attention encoder-decoder over tokens: the model and its checkpoint, nothing of the loop.
 
-    encoder    letters [B, T] -> embedding -> bidirectional GRU/LSTM (packed by lengths)
-               memory [B, T, 2 He] (zero past a row's length); the final forward and backward states,
-               joined, make the decoder's first state: h = tanh(bridge [h_fwd; h_bwd]) (c likewise, LSTM)
+    encoder    letters [B, T] -> embedding -> bidirectional GRU/LSTM, one or more layers (packed by lengths)
+               memory [B, T, 2 He] (zero past a row's length); the last layer's final forward and
+               backward states, joined, make the decoder's first state:
+               h = tanh(bridge [h_fwd; h_bwd]) (c likewise, LSTM)
     decoder    one step: previous phoneme -> embedding -> GRU/LSTM cell state s_t
     attention  multiplicative (Luong's "general"): score_ts = (W_a s_t) . m_s, softmax over the valid letters
                (the rest masked to -1e9), context c_t = sum_s a_ts m_s
@@ -40,16 +41,19 @@ class Seq2SeqConfig:
     cell: str = "gru"
     embedding: int = 64
     encoder_hidden: int = 256  # per direction
+    encoder_layers: int = 1
     hidden: int = 256  # decoder
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"cell {self.cell!r}: a sequence-to-sequence model takes {' or '.join(CELLS)}")
-        if min(self.embedding, self.encoder_hidden, self.hidden) < 1 or not 0 <= self.dropout < 1:
+        sizes = (self.embedding, self.encoder_hidden, self.encoder_layers, self.hidden)
+        if min(sizes) < 1 or not 0 <= self.dropout < 1:
             raise ValueError(
-                f"embedding {self.embedding}, encoder_hidden {self.encoder_hidden}, hidden {self.hidden} "
-                f"must be >= 1 and dropout {self.dropout} in [0, 1)"
+                f"embedding {self.embedding}, encoder_hidden {self.encoder_hidden}, encoder_layers "
+                f"{self.encoder_layers}, hidden {self.hidden} must be >= 1 and dropout {self.dropout} in "
+                "[0, 1)"
             )
 
     @property
@@ -66,7 +70,14 @@ class Seq2Seq(nn.Module):
         self.config = config
         rnn = nn.GRU if config.cell == "gru" else nn.LSTM
         self.letter_embedding = nn.Embedding(len(config.letters), config.embedding, padding_idx=0)
-        self.encoder = rnn(config.embedding, config.encoder_hidden, batch_first=True, bidirectional=True)
+        self.encoder = rnn(
+            config.embedding,
+            config.encoder_hidden,
+            num_layers=config.encoder_layers,
+            dropout=config.dropout if config.encoder_layers > 1 else 0.0,
+            batch_first=True,
+            bidirectional=True,
+        )
         self.bridge = nn.Linear(config.memory, config.hidden)
         self.bridge_c = nn.Linear(config.memory, config.hidden) if config.cell == "lstm" else None
         self.phoneme_embedding = nn.Embedding(len(config.phonemes), config.embedding)
@@ -84,9 +95,10 @@ class Seq2Seq(nn.Module):
         memory, _ = pad_packed_sequence(output, batch_first=True, total_length=letters.shape[1])
         finals = final if isinstance(final, tuple) else (final,)
         bridges = (self.bridge, self.bridge_c) if self.bridge_c is not None else (self.bridge,)
-        # final [2, B, He]: direction 0 ends at each row's last letter, direction 1 at its first.
+        # final [2 layers, B, He]; the last layer's pair: forward ends at each row's last letter, backward
+        # at its first.
         state = tuple(
-            torch.tanh(bridge(torch.cat([f[0], f[1]], dim=-1))).unsqueeze(0)
+            torch.tanh(bridge(torch.cat([f[-2], f[-1]], dim=-1))).unsqueeze(0)
             for bridge, f in zip(bridges, finals, strict=True)
         )
         return self.dropout(memory), state

@@ -29,14 +29,16 @@ from seqserve.training.seq2seq_decode import decode_words
 from seqserve.training.seq2seq_loop import TEST_WORDS_FILE, Seq2SeqTrainConfig, train_seq2seq
 
 
-@pytest.fixture(scope="module", params=["gru", "lstm"])
+@pytest.fixture(scope="module", params=[("gru", 1), ("lstm", 2)], ids=["gru", "lstm-2-layer-encoder"])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run of each cell: 600 words, three epochs (it learns a little, so decodes are not ties)."""
+    """A tiny run of each cell (the LSTM's encoder stacked): 600 words, three epochs (it learns a little,
+    so decodes are not ties)."""
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("seq2seq") / f"g2p-{request.param}"
+    cell, encoder_layers = request.param
+    out = tmp_path_factory.mktemp("seq2seq") / f"g2p-{cell}"
     config = Seq2SeqTrainConfig(
-        out=out, cell=request.param, limit=600, epochs=3, embedding=12, encoder_hidden=12, hidden=24,
-        batch_size=64, lr=1e-2, threads=1,
+        out=out, cell=cell, encoder_layers=encoder_layers, limit=600, epochs=3, embedding=12,
+        encoder_hidden=12, hidden=24, batch_size=64, lr=3e-2, threads=1,
     )  # fmt: skip
     train_seq2seq(config)
     return out

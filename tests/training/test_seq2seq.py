@@ -239,3 +239,36 @@ def test_training_writes_a_run_whose_test_words_are_the_test_split(tmp_path: Pat
     samples = saved["test_samples"]
     again = decode_words(model, Tokens(data.letters, data.phonemes), [s["word"] for s in samples])
     assert [" ".join(found[0].output) for found in again] == [s["greedy"] for s in samples]
+
+
+def _tiny_run(out: Path, **overrides) -> Seq2SeqTrainConfig:
+    settings = dict(limit=300, epochs=2, embedding=8, encoder_hidden=8, hidden=16, batch_size=64, threads=1)
+    return Seq2SeqTrainConfig(out=out, **{**settings, **overrides})
+
+
+def test_bf16_autocast_trains_nearly_as_float32_does_and_is_told_apart(tmp_path: Path) -> None:
+    assert _tiny_run(tmp_path, bf16=False).autocast is False and _tiny_run(tmp_path, bf16=True).autocast is True
+    losses = {}
+    for bf16 in (False, True):
+        metrics = train_seq2seq(_tiny_run(tmp_path / f"bf16-{bf16}", bf16=bf16, epochs=1))
+        losses[bf16] = metrics["history"][0]["train_loss"]
+        assert metrics["bf16_autocast"] is bf16
+    # The same seed and batches: bfloat16 matmuls move the loss a little, never far.
+    assert losses[True] != losses[False] and abs(losses[True] - losses[False]) < 0.05 * losses[False]
+
+
+def test_a_moving_average_of_the_weights_is_what_validation_judges_and_the_checkpoint_keeps(
+    tmp_path: Path,
+) -> None:
+    saved = {}
+    for ema in (0.0, 0.9):
+        out = tmp_path / f"ema-{ema}"
+        metrics = train_seq2seq(_tiny_run(out, ema=ema, epochs=3, lr=1e-2))
+        model = from_payload(torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
+        data, _ = load_g2p(limit=300)
+        tokens = Tokens(data.letters, data.phonemes)
+        outputs = [found[0].output for found in decode_words(model, tokens, list(data.validation))]
+        best = min(h["validation_wer_percent"] for h in metrics["history"])
+        assert error_rates(outputs, list(data.validation.values())).as_percent()["wer_percent"] == best
+        saved[ema] = model.state_dict()
+    assert any(not torch.equal(saved[0.0][k], saved[0.9][k]) for k in saved[0.0])
