@@ -138,7 +138,7 @@ def train(
     hidden: Annotated[
         int | None,
         typer.Option(
-            help="Hidden units per layer and direction (default 64; 384 for a language model; 256 for a "
+            help="Hidden units per layer and direction (default 64; 384 for a language model; 384 for a "
             "seq2seq decoder, whose encoder reads each way with half).",
             min=1,
         ),
@@ -172,7 +172,7 @@ def train(
         int | None,
         typer.Option(
             help="Most epochs (early stopping usually ends sooner); default 60, 6 for a language model, "
-            "10 for a seq2seq model.",
+            "40 for a seq2seq model (whose time budget ends it first).",
             min=1,
         ),
     ] = None,
@@ -205,7 +205,7 @@ def train(
         float | None,
         typer.Option(
             help="Seq2seq: training time budget; the learning rate's cosine runs over it or --epochs, "
-            "whichever ends first (default 25; 0: --epochs alone).",
+            "whichever ends first (default 27; 0: --epochs alone).",
             min=0.0,
         ),
     ] = None,
@@ -217,13 +217,14 @@ def train(
         int | None,
         typer.Option(
             help="Torch CPU threads (default 1: small recurrent models train fastest on one; 2 for "
-            "a language model).",
+            "a language model and a seq2seq model).",
             min=1,
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
 ) -> None:
-    """Train a sequence classifier, or a character language model, and write a run folder."""
+    """Train a sequence classifier, a character language model, a forecaster or a seq2seq model, and
+    write a run folder."""
     options = dict(locals())  # before the import, which would add itself to locals()
     from seqserve.training.commands import train_command
 

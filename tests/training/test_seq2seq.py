@@ -247,7 +247,8 @@ def _tiny_run(out: Path, **overrides) -> Seq2SeqTrainConfig:
 
 
 def test_bf16_autocast_trains_nearly_as_float32_does_and_is_told_apart(tmp_path: Path) -> None:
-    assert _tiny_run(tmp_path, bf16=False).autocast is False and _tiny_run(tmp_path, bf16=True).autocast is True
+    assert _tiny_run(tmp_path, bf16=False).autocast is False
+    assert _tiny_run(tmp_path, bf16=True).autocast is True
     losses = {}
     for bf16 in (False, True):
         metrics = train_seq2seq(_tiny_run(tmp_path / f"bf16-{bf16}", bf16=bf16, epochs=1))
