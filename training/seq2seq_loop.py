@@ -48,7 +48,7 @@ class Seq2SeqTrainConfig:
 
     out: Path
     dataset: str = "cmudict"
-    cell: str = "lstm"  # CMUdict: 29.5 % WER against the GRU's 34.4 % in the same budget (training/README.md)
+    cell: str = "lstm"  # CMUdict, 256 units: 29.5 % WER against the GRU's 34.4 % (training/README.md)
     embedding: int = 64
     # 384 / 192 each way, one encoder layer: the best of the sizes measured in the budget (training/README.md)
     encoder_hidden: int = 192  # per direction: the memory is 384 wide
@@ -62,13 +62,14 @@ class Seq2SeqTrainConfig:
     minutes: float | None = 27.0  # training time budget (None: `epochs` alone); the command takes under 30
     patience: int = 10
     # bfloat16 autocast for the training steps (weights, validation and export stay float32); None: where
-    # the CPU has bfloat16 instructions (AVX512-BF16 or AMX), which make a step about 1.7x faster here.
+    # the CPU has bfloat16 instructions (AVX512-BF16 or AMX), which make a step 1.7 to 1.9x faster here.
     bf16: bool | None = None
     ema: float = 0.999  # decay of a moving average of the weights, which validation and export use (0: off)
     beam: int = 4
     limit: int | None = None  # use this many words of the dictionary (quick runs, tests)
     seed: int = 0
-    # Both cores of the 2-core machine the figures were measured on: 1.4x the pairs/s of one thread.
+    # Both cores of the 2-core machine the figures were measured on: 1.4x one thread's pairs/s alone,
+    # less when other jobs share the machine (training/README.md).
     threads: int = 2
 
     def to_dict(self) -> dict:
