@@ -138,7 +138,7 @@ def train(
     hidden: Annotated[
         int | None,
         typer.Option(
-            help="Hidden units per layer and direction (default 64; 384 for a language model; 384 for a "
+            help="Hidden units per layer and direction (default 64; 384 for a language model; 512 for a "
             "seq2seq decoder, whose encoder reads each way with half).",
             min=1,
         ),
@@ -155,7 +155,7 @@ def train(
         float | None,
         typer.Option(
             help="Dropout between stacked layers (needs --layers 2 or more; default 0); a seq2seq model's "
-            "on embeddings, memory and attentional vector (default 0.2).",
+            "on embeddings, memory and attentional vector (default 0: none, the best in its time budget).",
             min=0.0,
             max=0.95,
         ),

@@ -22,7 +22,16 @@ from seqserve.training.g2p_metrics import edit_distance, error_rates
 from seqserve.training.readers import DataError
 from seqserve.training.seq2seq import Seq2Seq, Seq2SeqConfig, from_payload
 from seqserve.training.seq2seq_decode import decode_words
-from seqserve.training.seq2seq_loop import CHECKPOINT_FILE, TEST_WORDS_FILE, Seq2SeqTrainConfig, train_seq2seq
+from seqserve.training.seq2seq_loop import (
+    CHECKPOINT_FILE,
+    IGNORE,
+    TEST_WORDS_FILE,
+    Pairs,
+    Seq2SeqTrainConfig,
+    batch_tensors,
+    epoch_batches,
+    train_seq2seq,
+)
 from seqserve.vocabularies import Tokens
 
 DICT = """\
@@ -133,6 +142,23 @@ def test_shapes_and_padding_do_not_reach_a_row(lexicon: Lexicon, cell: str) -> N
         alone_memory, alone_state = model.encode(x[:1, :3], n[:1])
         alone, _, _ = model.step(torch.tensor([0]), alone_state, alone_memory, n[:1])
         torch.testing.assert_close(alone[0], step_probs[0], atol=1e-6, rtol=0)
+
+
+def test_a_batch_is_each_pairs_letters_and_its_pronunciation_shifted_for_teacher_forcing() -> None:
+    tokens = Tokens(["<pad>", "a", "b", "c"], ["<s>", "</s>", "X", "Y"])
+    lexicon = {"abc": [("X",), ("Y", "X", "Y")], "b": [("Y", "Y")]}
+    pairs = Pairs.of(lexicon, tokens)
+    letters, lengths, previous, target = batch_tensors(pairs, np.array([2, 0]), tokens)
+    assert letters.tolist() == [[2, 0, 0], [1, 2, 3]] and lengths.tolist() == [1, 3]
+    assert previous.tolist() == [[0, 3, 3], [0, 2, 0]]  # start, the reference, start as padding
+    assert target.tolist() == [[3, 3, 1], [2, 1, IGNORE]]  # the reference, end, ignored
+    _, _, previous, target = batch_tensors(pairs, np.array([1, 2]), tokens)
+    assert previous.tolist() == [[0, 3, 2, 3], [0, 3, 3, 0]]
+    assert target.tolist() == [[3, 2, 3, 1], [3, 3, 1, IGNORE]]
+    letters, lengths, previous, target = batch_tensors(pairs, np.array([0]), tokens)
+    assert letters.tolist() == [[1, 2, 3]] and previous.tolist() == [[0, 2]] and target.tolist() == [[2, 1]]
+    batches = epoch_batches(pairs, 2, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2]
 
 
 def _table_step(tables: dict[tuple[int, ...], list[float]], vocabulary: int):
