@@ -2,11 +2,11 @@
 request and awaiting its answer (beam 4), for `duration_s`: seqserve's server-side beam search against
 the two loops a user would otherwise run.
 
-The model is the default G2P model's shape (seqserve train --task seq2seq: LSTMs, embedding 64,
-bidirectional encoder 128 a direction, decoder 256, CMUdict's 29 letters and 41 phonemes) with seeded
-weights; speed does not depend on them, but a search's length does, so the end token's bias is lowered
-until no hypothesis ends: every word decodes STEPS tokens (a 7-letter word's phonemes and its end) in all
-three ways, the same rows. The words are CMUdict test words of WORD_LENGTH letters (why one length: below).
+The model is the default G2P model's shape (seqserve train --task seq2seq: Seq2SeqTrainConfig's cell and
+sizes, CMUdict's 29 letters and 41 phonemes) with seeded weights; speed does not depend on them, but a
+search's length does, so the end token's bias is lowered until no hypothesis ends: every word decodes STEPS
+tokens (a 7-letter word's phonemes and its end) in all three ways, the same rows. The words are CMUdict
+test words of WORD_LENGTH letters (why one length: below).
 
 - translate: one Translate call a word; the server encodes it and runs the beam search, every request's
   and every beam's rows of a step in one onnxruntime call.
