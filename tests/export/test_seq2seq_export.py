@@ -20,6 +20,7 @@ from seqserve.export.seq2seq_job import (
     export_seq2seq,
     is_seq2seq_run,
     parity_words,
+    score_scale,
     seq2seq_info,
 )
 from seqserve.training.g2p_data import load_g2p
@@ -27,6 +28,7 @@ from seqserve.training.loop import CHECKPOINT_FILE
 from seqserve.training.seq2seq import from_payload
 from seqserve.training.seq2seq_decode import decode_words
 from seqserve.training.seq2seq_loop import TEST_WORDS_FILE, Seq2SeqTrainConfig, train_seq2seq
+from seqserve.vocabularies import Tokens
 
 
 @pytest.fixture(scope="module", params=[("gru", 1), ("lstm", 2)], ids=["gru", "lstm-2-layer-encoder"])
@@ -123,6 +125,30 @@ def test_a_wrong_weight_fails_parity(run: Path) -> None:
     words = {"cat": [("K", "AE", "T")], "phoneme": [("F", "OW", "N", "IY", "M")]}
     parity = check_seq2seq_parity(model, session, words)
     assert not parity["passed"] and parity["log_probs"] > 1e-5
+
+
+def test_attention_counts_relative_to_its_scores_and_still_catches_a_wrong_query(run: Path) -> None:
+    model = from_payload(torch.load(run / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
+    info = seq2seq_info(model, "broken", 1)
+    words = {"cat": [("K", "AE", "T")], "phoneme": [("F", "OW", "N", "IY", "M")]}
+    letters, lengths = map(
+        torch.from_numpy, Tokens(model.config.letters, model.config.phonemes).input_batch(["cat"])
+    )
+    with torch.no_grad():
+        memory, state = model.encode(letters, lengths)
+        _, state, attention = model.step(torch.tensor([0]), state, memory, lengths)
+        scores = (model.query(state[0][-1]) @ memory[0, :3].T)[0]
+    # The weights are the softmax of these scores; a row counts relative to the largest |score|, at least 1.
+    torch.testing.assert_close(attention[0, :3], torch.softmax(scores, dim=0))
+    expected = max(1.0, float(scores.abs().max()))
+    assert score_scale(model, state, memory, lengths)[0] == pytest.approx(expected, rel=1e-6)
+    decoder = build_decoder_step(model, info)
+    for tensor in decoder.graph.initializer:
+        if tensor.name == "query_weight_t":
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 1.01, tensor.name))
+    session = OnnxSeq2Seq(build_encoder(model, info).SerializeToString(), decoder.SerializeToString(), info)
+    parity = check_seq2seq_parity(model, session, words)
+    assert not parity["passed"] and parity["attention"] > 1e-5
 
 
 def test_export_refuses_a_model_whose_parity_fails(run: Path, tmp_path: Path, monkeypatch) -> None:
