@@ -205,7 +205,7 @@ def train(
         float | None,
         typer.Option(
             help="Seq2seq: training time budget; the learning rate's cosine runs over it or --epochs, "
-            "whichever ends first (default 27; 0: --epochs alone).",
+            "whichever ends first (default 28; 0: --epochs alone).",
             min=0.0,
         ),
     ] = None,
