@@ -82,10 +82,10 @@ def _teacher_forced(model: Seq2Seq, session: OnnxSeq2Seq, words: list[str], refe
         log_probs_o, state_o, attention_o = session.step(previous[:, t], state_o, memory_o, lengths)
         # Rows whose reference has ended (its end token was step len(target)) read padding: not compared.
         rows = np.array([t <= len(target) for target in targets])
-        want = log_probs_t.numpy()[rows]
+        reference = log_probs_t.numpy()[rows]
         pairs = {
-            "log_probs": (log_probs_o[rows], want, np.maximum(1.0, np.abs(want))),
-            "log_probs_absolute": (log_probs_o[rows], want, 1.0),
+            "log_probs": (log_probs_o[rows], reference, np.maximum(1.0, np.abs(reference))),
+            "log_probs_absolute": (log_probs_o[rows], reference, 1.0),
             "attention": (
                 attention_o[rows],
                 attention_t.numpy()[rows],
