@@ -209,6 +209,19 @@ def train(
             min=0.0,
         ),
     ] = None,
+    label_smoothing: Annotated[
+        float | None,
+        typer.Option(
+            help="Seq2seq: share of each target phoneme's probability spread evenly over the vocabulary "
+            "in the loss (default 0.1).",
+            min=0.0,
+            max=0.5,
+        ),
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(help="Seq2seq: AdamW's decoupled weight decay (default 0.05).", min=0.0),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option(help="Language models: stop after this many optimiser steps.", min=1)
     ] = None,

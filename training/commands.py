@@ -52,9 +52,9 @@ def train_command(force: bool = False, **kwargs) -> None:
         return
     if "horizon" in given:
         _fail("--horizon applies to forecasters only (--task forecast)")
-    for key in ("beam", "minutes"):
+    for key in ("beam", "minutes", "label_smoothing", "weight_decay"):
         if key in given:
-            _fail(f"--{key} applies to seq2seq models only (--task seq2seq)")
+            _fail(f"--{key.replace('_', '-')} applies to seq2seq models only (--task seq2seq)")
     if is_text(kwargs.get("dataset"), kwargs.get("data")):
         _train_language_model(given)
         return
@@ -125,7 +125,7 @@ def _train_forecaster(given: dict) -> None:
 # What a seq2seq model takes of `seqserve train`'s flags; the others are refused when given.
 _SEQ2SEQ_FLAGS = (
     "out", "dataset", "cell", "layers", "hidden", "embedding", "dropout", "clip", "epochs", "batch_size",
-    "lr", "patience", "beam", "minutes", "seed", "threads",
+    "lr", "patience", "beam", "minutes", "label_smoothing", "weight_decay", "seed", "threads",
 )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from seqserve.beam_search import (
     Hypothesis,
@@ -17,6 +18,7 @@ from seqserve.beam_search import (
     length_normalised,
     search,
 )
+from seqserve.cli import app
 from seqserve.training.g2p_data import Lexicon, load_g2p, read_cmudict, split_lexicon
 from seqserve.training.g2p_metrics import edit_distance, error_rates
 from seqserve.training.readers import DataError
@@ -30,6 +32,7 @@ from seqserve.training.seq2seq_loop import (
     Seq2SeqTrainConfig,
     batch_tensors,
     epoch_batches,
+    sequence_loss,
     train_seq2seq,
 )
 from seqserve.vocabularies import Tokens
@@ -159,6 +162,29 @@ def test_a_batch_is_each_pairs_letters_and_its_pronunciation_shifted_for_teacher
     assert letters.tolist() == [[1, 2, 3]] and previous.tolist() == [[0, 2]] and target.tolist() == [[2, 1]]
     batches = epoch_batches(pairs, 2, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == [0, 1, 2]
+
+
+def test_the_loss_spreads_the_smoothed_share_over_the_vocabulary_and_skips_padded_steps() -> None:
+    log_probs = torch.log_softmax(torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0)), dim=-1)
+    target = torch.tensor([[4, 1, IGNORE], [0, 2, 3]])
+    real = target != IGNORE
+    picked = -log_probs[real].gather(1, target[real][:, None])[:, 0]
+    assert torch.allclose(sequence_loss(log_probs, target), picked.mean())
+    uniform = -log_probs[real].mean(dim=1)
+    smoothed = (0.9 * picked + 0.1 * uniform).mean()
+    assert torch.allclose(sequence_loss(log_probs, target, 0.1), smoothed)
+    assert not torch.allclose(sequence_loss(log_probs, target, 0.1), picked.mean())
+
+
+def test_seq2seq_flags_are_refused_for_other_models_and_theirs_for_seq2seq(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    result = CliRunner().invoke(app, ["train", "--out", out, "--dataset", "japanese_vowels",
+                                      "--label-smoothing", "0.1"])  # fmt: skip
+    assert result.exit_code == 2 and "--label-smoothing applies to seq2seq models only" in result.output
+    result = CliRunner().invoke(app, ["train", "--out", out, "--task", "seq2seq", "--dataset", "cmudict",
+                                      "--chrono", "20"])  # fmt: skip
+    assert result.exit_code == 2 and "--chrono do not apply to a seq2seq model" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def _table_step(tables: dict[tuple[int, ...], list[float]], vocabulary: int):
