@@ -3,11 +3,12 @@
 Batches: every (word, pronunciation) pair of the training split, shuffled each epoch and then stably sorted
 by the word's length, cut into batches of `batch_size` and taken in a shuffled order: little padding, and
 different neighbours every epoch. Teacher forcing: the decoder reads the start token and the reference,
-the loss is the mean cross-entropy against the reference's phonemes and the end token, label-smoothed
-(a tenth of each target's probability spread over the vocabulary: a confident model is penalised for
+the loss is the mean cross-entropy against the reference's phonemes and the end token, label-smoothed (a
+tenth of each target's probability spread over the vocabulary: a confident model is penalised for
 memorising the training words, where dropout slowed a step more than it saved). AdamW (its decoupled
-weight decay the other brake on memorising), gradient clipping, the learning rate falling from `lr` to lr / 100 along a cosine over the budget (`epochs`, or
-`minutes` of training when that comes first: the last epoch may be cut short). The steps run under
+weight decay the other brake on memorising), gradient clipping, the learning rate falling from `lr` to
+lr / 100 along a cosine over the budget (`epochs`, or `minutes` of training when that comes first: the
+last epoch may be cut short). The steps run under
 bfloat16 autocast where the CPU has bfloat16 instructions (the weights stay float32); a moving average of
 the weights (`ema`) is what validation judges, early stopping on validation WER (greedy decoding) keeps the
 best epoch's, and export reads. Then the test split, greedy and beam.
