@@ -104,6 +104,11 @@ def check_seq2seq_parity(model: Seq2Seq, session: OnnxSeq2Seq, lexicon: Lexicon)
     """Teacher-forced step parity and greedy-decode equality on the words of `lexicon` (its first
     pronunciation as the teacher). Returns {'max_abs_diff', 'tolerance', 'passed', ...}."""
     words = list(lexicon)
+    # PyTorch's first encoder call in a process that has built onnxruntime sessions put one row 2e-5 off a
+    # float64 encoder in 1 of 6 processes (its later calls and onnxruntime: within 1.5e-6), and the export
+    # was refused for PyTorch's error: a first batch is run and not counted.
+    first_batch = words[:PARITY_BATCH]
+    _teacher_forced(model, session, first_batch, [lexicon[w][0] for w in first_batch])
     worst: dict[str, float] = {}
     for first in range(0, len(words), PARITY_BATCH):
         batch = words[first : first + PARITY_BATCH]
