@@ -127,6 +127,30 @@ def test_a_wrong_weight_fails_parity(run: Path) -> None:
     assert not parity["passed"] and parity["log_probs"] > 1e-5
 
 
+def test_parity_leaves_out_pytorchs_first_call_and_counts_every_later_one(
+    run: Path, exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = from_payload(torch.load(run / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
+    session = OnnxSeq2Seq.from_version(exported)
+    words = {"cat": [("K", "AE", "T")], "phoneme": [("F", "OW", "N", "IY", "M")]}
+    encode, calls = model.encode, []
+
+    def off_at(call: int):
+        def encode_off(letters: torch.Tensor, lengths: torch.Tensor):
+            calls.append(call)
+            memory, state = encode(letters, lengths)
+            return (memory + 1e-4 if len(calls) == call else memory), state
+
+        return encode_off
+
+    monkeypatch.setattr(model, "encode", off_at(1))
+    assert check_seq2seq_parity(model, session, words)["passed"]
+    calls.clear()
+    monkeypatch.setattr(model, "encode", off_at(2))
+    parity = check_seq2seq_parity(model, session, words)
+    assert not parity["passed"] and parity["memory"] > 1e-5
+
+
 def test_attention_counts_relative_to_its_scores_and_still_catches_a_wrong_query(run: Path) -> None:
     model = from_payload(torch.load(run / CHECKPOINT_FILE, map_location="cpu", weights_only=True))
     info = seq2seq_info(model, "broken", 1)
