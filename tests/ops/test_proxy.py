@@ -299,7 +299,10 @@ def test_overload_is_refused_at_once_and_the_proxy_spreads_it(cluster) -> None:
     served, refusals, codes = direct.result(timeout=60)
     assert served == 200
     assert len(refusals) == 400 and set(codes) == {"RESOURCE_EXHAUSTED"}, set(codes)
-    assert max(refusals) < 1.0, f"slowest refusal {max(refusals):.2f} s"
+    # A refusal cannot wait for a slot: the admitted streams keep theirs until every refusal is in, so a
+    # wait would hang until the 60-s timeout. The bound only says refusals are not slow either, with room
+    # for a loaded 2-core machine (about 0.5 s each there, the slowest seen 1.1 s).
+    assert max(refusals) < 5.0, f"slowest refusal {max(refusals):.2f} s"
     through = asyncio.run_coroutine_threadsafe(open_at_once(proxy.target, 600, x), background_loop())
     served, refusals, codes = through.result(timeout=60)
     assert (served, len(refusals)) == (600, 0), (served, codes[:3])

@@ -30,7 +30,7 @@ from seqserve.v1 import seqserve_pb2_grpc as pb_grpc
 
 from .certificates import Authority, Issued, authority
 from .reference import Offline
-from .streams import END, Outcome, chunk_request, drive, open_request
+from .streams import END, Outcome, chunk_request, open_request
 
 TOLERANCE = 1e-5
 MODEL = "jv-gru"
@@ -89,13 +89,18 @@ def _mtls(pki: Pki, client: Issued | None = None, **options: object) -> ClientSe
     return ClientSecurity(tls_ca=pki.ca.cert, tls_cert=client.cert, tls_key=client.key, **options)
 
 
-async def _attempt(target: str, security: ClientSecurity | None, model: str = MODEL) -> Outcome:
+async def _attempt(
+    target: str,
+    security: ClientSecurity | None,
+    model: str = MODEL,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> Outcome:
     """A stream of one chunk on its own channel, each message awaiting its answer as the client library's
     do. (A client that writes ahead of a refusal may read INTERNAL instead of the server's status: the
     grpc.aio client bug grpc/grpc#36066.)"""
     outcome = Outcome()
     async with open_channel(target, security, FRESH) as channel:
-        call = pb_grpc.InferenceServiceStub(channel).Stream()
+        call = pb_grpc.InferenceServiceStub(channel).Stream(metadata=metadata)
         try:
             for request in (open_request(model), chunk_request(np.zeros((2, 12), dtype=np.float32))):
                 await call.write(request)
@@ -277,7 +282,7 @@ def test_missing_malformed_and_wrong_tokens_are_unauthenticated_while_a_good_str
         async with grpc.aio.insecure_channel(token_server.target) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)
             basic = (("authorization", f"Basic {ALICE}"),)
-            outcome = await drive(stub, [open_request(MODEL)], metadata=basic)
+            outcome = await _attempt(token_server.target, None, metadata=basic)
             _refused(outcome, grpc.StatusCode.UNAUTHENTICATED, "not of the form 'Bearer <token>'")
             unary = (stub.ListModels(pb.ListModelsRequest()), stub.GetModel(pb.GetModelRequest(model=MODEL)))
             for call in unary:
