@@ -8,10 +8,10 @@ tenth of each target's probability spread over the vocabulary: a confident model
 memorising the training words, where dropout slowed a step more than it saved). AdamW (its decoupled
 weight decay the other brake on memorising), gradient clipping, the learning rate falling from `lr` to
 lr / 100 along a cosine over the budget (`epochs`, or `minutes` of training when that comes first: the
-last epoch may be cut short). The steps run under
-bfloat16 autocast where the CPU has bfloat16 instructions (the weights stay float32); a moving average of
-the weights (`ema`) is what validation judges, early stopping on validation WER (greedy decoding) keeps the
-best epoch's, and export reads. Then the test split, greedy and beam.
+last epoch may be cut short). The steps run under bfloat16 autocast where the CPU has bfloat16
+instructions (the weights stay float32); a moving average of the weights (`ema`) is what validation
+judges, early stopping on validation WER (greedy decoding) keeps the best epoch's, and export reads. Then
+the test split, greedy and beam.
 
 CPU time (the process's, user and system) and wall time are measured around training, with the load
 average before and after: the machine is shared, and wall time says little without it.
